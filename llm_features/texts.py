@@ -1,0 +1,222 @@
+"""Reading texts: ``.jsonl``, ``.json``, ``.csv``, ``.txt`` (one text per line), ``.parquet``.
+
+Each text gets a stable id, the first 16 hex digits of the SHA-256 of its UTF-8 bytes,
+so the same text has the same id in every file and every run. The other fields of a
+record are kept; a ``label`` field (0 = non-member, 1 = member) is kept as ground truth.
+
+Bad input fails before anything is computed, with the file and the line: a missing
+file, invalid UTF-8, a malformed record, a missing text field, an empty or
+whitespace-only text, a label that is not 0/1. Duplicate texts are dropped (keeping the
+first) with a warning that counts them: a text that is both a member and a non-member
+would leak the answer.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from llm_features.errors import InputDataError
+from llm_features.io import sha256_text
+
+logger = logging.getLogger(__name__)
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".txt", ".parquet")
+ID_LENGTH = 16
+
+
+def text_id(text: str) -> str:
+    """Stable id of a text: the first 16 hex digits of SHA-256(UTF-8 bytes)."""
+    return sha256_text(text)[:ID_LENGTH]
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSet:
+    """Texts with ids and kept fields; ``records`` has columns ``id``, ``text`` and the rest."""
+
+    records: pd.DataFrame
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.records["id"].tolist()
+
+    @property
+    def texts(self) -> list[str]:
+        return self.records["text"].tolist()
+
+    @property
+    def labels(self) -> list[int] | None:
+        """Ground-truth membership labels, or None when the data has no ``label`` field."""
+        if "label" not in self.records.columns:
+            return None
+        return self.records["label"].astype(int).tolist()
+
+    def subset(self, ids: list[str]) -> "TextSet":
+        """The texts with the given ids, in that order."""
+        frame = self.records.set_index("id", drop=False).loc[ids].reset_index(drop=True)
+        return TextSet(records=frame, source=self.source)
+
+
+def texts_from_list(texts: list[str], *, source: str = "<memory>", **fields: list[Any]) -> TextSet:
+    """A TextSet from strings in memory (with optional equal-length field lists)."""
+    rows = [{"text": text, **{key: values[i] for key, values in fields.items()}}
+            for i, text in enumerate(texts)]
+    return _build(((f"item {i}", row) for i, row in enumerate(rows)), source=source, text_field="text")
+
+
+def load_texts(path: str | os.PathLike, *, text_field: str = "text") -> TextSet:
+    """Read texts from a file; see the module docstring for the formats and the checks."""
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"{path}: no such file; check the --data path")
+    if not path.is_file():
+        raise InputDataError(f"{path}: is not a file; pass a {', '.join(SUFFIXES)} file")
+    suffix = path.suffix.lower()
+    readers = {
+        ".jsonl": _read_jsonl,
+        ".json": _read_json,
+        ".csv": _read_csv,
+        ".txt": _read_txt,
+        ".parquet": _read_parquet,
+    }
+    if suffix not in readers:
+        raise InputDataError(f"{path}: unknown format {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    try:
+        rows = list(readers[suffix](path, text_field))
+    except PermissionError as exc:
+        raise InputDataError(f"{path}: cannot be read ({exc.strerror})") from exc
+    if not rows:
+        raise InputDataError(f"{path}: holds no texts")
+    return _build(iter(rows), source=str(path), text_field=text_field)
+
+
+def _build(rows: Iterator[tuple[str, dict[str, Any]]], *, source: str, text_field: str) -> TextSet:
+    records: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for where, row in rows:
+        text = _check_text(row, where=where, source=source, text_field=text_field)
+        record = {k: v for k, v in row.items() if k != text_field}
+        if "label" in record:
+            record["label"] = _check_label(record["label"], where=where, source=source)
+        identifier = text_id(text)
+        if identifier in seen:
+            duplicates += 1
+            continue
+        seen.add(identifier)
+        records.append({"id": identifier, "text": text, **{k: v for k, v in record.items() if k not in ("id", "text")}})
+    if duplicates:
+        logger.warning("%s: dropped %d duplicate text(s), keeping the first of each", source, duplicates)
+    frame = pd.DataFrame.from_records(records)
+    if "label" in frame.columns and frame["label"].isna().any():
+        missing = int(frame["label"].isna().sum())
+        raise InputDataError(
+            f"{source}: {missing} record(s) have no label while others do; give every record a "
+            "label (0 or 1) or none"
+        )
+    return TextSet(records=frame, source=source)
+
+
+def _check_text(row: dict[str, Any], *, where: str, source: str, text_field: str) -> str:
+    if text_field not in row:
+        fields = ", ".join(sorted(map(str, row))) or "none"
+        raise InputDataError(
+            f"{source}, {where}: no field {text_field!r} (fields: {fields}); pass --text-field NAME"
+        )
+    text = row[text_field]
+    if not isinstance(text, str):
+        raise InputDataError(f"{source}, {where}: field {text_field!r} is {type(text).__name__}, not a string")
+    if not text.strip():
+        raise InputDataError(f"{source}, {where}: the text is empty or whitespace only; remove the record")
+    return text
+
+
+def _check_label(value: Any, *, where: str, source: str) -> int | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, bool) or value in (0, 1, "0", "1"):
+        return int(value)
+    raise InputDataError(f"{source}, {where}: label {value!r} is not 0 or 1 (1 = member, 0 = non-member)")
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputDataError(
+                    f"{path}, line {number}: invalid UTF-8 at byte {exc.start}; re-encode the file as UTF-8"
+                ) from exc
+
+
+def _read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputDataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(obj, dict):
+            raise InputDataError(f"{path}, line {number}: expected a JSON object, got {type(obj).__name__}")
+        yield f"line {number}", obj
+
+
+def _read_json(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    content = "".join(line for _, line in _decoded_lines(path))
+    try:
+        obj = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise InputDataError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(obj, list):
+        raise InputDataError(f"{path}: expected a JSON list of objects or strings, got {type(obj).__name__}")
+    for index, item in enumerate(obj):
+        if isinstance(item, str):
+            item = {text_field: item}
+        if not isinstance(item, dict):
+            raise InputDataError(f"{path}, item {index}: expected an object or a string")
+        yield f"item {index}", item
+
+
+def _read_csv(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    content = "".join(line for _, line in _decoded_lines(path))
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    for row in reader:
+        if None in row:
+            raise InputDataError(f"{path}, line {reader.line_num}: more fields than the header has")
+        yield f"line {reader.line_num}", {k: _csv_value(v) for k, v in row.items()}
+
+
+def _csv_value(value: str | None) -> Any:
+    if value is None:
+        return None
+    return value
+
+
+def _read_txt(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, line in _decoded_lines(path):
+        yield f"line {number}", {text_field: line.rstrip("\r\n")}
+
+
+def _read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise InputDataError(f"{path}: not a readable Parquet file ({exc})") from exc
+    for index, row in enumerate(table.to_pylist()):
+        yield f"row {index}", row

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny tokenizer and models, built once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    """128 distinct random sentences: [0:32] members of ``overfit_model_dir``, [32:64] unseen."""
+    return make_corpus(128, seed=1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(corpus):
+    return build_tokenizer(corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A randomly initialised tiny Llama saved with its tokenizer (a 'base model')."""
+    model = build_tiny_llama(tiny_tokenizer, seed=0)
+    return save_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_base"))
+
+
+@pytest.fixture(scope="session")
+def overfit_model_dir(tmp_path_factory, tiny_tokenizer, corpus):
+    """The tiny Llama after memorising ``corpus[:32]``."""
+    model = build_tiny_llama(tiny_tokenizer, seed=0)
+    overfit(model, tiny_tokenizer, corpus[:32])
+    return save_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_overfit"))
