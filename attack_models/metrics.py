@@ -1,0 +1,380 @@
+"""Evaluation metrics for membership inference: ROC, AUC, TPR at low FPR, bootstrap CIs.
+
+Conventions
+-----------
+* ``labels`` are 1 for members (IN) and 0 for non-members (OUT); booleans are accepted.
+* ``scores`` follow the package-wide sign convention: **higher = more likely a member**.
+  A text is predicted a member at threshold ``t`` iff ``score >= t``.
+* NaN scores are refused (an attack that cannot score a text must say so, not hide it
+  in a ranking); ``+inf`` / ``-inf`` are allowed since only the order of scores matters.
+
+Why TPR at low FPR
+------------------
+Carlini et al. 2022, "Membership Inference Attacks From First Principles" (LiRA), argue
+that AUC and balanced accuracy average over the whole ROC curve and hide whether an attack
+can confidently identify *any* member; they report the TPR at FPR = 0.1% and 0.001% on a
+log-log ROC. :func:`tpr_at_fpr` follows their evaluation code (see its docstring for the
+exact rule) and :func:`summarize` collects the numbers a report needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import rankdata
+
+from llm_features.errors import ConfigError, InputDataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "balanced_accuracy",
+    "bootstrap_ci",
+    "roc_auc",
+    "roc_curve",
+    "summarize",
+    "tpr_at_fpr",
+    "tpr_key",
+]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_labels(labels: ArrayLike, *, name: str = "labels") -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise InputDataError(f"{name} must be one-dimensional; got shape {arr.shape}.")
+    if arr.dtype == bool:
+        return arr.astype(np.int8)
+    if arr.dtype.kind not in "iuf":
+        raise InputDataError(
+            f"{name} must be 0/1 (or bool); got dtype {arr.dtype}. Encode members as 1, "
+            "non-members as 0."
+        )
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        raise InputDataError(f"{name} contain NaN at positions {np.flatnonzero(np.isnan(arr))[:10].tolist()}.")
+    bad = ~np.isin(arr, (0, 1))
+    if bad.any():
+        raise InputDataError(
+            f"{name} must be 0 (non-member) or 1 (member); got values "
+            f"{np.unique(arr[bad])[:10].tolist()}."
+        )
+    return arr.astype(np.int8)
+
+
+def _as_scores(scores: ArrayLike, *, name: str = "scores") -> np.ndarray:
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 1:
+        raise InputDataError(f"{name} must be one-dimensional; got shape {arr.shape}.")
+    nan = np.isnan(arr)
+    if nan.any():
+        raise InputDataError(
+            f"{name} contain {int(nan.sum())} NaN value(s) (first at positions "
+            f"{np.flatnonzero(nan)[:10].tolist()}); an attack must score every text. "
+            "Drop or impute those texts before evaluating."
+        )
+    return arr
+
+
+def _validate(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Check labels/scores and return them as (int8 labels, float64 scores)."""
+    y = _as_labels(labels)
+    s = _as_scores(scores)
+    if y.shape[0] != s.shape[0]:
+        raise InputDataError(
+            f"labels and scores must have the same length; got {y.shape[0]} labels and "
+            f"{s.shape[0]} scores."
+        )
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.shape[0]:
+        which = "members (1)" if n_pos == 0 else "non-members (0)"
+        raise InputDataError(
+            f"labels must contain both members and non-members; got {y.shape[0]} labels "
+            f"and no {which}. ROC metrics are undefined with one class."
+        )
+    return y, s
+
+
+def _check_fpr(fpr: float) -> float:
+    if not isinstance(fpr, (int, float, np.floating)) or not (0.0 < float(fpr) <= 1.0):
+        raise ConfigError(f"fpr must be a number in (0, 1]; got {fpr!r}. Example: fpr=0.01 for 1%.")
+    return float(fpr)
+
+
+# --------------------------------------------------------------------------- ROC and AUC
+
+
+def _roc_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative (false positives, true positives, thresholds) at each distinct score.
+
+    Thresholds run from ``+inf`` (nothing predicted a member) down to the smallest score
+    (everything predicted a member); tied scores move together, so there is one ROC point
+    per distinct score.
+    """
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted = s[order]
+    y_sorted = y[order]
+    # last index of each run of equal scores
+    distinct = np.flatnonzero(np.diff(s_sorted)) if s_sorted.size > 1 else np.empty(0, int)
+    ends = np.r_[distinct, s_sorted.size - 1]
+    tps = np.cumsum(y_sorted, dtype=np.int64)[ends]
+    fps = (ends + 1) - tps
+    fps = np.r_[0, fps]
+    tps = np.r_[0, tps]
+    thresholds = np.r_[np.inf, s_sorted[ends]]
+    return fps, tps, thresholds
+
+
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve: ``(fpr, tpr, thresholds)``, one point per distinct score plus ``(0, 0)``.
+
+    For each threshold ``t`` (descending, the first is ``+inf``) the prediction is
+    "member iff score >= t" and
+
+        fpr(t) = #{non-members with score >= t} / #non-members
+        tpr(t) = #{members with score >= t} / #members
+
+    No intermediate points are dropped (unlike ``sklearn.metrics.roc_curve``'s default),
+    so low-FPR readings use every point. Matches ``sklearn.metrics.roc_curve(...,
+    drop_intermediate=False)``.
+    """
+    y, s = _validate(labels, scores)
+    fps, tps, thresholds = _roc_counts(y, s)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    return fps / n_neg, tps / n_pos, thresholds
+
+
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve (Mann-Whitney form, ties count one half).
+
+        AUC = ( sum_{i member} rank(s_i) - n1 (n1 + 1) / 2 ) / (n1 * n0)
+
+    with average ranks for ties: the probability that a random member scores higher than
+    a random non-member, plus half the probability of a tie. It equals the trapezoidal
+    area under :func:`roc_curve` (Hanley & McNeil 1982).
+    """
+    y, s = _validate(labels, scores)
+    return _auc_unchecked(y, s)
+
+
+def _auc_unchecked(y: np.ndarray, s: np.ndarray) -> float:
+    ranks = rankdata(s, method="average")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _tpr_at_fpr_unchecked(fps: np.ndarray, tps: np.ndarray, n_pos: int, n_neg: int, fpr: float) -> float:
+    # allowed false positives; the small epsilon absorbs float error in fpr * n_neg
+    allowed = math.floor(fpr * n_neg + 1e-9)
+    ok = fps <= allowed
+    # fps is non-decreasing and fps[0] == 0, so ok is a non-empty prefix; tps is
+    # non-decreasing, so the largest TPR among the allowed points is at the prefix's end.
+    return float(tps[np.flatnonzero(ok)[-1]] / n_pos)
+
+
+def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, *, fpr: float) -> float:
+    """True-positive rate at a false-positive-rate budget, without interpolation.
+
+        TPR@FPR<=f = max { tpr(t) : fpr(t) <= f }
+
+    over the points of :func:`roc_curve` (the ROC's lower envelope: the best threshold whose
+    *empirical* FPR does not exceed ``f``; we never interpolate between points, which would
+    credit the attack with a randomized threshold). The comparison is done on counts,
+    ``#false positives <= floor(f * #non-members)``, so float rounding cannot move a point
+    across the budget.
+
+    This is the rule of the LiRA evaluation code (Carlini et al. 2022,
+    ``tpr[np.where(fpr < f)[0][-1]]``) except that a point lying *exactly* on the budget
+    counts (``<=`` where that code writes ``<``). With fewer than ``1/f`` non-members only
+    zero false positives are allowed; the result is then a statement about the single most
+    confident region of the scores and is logged at WARNING level.
+    """
+    f = _check_fpr(fpr)
+    y, s = _validate(labels, scores)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if f * n_neg < 1.0:
+        logger.warning(
+            "tpr_at_fpr(fpr=%g) with only %d non-members: the smallest non-zero FPR is %.3g, "
+            "so only thresholds with zero false positives qualify.", f, n_neg, 1.0 / n_neg,
+        )
+    fps, tps, _ = _roc_counts(y, s)
+    return _tpr_at_fpr_unchecked(fps, tps, n_pos, n_neg, f)
+
+
+def balanced_accuracy(labels: ArrayLike, predictions: ArrayLike) -> float:
+    """Balanced accuracy of hard 0/1 predictions: ``(TPR + TNR) / 2``.
+
+    ``TPR = #(pred 1 & label 1) / #label 1``, ``TNR = #(pred 0 & label 0) / #label 0``
+    (Brodersen et al. 2010). 0.5 is chance whatever the class balance; the membership
+    advantage of Yeom et al. 2018 is ``2 * balanced_accuracy - 1``.
+    """
+    y = _as_labels(labels)
+    p = _as_labels(predictions, name="predictions")
+    if y.shape[0] != p.shape[0]:
+        raise InputDataError(
+            f"labels and predictions must have the same length; got {y.shape[0]} and {p.shape[0]}."
+        )
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        raise InputDataError("labels must contain both members (1) and non-members (0).")
+    tpr = float(((p == 1) & (y == 1)).sum() / n_pos)
+    tnr = float(((p == 0) & (y == 0)).sum() / (y.size - n_pos))
+    return (tpr + tnr) / 2.0
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _rng(seed: int | np.random.Generator) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ConfigError(f"seed must be an int or a numpy Generator; got {seed!r}.")
+    return np.random.default_rng(int(seed))
+
+
+def _stratified_indices(y: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_resamples`` rows of indices: members resampled among members, non-members among
+    non-members, so every resample keeps the original class counts."""
+    pos = np.flatnonzero(y == 1)
+    neg = np.flatnonzero(y == 0)
+    take_pos = pos[rng.integers(0, pos.size, size=(n_resamples, pos.size))]
+    take_neg = neg[rng.integers(0, neg.size, size=(n_resamples, neg.size))]
+    return np.concatenate([take_pos, take_neg], axis=1)
+
+
+def _check_bootstrap_params(n_resamples: int, confidence: float) -> None:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ConfigError(f"n_resamples must be a positive int; got {n_resamples!r}.")
+    if not isinstance(confidence, (int, float)) or not (0.0 < confidence < 1.0):
+        raise ConfigError(f"confidence must be in (0, 1); got {confidence!r}. Example: 0.95.")
+
+
+def _percentile_interval(stats: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    alpha = 1.0 - confidence
+    low = np.quantile(stats, alpha / 2.0, axis=0)
+    high = np.quantile(stats, 1.0 - alpha / 2.0, axis=0)
+    return low, high
+
+
+def bootstrap_ci(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | np.random.Generator = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval ``(low, high)`` of ``metric(labels, scores)``.
+
+    Each of ``n_resamples`` resamples draws the members with replacement among the members
+    and the non-members among the non-members (stratified bootstrap), so both classes are
+    always present and the class balance is that of the data. The interval is the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the resampled metric
+    (Efron & Tibshirani 1993, ch. 13). ``metric`` is any ``f(labels, scores) -> float``,
+    e.g. :func:`roc_auc` or ``functools.partial(tpr_at_fpr, fpr=0.01)``.
+
+    The bootstrap treats texts as i.i.d.; it measures the spread due to which texts were
+    evaluated, not due to which shadow/target models were trained.
+    """
+    y, s = _validate(labels, scores)
+    _check_bootstrap_params(n_resamples, confidence)
+    rng = _rng(seed)
+    idx = _stratified_indices(y, n_resamples, rng)
+    stats = np.fromiter((metric(y[row], s[row]) for row in idx), dtype=np.float64, count=n_resamples)
+    if np.isnan(stats).any():
+        raise InputDataError(
+            f"metric returned NaN on {int(np.isnan(stats).sum())} of {n_resamples} resamples."
+        )
+    low, high = _percentile_interval(stats, confidence)
+    return float(low), float(high)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def tpr_key(fpr: float) -> str:
+    """Name of the TPR-at-FPR entry in :func:`summarize`: 0.001 -> ``"tpr_at_0.1%fpr"``."""
+    return f"tpr_at_{_check_fpr(fpr) * 100:g}%fpr"
+
+
+def summarize(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    *,
+    fprs: Sequence[float] = (0.001, 0.01, 0.1),
+    seed: int | np.random.Generator = 0,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+) -> dict[str, float | int]:
+    """The numbers a membership-inference report needs, as a flat JSON-ready dict.
+
+    Keys (example for the default ``fprs``)::
+
+        n, n_members, n_nonmembers
+        auc, auc_ci_low, auc_ci_high                 roc_auc + stratified bootstrap CI
+        best_balanced_accuracy                       max_t (tpr(t) + 1 - fpr(t)) / 2
+        tpr_at_0.1%fpr, tpr_at_0.1%fpr_ci_low, tpr_at_0.1%fpr_ci_high
+        tpr_at_1%fpr, ...  tpr_at_10%fpr, ...        see tpr_at_fpr / tpr_key
+        min_nonzero_fpr                              1 / n_nonmembers (resolution of the ROC)
+        ci_confidence, n_resamples
+
+    All CIs come from one set of ``n_resamples`` stratified resamples drawn from ``seed``.
+    ``best_balanced_accuracy`` picks its threshold on the evaluated data itself, so it is
+    optimistic (an upper bound for a threshold chosen without labels), as in Carlini et al.
+    2022 Table 1 ("balanced accuracy").
+    """
+    y, s = _validate(labels, scores)
+    _check_bootstrap_params(n_resamples, confidence)
+    fprs = tuple(_check_fpr(f) for f in fprs)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    for f in fprs:
+        if f * n_neg < 1.0:
+            logger.warning(
+                "summarize: TPR at FPR=%g with only %d non-members is resolution-limited "
+                "(smallest non-zero FPR is %.3g).", f, n_neg, 1.0 / n_neg,
+            )
+
+    def all_stats(yy: np.ndarray, ss: np.ndarray) -> np.ndarray:
+        fps, tps, _ = _roc_counts(yy, ss)
+        return np.array(
+            [_auc_unchecked(yy, ss)] + [_tpr_at_fpr_unchecked(fps, tps, n_pos, n_neg, f) for f in fprs]
+        )
+
+    point = all_stats(y, s)
+    rng = _rng(seed)
+    idx = _stratified_indices(y, n_resamples, rng)
+    boot = np.stack([all_stats(y[row], s[row]) for row in idx])
+    low, high = _percentile_interval(boot, confidence)
+
+    fps, tps, _ = _roc_counts(y, s)
+    best_bacc = float(np.max((tps / n_pos + 1.0 - fps / n_neg) / 2.0))
+
+    out: dict[str, float | int] = {
+        "n": int(y.size),
+        "n_members": n_pos,
+        "n_nonmembers": n_neg,
+        "auc": float(point[0]),
+        "auc_ci_low": float(low[0]),
+        "auc_ci_high": float(high[0]),
+        "best_balanced_accuracy": best_bacc,
+    }
+    for j, f in enumerate(fprs, start=1):
+        key = tpr_key(f)
+        out[key] = float(point[j])
+        out[f"{key}_ci_low"] = float(low[j])
+        out[f"{key}_ci_high"] = float(high[j])
+    out["min_nonzero_fpr"] = 1.0 / n_neg
+    out["ci_confidence"] = float(confidence)
+    out["n_resamples"] = int(n_resamples)
+    return out
