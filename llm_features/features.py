@@ -1,0 +1,140 @@
+"""The built-in membership features: one small pure function each.
+
+Sign convention: every feature is higher for texts more likely to be members.
+NLL(x) below is the mean negative log-likelihood per predicted token,
+NLL(x) = -(1 / (T-1)) * sum_{t=1}^{T-1} log p(x_t | x_<t).
+A text with fewer than two tokens has nothing to predict; its features are NaN
+(the scorer logs how many), and the attack layer decides how to treat them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+
+import numpy as np
+
+from llm_features.registry import register_feature
+from llm_features.scoring import TokenScores
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureInput:
+    """Everything a feature may read about one text."""
+
+    text: str
+    target: TokenScores
+    reference: TokenScores | None = None
+    neighbours: tuple[TokenScores, ...] = ()
+
+
+def mean_nll(scores: TokenScores) -> float:
+    """NLL(x): mean negative log-prob of the predicted tokens (NaN when there are none)."""
+    if scores.n_predicted == 0:
+        return math.nan
+    return float(-np.mean(scores.token_logprobs, dtype=np.float64))
+
+
+def lowest_fraction_mean(values: np.ndarray, *, k: float) -> float:
+    """Mean of the ceil(k * n) smallest values (at least one); NaN for an empty array."""
+    if values.size == 0:
+        return math.nan
+    count = max(1, math.ceil(k * values.size))
+    return float(np.mean(np.partition(values, count - 1)[:count], dtype=np.float64))
+
+
+def _check_fraction(k: float) -> None:
+    if not 0.0 < k <= 1.0:
+        raise ValueError(f"k={k} must be in (0, 1]: the fraction of tokens kept")
+
+
+@register_feature("loss")
+def loss(x: FeatureInput) -> float:
+    """Negated mean token NLL: -NLL(x) (Yeom et al. 2018, "Privacy Risk in Machine Learning")."""
+    return -mean_nll(x.target)
+
+
+@register_feature("zlib_ratio")
+def zlib_ratio(x: FeatureInput) -> float:
+    """Negated NLL over zlib entropy: -NLL(x) / len(zlib.compress(utf8(x))) (Carlini et al. 2021).
+
+    "Extracting Training Data from Large Language Models": dividing by the compressed
+    length discounts texts that are easy for any model (repetitive, formulaic).
+    """
+    compressed = len(zlib.compress(x.text.encode("utf-8")))
+    return -mean_nll(x.target) / compressed
+
+
+@register_feature("reference", needs=("reference",))
+def reference(x: FeatureInput) -> float:
+    """Reference-calibrated loss: NLL_reference(x) - NLL_target(x) (Carlini et al. 2021).
+
+    The reference is the base model by default, so this measures how much the
+    fine-tune lowered the text's loss. It is 0 when target and reference are one model.
+    """
+    if x.reference is None:
+        raise ValueError("the reference feature needs reference-model scores")
+    return mean_nll(x.reference) - mean_nll(x.target)
+
+
+@register_feature("neighbour_gap", needs=("neighbours",))
+def neighbour_gap(x: FeatureInput) -> float:
+    """Neighbourhood comparison: mean_j NLL(n_j) - NLL(x) (Mattern et al. 2023).
+
+    "Membership Inference Attacks against Language Models via Neighbourhood Comparison":
+    a member's loss is lower than that of slightly perturbed copies of it. The
+    neighbours n_j are generated offline and scored by the same target model.
+    """
+    if not x.neighbours:
+        raise ValueError("the neighbour_gap feature needs neighbour scores")
+    neighbour_nll = np.array([mean_nll(n) for n in x.neighbours])
+    neighbour_nll = neighbour_nll[~np.isnan(neighbour_nll)]
+    if neighbour_nll.size == 0:
+        return math.nan
+    return float(neighbour_nll.mean()) - mean_nll(x.target)
+
+
+@register_feature("min_k")
+def min_k(x: FeatureInput, *, k: float = 0.2) -> float:
+    """Min-K% Prob: mean of the k% lowest token log-probs (Shi et al. 2023).
+
+    "Detecting Pretraining Data from Large Language Models". At k = 1 it equals ``loss``.
+    """
+    _check_fraction(k)
+    return lowest_fraction_mean(x.target.token_logprobs.astype(np.float64), k=k)
+
+
+@register_feature("min_k_plus_plus")
+def min_k_plus_plus(x: FeatureInput, *, k: float = 0.2) -> float:
+    """Min-K%++: mean of the k% lowest (log p(x_t) - mu_t) / sigma_t (Zhang et al. 2024).
+
+    "Min-K%++: Improved Baseline for Detecting Pre-Training Data from LLMs", with
+    mu_t and sigma_t the mean and standard deviation of log p(z | x_<t) for z drawn from
+    the model's own next-token distribution. sigma_t is floored at 1e-6.
+    """
+    _check_fraction(k)
+    scores = x.target
+    normalised = (scores.token_logprobs.astype(np.float64) - scores.vocab_mean) / np.maximum(scores.vocab_std, 1e-6)
+    return lowest_fraction_mean(normalised, k=k)
+
+
+@register_feature("token_rank")
+def token_rank(x: FeatureInput) -> float:
+    """Negated mean log-rank of the actual tokens: -mean_t log(1 + rank_t).
+
+    rank_t = 0 when the actual token is the model's top guess. A rank statistic is
+    insensitive to how peaked the distribution is, which complements the loss
+    (Carlini et al. 2019, "The Secret Sharer", rank-based exposure).
+    """
+    if x.target.n_predicted == 0:
+        return math.nan
+    return float(-np.mean(np.log1p(x.target.token_ranks.astype(np.float64))))
+
+
+@register_feature("top1_rate")
+def top1_rate(x: FeatureInput) -> float:
+    """Fraction of tokens that are the model's top guess: mean_t [rank_t == 0] (memorisation rate)."""
+    if x.target.n_predicted == 0:
+        return math.nan
+    return float(np.mean(x.target.token_ranks == 0))

@@ -1,0 +1,173 @@
+"""Neighbours for the neighbour-gap feature (Mattern et al. 2023), generated offline and seeded.
+
+A neighbour of x is x with a few tokens replaced by plausible alternatives; a member's
+loss is lower than its neighbours' losses, a non-member's is not.
+
+Two generators:
+
+- ``resample_neighbours`` (default): the base causal LM resamples a fraction of the
+  tokens in place. For each chosen position t, the replacement is drawn from
+  p(. | x_<t) restricted to its ``top_k`` most likely tokens, the original token
+  excluded, renormalised. One forward pass per text gives every position's candidates.
+- ``masked_lm_neighbours``: a masked LM (e.g. ``roberta-base``, given by name or path)
+  fills the masked positions, as in the paper.
+
+Randomness: each text draws from ``numpy.random.default_rng([seed, h(text)])`` with h a
+hash of the text, so a text's neighbours do not depend on batching or on the other texts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from llm_features.scoring import length_batches, tokenize
+from llm_features.texts import text_id
+
+logger = logging.getLogger(__name__)
+
+
+def text_rng(text: str, *, seed: int) -> np.random.Generator:
+    """A generator seeded by (seed, hash of the text): independent of order and batching."""
+    return np.random.default_rng([seed, int(text_id(text), 16) % (2**63)])
+
+
+def choose_positions(n_positions: int, *, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """max(1, round(fraction * n_positions)) distinct positions, sorted."""
+    count = min(n_positions, max(1, round(fraction * n_positions)))
+    return np.sort(rng.choice(n_positions, size=count, replace=False))
+
+
+def sample_replacement(candidates: np.ndarray, log_weights: np.ndarray, *, original: int,
+                       rng: np.random.Generator) -> int:
+    """Draw a candidate token other than ``original``, with probability proportional to exp(log_weights)."""
+    keep = candidates != original
+    if not keep.any():
+        return int(original)
+    weights = np.exp(log_weights[keep] - log_weights[keep].max())
+    return int(rng.choice(candidates[keep], p=weights / weights.sum()))
+
+
+def _check(n_neighbours: int, fraction: float, top_k: int) -> None:
+    if n_neighbours < 1:
+        raise ValueError(f"n_neighbours={n_neighbours} must be at least 1")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction} must be in (0, 1]")
+    if top_k < 2:
+        raise ValueError(f"top_k={top_k} must be at least 2 (the original token is excluded)")
+
+
+def resample_neighbours(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    n_neighbours: int,
+    fraction: float = 0.15,
+    top_k: int = 20,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_tokens: int = 512,
+    progress: bool = True,
+) -> list[list[str]]:
+    """``n_neighbours`` neighbours of each text, resampled in place by a causal LM."""
+    import torch
+    from tqdm.auto import tqdm
+
+    _check(n_neighbours, fraction, top_k)
+    token_ids, _ = tokenize(tokenizer, texts, max_tokens=max_tokens)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    candidates: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
+    lengths = [len(ids) for ids in token_ids]
+    with torch.inference_mode():
+        for batch in tqdm(length_batches(lengths, batch_size=batch_size), desc="neighbours",
+                          unit="batch", disable=not progress, leave=False):
+            width = max(lengths[i] for i in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(input_ids)
+            for row, index in enumerate(batch):
+                input_ids[row, :lengths[index]] = torch.tensor(token_ids[index])
+                mask[row, :lengths[index]] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            top = torch.topk(torch.log_softmax(logits.float(), dim=-1), k=min(top_k, logits.shape[-1]), dim=-1)
+            for row, index in enumerate(batch):
+                n = lengths[index] - 1
+                candidates[index] = (top.indices[row, :n].cpu().numpy(), top.values[row, :n].cpu().numpy())
+    neighbours = []
+    for text, ids, cand in zip(texts, token_ids, candidates):
+        rng = text_rng(text, seed=seed)
+        if len(ids) < 2:
+            neighbours.append([text] * n_neighbours)
+            continue
+        indices, log_weights = cand  # position t-1 predicts token t
+        variants = []
+        for _ in range(n_neighbours):
+            new_ids = list(ids)
+            for p in choose_positions(len(ids) - 1, fraction=fraction, rng=rng):
+                new_ids[p + 1] = sample_replacement(indices[p], log_weights[p], original=ids[p + 1], rng=rng)
+            variants.append(tokenizer.decode(new_ids, skip_special_tokens=True))
+        neighbours.append(variants)
+    return neighbours
+
+
+def masked_lm_neighbours(
+    mlm_spec: str,
+    texts: Sequence[str],
+    *,
+    n_neighbours: int,
+    fraction: float = 0.15,
+    top_k: int = 20,
+    seed: int = 0,
+    max_tokens: int = 512,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[list[str]]:
+    """``n_neighbours`` neighbours of each text, with masked positions filled by a masked LM.
+
+    All chosen positions of one neighbour are masked together and each is filled by a
+    draw from the masked LM's top-k predictions for it (the original token excluded).
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from llm_features.errors import ModelLoadError
+    from llm_features.models import resolve_device
+
+    _check(n_neighbours, fraction, top_k)
+    device = resolve_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(mlm_spec)
+        model = AutoModelForMaskedLM.from_pretrained(mlm_spec).to(device).eval()
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load masked LM {mlm_spec!r} for neighbours: {exc}") from exc
+    if tokenizer.mask_token_id is None:
+        raise ModelLoadError(f"{mlm_spec!r} has no mask token; pass a masked LM such as roberta-base")
+    special = set(tokenizer.all_special_ids)
+    neighbours = []
+    with torch.inference_mode():
+        for text in tqdm(texts, desc="neighbours (masked LM)", unit="text", disable=not progress, leave=False):
+            rng = text_rng(text, seed=seed)
+            ids = tokenizer(text, truncation=True, max_length=max_tokens)["input_ids"]
+            editable = np.array([i for i, token in enumerate(ids) if token not in special])
+            variants = []
+            for _ in range(n_neighbours):
+                if editable.size == 0:
+                    variants.append(text)
+                    continue
+                positions = editable[choose_positions(editable.size, fraction=fraction, rng=rng)]
+                masked = list(ids)
+                for p in positions:
+                    masked[p] = tokenizer.mask_token_id
+                logits = model(input_ids=torch.tensor([masked], device=device)).logits[0]
+                top = torch.topk(torch.log_softmax(logits.float(), dim=-1), k=top_k, dim=-1)
+                new_ids = list(ids)
+                for p in positions:
+                    new_ids[p] = sample_replacement(top.indices[p].cpu().numpy(), top.values[p].cpu().numpy(),
+                                                    original=ids[p], rng=rng)
+                variants.append(tokenizer.decode(new_ids, skip_special_tokens=True))
+            neighbours.append(variants)
+    return neighbours

@@ -1,0 +1,157 @@
+"""The feature registry: one dict, filled by a decorator that refuses duplicates.
+
+A feature is a small pure function ``f(x: FeatureInput, *, <hyperparameters>) -> float``
+whose value is higher for texts more likely to be members. It declares what it needs
+besides the target's token scores (``reference`` scores, ``neighbours`` scores), so the
+extractor computes only what the requested features use.
+
+Features are requested by name, with optional keyword hyperparameters:
+``"min_k"`` or ``"min_k:k=0.1"``. A misspelled name or hyperparameter fails with the
+list of what exists, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable
+
+from llm_features.errors import ConfigError
+
+NEEDS = ("reference", "neighbours")
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """A registered feature: its function, what it needs, and its keyword defaults."""
+
+    name: str
+    function: Callable[..., float]
+    needs: frozenset[str]
+    defaults: dict[str, Any]
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.function) or ""
+        return doc.splitlines()[0] if doc else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureRequest:
+    """A feature asked for by the user, with its hyperparameters bound."""
+
+    feature: Feature
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def column(self) -> str:
+        """Column name: the feature name, plus ``:key=value`` for non-default values."""
+        changed = [(k, v) for k, v in self.params if self.feature.defaults.get(k) != v]
+        if not changed:
+            return self.feature.name
+        return self.feature.name + ":" + ",".join(f"{k}={v}" for k, v in changed)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return self.feature.needs
+
+    def __call__(self, x: Any) -> float:
+        return float(self.feature.function(x, **dict(self.params)))
+
+
+FEATURES: dict[str, Feature] = {}
+
+
+def register_feature(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[Callable[..., float]], Callable[..., float]]:
+    """Register ``function`` under ``name``; hyperparameters must be keyword-only with defaults."""
+    unknown = set(needs) - set(NEEDS)
+    if unknown:
+        raise ValueError(f"feature {name!r}: unknown needs {sorted(unknown)}; allowed: {NEEDS}")
+
+    def decorator(function: Callable[..., float]) -> Callable[..., float]:
+        if name in FEATURES:
+            raise ValueError(f"feature {name!r} is already registered (by {FEATURES[name].function.__qualname__})")
+        signature = inspect.signature(function)
+        parameters = list(signature.parameters.values())
+        defaults = {}
+        for parameter in parameters[1:]:
+            if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or parameter.default is inspect.Parameter.empty:
+                raise ValueError(
+                    f"feature {name!r}: hyperparameter {parameter.name!r} must be keyword-only with a default"
+                )
+            defaults[parameter.name] = parameter.default
+        FEATURES[name] = Feature(name=name, function=function, needs=frozenset(needs), defaults=defaults)
+        return function
+
+    return decorator
+
+
+def known_features() -> list[str]:
+    """Names of the registered features, sorted."""
+    _ensure_builtin_features()
+    return sorted(FEATURES)
+
+
+def parse_features(spec: str | list[str] | None) -> list[FeatureRequest]:
+    """Parse ``"loss,min_k:k=0.1,reference"`` (or a list of such items) into requests.
+
+    ``None`` or ``"all"`` means every registered feature with default hyperparameters.
+    """
+    _ensure_builtin_features()
+    if spec is None or spec == "all":
+        return [FeatureRequest(FEATURES[name], tuple(sorted(FEATURES[name].defaults.items())))
+                for name in sorted(FEATURES)]
+    items = spec if isinstance(spec, list) else _split_items(spec)
+    requests = [_parse_item(item) for item in items]
+    columns = [r.column for r in requests]
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise ConfigError(f"features requested twice: {', '.join(duplicated)}")
+    if not requests:
+        raise ConfigError(f"no features requested; known: {', '.join(known_features())}")
+    return requests
+
+
+def _split_items(spec: str) -> list[str]:
+    """Split on commas that start a new feature (``min_k:k=0.1,a=2,loss`` keeps ``a=2`` with min_k)."""
+    items: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if "=" in part and ":" not in part and items:
+            items[-1] += "," + part
+        else:
+            items.append(part)
+    return items
+
+
+def _parse_item(item: str) -> FeatureRequest:
+    name, _, arguments = item.partition(":")
+    name = name.strip()
+    if name not in FEATURES:
+        raise ConfigError(f"unknown feature {name!r}; known features: {', '.join(known_features())}")
+    feature = FEATURES[name]
+    params = dict(feature.defaults)
+    for assignment in filter(None, (a.strip() for a in arguments.split(","))):
+        key, sep, raw = assignment.partition("=")
+        key = key.strip()
+        if not sep or key not in feature.defaults:
+            allowed = ", ".join(feature.defaults) or "none"
+            raise ConfigError(f"feature {name!r}: bad hyperparameter {assignment!r}; allowed: {allowed} (as key=value)")
+        params[key] = _coerce(raw.strip(), feature.defaults[key], where=f"{name}:{key}")
+    return FeatureRequest(feature, tuple(sorted(params.items())))
+
+
+def _coerce(raw: str, default: Any, *, where: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1")
+        return type(default)(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}={raw!r} is not a valid {type(default).__name__}") from exc
+
+
+def _ensure_builtin_features() -> None:
+    import llm_features.features  # noqa: F401  (registers the built-in features)

@@ -1,0 +1,157 @@
+"""The one forward pass per text and model.
+
+``score_texts`` runs a causal LM once over every text and keeps, for each text, per
+predicted position t = 1 .. T-1 (the first token has no prefix to predict it from):
+
+- ``token_logprobs[t]`` = log p(x_t | x_<t), the log-prob of the actual next token;
+- ``vocab_mean[t]``     = mu_t    = E_{z ~ p(.|x_<t)} [log p(z | x_<t)]   (= -entropy);
+- ``vocab_std[t]``      = sigma_t = sqrt(E_z[(log p(z | x_<t) - mu_t)^2]);
+- ``token_ranks[t]``    = #{z : p(z | x_<t) > p(x_t | x_<t)}  (0 = the model's top guess).
+
+mu and sigma are the moments that Min-K%++ (Zhang et al. 2024, eq. 2) normalises with:
+expectations under the model's own next-token distribution. Every feature is arithmetic
+on these arrays; no feature runs the model again.
+
+Speed: texts are sorted by length and batched with dynamic padding (right padding, the
+attention mask marks real tokens), the model runs in its loaded dtype (bfloat16 where the
+hardware is fast), and the vocabulary statistics are computed in float32 only on the real
+positions of each row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenScores:
+    """Per-position statistics of one text under one model (arrays of length n_tokens - 1)."""
+
+    token_logprobs: np.ndarray
+    vocab_mean: np.ndarray
+    vocab_std: np.ndarray
+    token_ranks: np.ndarray
+    n_tokens: int
+    truncated: bool = False
+
+    @property
+    def n_predicted(self) -> int:
+        return int(self.token_logprobs.shape[0])
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], *, max_tokens: int) -> tuple[list[list[int]], int]:
+    """Token ids of each text, cut to ``max_tokens``; also the number of texts cut."""
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens={max_tokens} must be at least 2 (one token to predict from, one to predict)")
+    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    n_truncated = sum(len(ids) > max_tokens for ids in encoded)
+    return [list(ids[:max_tokens]) for ids in encoded], n_truncated
+
+
+def length_batches(lengths: Sequence[int], *, batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), for dynamic padding."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def score_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_tokens: int = 512,
+    progress: bool = True,
+    description: str = "scoring",
+) -> list[TokenScores]:
+    """Score every text with one batched forward pass; see the module docstring.
+
+    Args:
+        model: a causal LM (transformers or peft) in eval mode.
+        tokenizer: its tokenizer; must have a pad token.
+        texts: the texts, scored in their given order.
+        batch_size: texts per forward pass (of similar length).
+        max_tokens: texts longer than this are cut; the count is logged.
+        progress: show a progress bar with texts and tokens per second.
+
+    Returns:
+        One :class:`TokenScores` per text, in the order of ``texts``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    token_ids, n_truncated = tokenize(tokenizer, texts, max_tokens=max_tokens)
+    if n_truncated:
+        logger.info("%d of %d texts were longer than %d tokens and were truncated",
+                    n_truncated, len(texts), max_tokens)
+    too_short = sum(len(ids) < 2 for ids in token_ids)
+    if too_short:
+        logger.warning("%d text(s) have fewer than 2 tokens: nothing to predict, their features are NaN",
+                       too_short)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    results: list[TokenScores | None] = [None] * len(token_ids)
+    lengths = [len(ids) for ids in token_ids]
+    started = time.perf_counter()
+    done_tokens = 0
+    bar = tqdm(total=len(token_ids), desc=description, unit="text", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for batch in length_batches(lengths, batch_size=batch_size):
+            input_ids, attention_mask = _pad([token_ids[i] for i in batch], pad_id=pad_id, device=device)
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            for row, index in enumerate(batch):
+                results[index] = _row_scores(logits[row], input_ids[row], lengths[index],
+                                             truncated=len(token_ids[index]) >= max_tokens)
+            done_tokens += sum(lengths[i] for i in batch)
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{done_tokens / max(time.perf_counter() - started, 1e-9):.0f}")
+    bar.close()
+    elapsed = time.perf_counter() - started
+    logger.info("%s: %d texts, %d tokens in %.1f s (%.0f tokens/s)", description, len(texts),
+                done_tokens, elapsed, done_tokens / max(elapsed, 1e-9))
+    return results  # type: ignore[return-value]
+
+
+def _pad(rows: list[list[int]], *, pad_id: int, device: Any) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _row_scores(logits: Any, input_ids: Any, length: int, *, truncated: bool) -> TokenScores:
+    """Statistics of one row: positions 0 .. length-2 predict tokens 1 .. length-1."""
+    import torch
+
+    if length < 2:
+        empty = np.zeros(0, dtype=np.float32)
+        return TokenScores(empty, empty, empty, np.zeros(0, dtype=np.int32), n_tokens=length, truncated=truncated)
+    log_probs = torch.log_softmax(logits[: length - 1].float(), dim=-1)
+    targets = input_ids[1:length]
+    token_logprobs = log_probs.gather(-1, targets[:, None])[:, 0]
+    probs = log_probs.exp()
+    mean = (probs * log_probs).sum(-1)
+    variance = (probs * (log_probs - mean[:, None]).square()).sum(-1)
+    ranks = (log_probs > token_logprobs[:, None]).sum(-1)
+    return TokenScores(
+        token_logprobs=token_logprobs.cpu().numpy().astype(np.float32),
+        vocab_mean=mean.cpu().numpy().astype(np.float32),
+        vocab_std=variance.clamp_min(0).sqrt().cpu().numpy().astype(np.float32),
+        token_ranks=ranks.cpu().numpy().astype(np.int32),
+        n_tokens=length,
+        truncated=truncated,
+    )
