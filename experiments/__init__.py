@@ -1,0 +1,1 @@
+"""Experiment drivers, configurations and demo corpora for shadowmia."""
