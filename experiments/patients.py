@@ -697,8 +697,10 @@ _TEMPLATES: tuple[tuple[str, _Template], ...] = (
     ("pre-operative assessment", (
         ("Pre-operative assessment.", "Pre-assessment clinic note.",
          "Anaesthetic pre-assessment."),
-        ("{name}, {age}-year-old {sexn}, admitted {adm} for surgery related to {c1}.",
-         "Assessed {name} ({age}) on {adm} before a procedure for {c1}."),
+        ("{name}, {a_age} {age}-year-old {sexn}, admitted {adm} with {c1}, was seen before"
+         " a planned procedure.",
+         "Assessed {name} ({age}), an inpatient since {adm} with {c1}, before a planned"
+         " procedure."),
         ("Presenting symptoms: {sym}.", "{Pron} had {sym}."),
         ("{Hist_sent}",),
         ("Regular medications: {meds}.", "Takes {meds}."),
@@ -805,7 +807,11 @@ for _condition in CONDITIONS:
     else:
         _SPECIALTIES[_condition] = _DEFAULT_SPECIALTY
 
+_MALE_ONLY_CONDITIONS = frozenset({"benign prostatic hyperplasia"})
 _CONDITION_NAMES: tuple[str, ...] = tuple(CONDITIONS)
+_FEMALE_CONDITION_NAMES: tuple[str, ...] = tuple(
+    c for c in CONDITIONS if c not in _MALE_ONLY_CONDITIONS
+)
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
            "September", "October", "November", "December")
 _LOS_DAYS = (1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 5, 5, 6, 7, 8, 9, 10, 12, 14, 18, 21)
@@ -908,9 +914,10 @@ def _draw_record(draws: _Draws) -> tuple[dict[str, Any], str, dict[str, Any]]:
     los = draws.pick(_LOS_DAYS)
     discharge = admission + _dt.timedelta(days=los)
 
-    primary = draws.pick(_CONDITION_NAMES)
+    possible = _FEMALE_CONDITION_NAMES if female else _CONDITION_NAMES
+    primary = draws.pick(possible)
     n_comorbid = draws.pick((0, 0, 1, 1, 1, 2))
-    comorbid = draws.distinct(_CONDITION_NAMES, n_comorbid, exclude=(primary,))
+    comorbid = draws.distinct(possible, n_comorbid, exclude=(primary,))
     conditions = [primary, *comorbid]
 
     symptoms, findings, typical = CONDITIONS[primary]

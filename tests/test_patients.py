@@ -111,6 +111,8 @@ def test_fields_are_valid(records_5000):
         discharged = dt.date.fromisoformat(r["discharge_date"])
         assert first_day <= admitted <= discharged <= last_day
         assert r["name"] in r["text"]
+        if r["sex"] == "female":
+            assert "benign prostatic hyperplasia" not in r["conditions"]
         assert r["patient_id"].startswith("MRN") and len(r["patient_id"]) == 10
         assert isinstance(r["conditions"], list) and 1 <= len(r["conditions"]) <= 3
         assert len(set(r["conditions"])) == len(r["conditions"])
