@@ -1,0 +1,79 @@
+"""Attack models of shadowmia: classifiers, calibrated per-text attacks, metrics, persistence.
+
+This layer sees only numpy arrays and pandas tables -- never torch models -- and imports
+neither torch nor transformers. It depends on ``llm_features`` only for the exception
+family and the atomic-file helpers.
+
+* :mod:`attack_models.metrics`: ROC, AUC, TPR at low FPR, stratified bootstrap CIs.
+* :mod:`attack_models.classifiers`: scikit-learn attack classifiers and their registry.
+* :mod:`attack_models.selection`: leave-one-shadow-out comparison and choice.
+* :mod:`attack_models.calibrated`: LiRA (online/offline) and RMIA per-text scores.
+* :mod:`attack_models.persistence`: save/load with checksums and a type allowlist.
+"""
+
+from attack_models.calibrated import (
+    CALIBRATED_METHODS,
+    LiraStatistics,
+    leave_one_shadow_out_calibrated,
+    lira_offline,
+    lira_online,
+    lira_statistics,
+    logit_scale,
+    rmia,
+    tune_rmia_a,
+)
+from attack_models.classifiers import (
+    CLASSIFIERS,
+    LogisticAttack,
+    MLPAttack,
+    RandomForestAttack,
+    ThresholdAttack,
+    XGBoostAttack,
+    impute_nan,
+    make_classifier,
+)
+from attack_models.metrics import (
+    balanced_accuracy,
+    bootstrap_ci,
+    roc_auc,
+    roc_curve,
+    summarize,
+    tpr_at_fpr,
+    tpr_key,
+)
+from attack_models.persistence import ALLOWED_TYPES, UntrustedArtifactError, load_attack, save_attack
+from attack_models.selection import leave_one_shadow_out, leave_one_shadow_out_folds, select_best
+
+__all__ = [
+    "ALLOWED_TYPES",
+    "CALIBRATED_METHODS",
+    "CLASSIFIERS",
+    "LiraStatistics",
+    "LogisticAttack",
+    "MLPAttack",
+    "RandomForestAttack",
+    "ThresholdAttack",
+    "UntrustedArtifactError",
+    "XGBoostAttack",
+    "balanced_accuracy",
+    "bootstrap_ci",
+    "impute_nan",
+    "leave_one_shadow_out",
+    "leave_one_shadow_out_calibrated",
+    "leave_one_shadow_out_folds",
+    "lira_offline",
+    "lira_online",
+    "lira_statistics",
+    "load_attack",
+    "logit_scale",
+    "make_classifier",
+    "rmia",
+    "roc_auc",
+    "roc_curve",
+    "save_attack",
+    "select_best",
+    "summarize",
+    "tpr_at_fpr",
+    "tpr_key",
+    "tune_rmia_a",
+]
