@@ -1,0 +1,425 @@
+"""Training the K shadow models of the attack, locally or as Ray tasks, resumably.
+
+Shadow models (Shokri et al. 2017, "Membership Inference Attacks against Machine Learning
+Models") imitate the target: each is the base model LoRA fine-tuned on a known half of
+the attacker's text pool, given by the membership matrix (:mod:`shadow.membership`):
+shadow ``k`` is trained on the texts ``i`` with ``keep[k, i]``, in pool order, with the
+seed :func:`shadow_seed` ``(seed, k)``.
+
+A shadow directory ``out_dir`` holds::
+
+    config.json            everything needed to reproduce the shadows (base model, pool
+                           ids hash, K, seed, fine-tuning config, per-shadow seeds)
+    membership.npy         keep[K, N] bool        membership_ids.json   the N ids in column order
+    shadow_000/ ...        peft adapter + manifest.json (see shadow.finetune)
+
+Runs are resumable: a shadow whose manifest and files verify (and were made with the
+same config and texts) is skipped; a leftover temporary directory of a killed run is
+removed; a shadow that fails verification is retrained. An existing ``out_dir`` made with
+a different config is refused unless ``force=True``, which deletes its shadows first.
+Only one run may work on an ``out_dir`` at a time (a lock file holds the pid).
+
+With ``backend="ray"`` each shadow is one Ray task (1 CPU); the seeds are the same as
+with the local backend, so the adapters are the same (bit for bit on CPU with the same
+torch thread count per shadow: pass ``num_threads`` to pin it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_features.errors import ConfigError, IntegrityError, ShadowMIAError
+from llm_features.io import library_versions, write_json_atomic
+from llm_features.texts import TextSet
+from shadow.finetune import (
+    PARTIAL_MARK,
+    FinetuneConfig,
+    finetune,
+    ids_hash,
+    read_manifest,
+    verify_adapter,
+)
+from shadow.membership import load_membership, membership_matrix, save_membership
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+CONFIG_FORMAT = "shadowmia.shadows/1"
+LOCK_FILE = ".lock"
+BACKENDS = ("local", "ray")
+
+__all__ = [
+    "BACKENDS",
+    "load_membership",
+    "shadow_dirs",
+    "shadow_seed",
+    "train_shadows",
+]
+
+
+def shadow_seed(seed: int, k: int) -> int:
+    """The fine-tuning seed of shadow ``k``: ``SeedSequence([seed, k])``'s first 32-bit word.
+
+    Independent streams per shadow (NumPy's SeedSequence hashing), the same on every backend.
+    """
+    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1, dtype=np.uint32)[0])
+
+
+def shadow_name(k: int) -> str:
+    return f"shadow_{k:03d}"
+
+
+def shadow_dirs(out_dir: str | os.PathLike) -> list[Path]:
+    """The complete shadow directories of ``out_dir`` (with a manifest), in shadow order.
+
+    Raises IntegrityError when ``out_dir`` has no ``config.json`` or a shadow is missing.
+    """
+    out = Path(out_dir)
+    config = _read_config(out)
+    dirs = [out / shadow_name(k) for k in range(config["reproduce"]["n_shadows"])]
+    missing = [d.name for d in dirs if not (d / "manifest.json").is_file()]
+    if missing:
+        raise IntegrityError(
+            f"{out}: shadow(s) {missing} are missing or incomplete; rerun train-shadows on "
+            "this directory to finish them"
+        )
+    return dirs
+
+
+def _read_config(out: Path) -> dict[str, Any]:
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        raise IntegrityError(f"{path} is missing; {out} is not a shadow directory (run train-shadows)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise IntegrityError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT or "reproduce" not in config:
+        raise IntegrityError(f"{path} is not a {CONFIG_FORMAT} file")
+    return config
+
+
+def train_shadows(
+    base_spec: str,
+    texts: TextSet,
+    out_dir: str | os.PathLike,
+    *,
+    n_shadows: int,
+    config: FinetuneConfig,
+    seed: int,
+    backend: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    device: str = "auto",
+    num_threads: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Train (or finish training) ``n_shadows`` LoRA shadows of ``base_spec`` on ``texts``.
+
+    Args:
+        base_spec: the base model (see :func:`llm_features.models.load_model`).
+        texts: the attacker's pool; column ``i`` of the membership matrix is ``texts.ids[i]``.
+        out_dir: the shadow directory (created; an existing one is resumed).
+        n_shadows: ``K``, even and >= 2.
+        config: fine-tuning hyper-parameters; its ``seed`` is replaced per shadow by
+            ``shadow_seed(seed, k)``.
+        seed: seed of the membership matrix and of the shadow seeds.
+        backend: ``"local"`` (one shadow after another in this process) or ``"ray"``.
+        workers: Ray: CPUs of the local Ray instance started here (default 2), and the
+            most shadows in flight. Ignored by the local backend.
+        ray_address: Ray: address of an existing cluster (its nodes need shadowmia installed).
+        device: device of each fine-tune (``auto``, ``cpu``, ``cuda``).
+        num_threads: torch CPU threads per shadow (None: torch's default locally, Ray's 1 per task).
+        force: delete existing shadows made with another config instead of refusing.
+        progress: show a progress bar over the shadows.
+
+    Returns:
+        The ``K`` shadow directories, in order.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not one of {BACKENDS}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers={workers!r} must be a positive integer or None")
+    if not isinstance(texts, TextSet):
+        raise ConfigError(
+            f"texts must be a TextSet (llm_features.texts.load_texts / texts_from_list), got "
+            f"{type(texts).__name__}"
+        )
+    if not isinstance(config, FinetuneConfig):
+        raise ConfigError(f"config must be a FinetuneConfig, got {type(config).__name__}")
+    keep = membership_matrix(len(texts), n_shadows, seed=seed)
+    ids, pool = texts.ids, texts.texts
+    seeds = [shadow_seed(seed, k) for k in range(n_shadows)]
+    jobs = []
+    for k in range(n_shadows):
+        members = [pool[i] for i in np.flatnonzero(keep[k])]
+        jobs.append({
+            "k": k,
+            "texts": members,
+            "config": dataclasses.replace(config, seed=seeds[k]),
+            "ids_hash": ids_hash(members),
+        })
+
+    reproduce = _normalise({
+        "base_spec": str(base_spec),
+        "n_texts": len(texts),
+        "pool_ids_hash": ids_hash(pool),
+        "n_shadows": n_shadows,
+        "seed": seed,
+        "finetune": {**config.to_dict(), "seed": "per shadow: shadow_seed(seed, k)"},
+        "shadow_seeds": seeds,
+        "membership": "shadow.membership.membership_matrix (balanced online design)",
+    })
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with _Lock(out):
+        _prepare(out, reproduce=reproduce, force=force)
+        write_json_atomic(out / CONFIG_FILE, {
+            "format": CONFIG_FORMAT,
+            "reproduce": reproduce,
+            "text_source": texts.source,
+            "library_versions": library_versions(),
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+        _write_or_check_membership(out, keep, ids)
+
+        todo = [job for job in jobs if not _is_complete(out / shadow_name(job["k"]), job)]
+        done = n_shadows - len(todo)
+        if done:
+            logger.info("%s: %d of %d shadows already complete and verified; skipping them",
+                        out, done, n_shadows)
+        if todo:
+            logger.info("training %d shadow(s) of %s on %d texts each (%s backend)",
+                        len(todo), base_spec, len(todo[0]["texts"]), backend)
+            if backend == "local":
+                _run_local(base_spec, out, todo, total=n_shadows, done=done, device=device,
+                           num_threads=num_threads, progress=progress)
+            else:
+                _run_ray(base_spec, out, todo, total=n_shadows, done=done, device=device,
+                         num_threads=num_threads, progress=progress, workers=workers,
+                         ray_address=ray_address)
+    return [out / shadow_name(k) for k in range(n_shadows)]
+
+
+def _normalise(obj: Any) -> Any:
+    """Round-trip through JSON so that a fresh config compares equal to one read from disk."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _prepare(out: Path, *, reproduce: dict[str, Any], force: bool) -> None:
+    """Refuse (or, with force, clear) a directory made with another config; drop partials."""
+    config_path = out / CONFIG_FILE
+    existing_shadows = sorted(p.name for p in out.glob("shadow_*") if p.is_dir())
+    if config_path.is_file():
+        try:
+            old = _read_config(out)["reproduce"]
+        except IntegrityError:
+            old = None
+        if old != reproduce:
+            if old is None:
+                differences = "config.json is unreadable"
+            else:
+                keys = sorted(k for k in set(old) | set(reproduce) if old.get(k) != reproduce.get(k))
+                differences = "; ".join(f"{k}: existing {old.get(k)!r} vs requested {reproduce.get(k)!r}"
+                                        for k in keys)
+            if not force:
+                raise ConfigError(
+                    f"{out} holds shadows made with another configuration ({differences}). "
+                    "Use another output directory, or pass force=True (--force) to delete them "
+                    "and retrain"
+                )
+            logger.warning("%s: configuration changed (%s); deleting %d existing shadow(s)",
+                           out, differences, len(existing_shadows))
+            _clear(out)
+    elif existing_shadows:
+        if not force:
+            raise ConfigError(
+                f"{out} holds {len(existing_shadows)} shadow directories but no {CONFIG_FILE}, "
+                "so their configuration is unknown. Use another output directory, or pass "
+                "force=True (--force) to delete them and retrain"
+            )
+        _clear(out)
+    for partial in out.iterdir():
+        if partial.name.startswith(".shadow_") and (PARTIAL_MARK in partial.name or ".old-" in partial.name):
+            logger.info("removing %s left by an interrupted run", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _clear(out: Path) -> None:
+    for path in out.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and (path.name.startswith("shadow_") or path.name.startswith(".shadow_")):
+            shutil.rmtree(path)
+        elif path.name in (CONFIG_FILE, "membership.npy", "membership_ids.json"):
+            path.unlink()
+
+
+def _write_or_check_membership(out: Path, keep: np.ndarray, ids: list[str]) -> None:
+    if (out / "membership.npy").is_file():
+        try:
+            old_keep, old_ids = load_membership(out)
+        except IntegrityError as exc:
+            logger.warning("rewriting the membership matrix: %s", exc)
+        else:
+            if old_ids == ids and np.array_equal(old_keep, keep):
+                return
+            raise IntegrityError(
+                f"{out}/membership.npy does not match the matrix its config.json produces; the "
+                "directory was modified by hand. Pass force=True to retrain from scratch"
+            )
+    save_membership(out, keep, ids=ids)
+
+
+def _is_complete(directory: Path, job: dict[str, Any]) -> bool:
+    """True when ``directory`` holds a verified adapter made with the job's config and texts."""
+    if not directory.exists():
+        return False
+    try:
+        verify_adapter(directory)
+        manifest = read_manifest(directory)
+    except IntegrityError as exc:
+        logger.warning("%s fails verification (%s); retraining it", directory.name, exc)
+        shutil.rmtree(directory)
+        return False
+    if manifest.get("config") != _normalise(job["config"].to_dict()) or manifest.get("ids_hash") != job["ids_hash"]:
+        logger.warning("%s was trained with another config or other texts; retraining it", directory.name)
+        shutil.rmtree(directory)
+        return False
+    logger.info("%s is complete and verified; skipping it", directory.name)
+    return True
+
+
+def _train_one(base_spec: str, out: str, job: dict[str, Any], *, device: str,
+               num_threads: int | None, progress: bool) -> dict[str, Any]:
+    """Fine-tune one shadow (module level so Ray can ship it by reference)."""
+    k = job["k"]
+    manifest = finetune(base_spec, job["texts"], Path(out) / shadow_name(k), job["config"],
+                        device=device, num_threads=num_threads, overwrite=False,
+                        progress=progress, description=shadow_name(k))
+    return {"k": k, "tokens_per_s": manifest["tokens_per_s"], "final_loss": manifest["loss_curve"][-1]}
+
+
+def _run_local(base_spec: str, out: Path, todo: list[dict[str, Any]], *, total: int, done: int,
+               device: str, num_threads: int | None, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, initial=done, desc="shadows", unit="shadow", disable=not progress) as bar:
+        for job in todo:
+            result = _train_one(base_spec, str(out), job, device=device, num_threads=num_threads,
+                                progress=progress)
+            bar.set_postfix(loss=f"{result['final_loss']:.3f}", tok_s=f"{result['tokens_per_s']:.0f}")
+            bar.update(1)
+
+
+def _run_ray(base_spec: str, out: Path, todo: list[dict[str, Any]], *, total: int, done: int,
+             device: str, num_threads: int | None, progress: bool, workers: int | None,
+             ray_address: str | None) -> None:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(
+            "backend='ray' needs Ray: pip install 'shadowmia[ray]' (or use backend='local')"
+        ) from exc
+    from tqdm.auto import tqdm
+
+    started_here = False
+    if not ray.is_initialized():
+        project_root = str(Path(__file__).resolve().parent.parent)
+        pythonpath = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH")) if p)
+        runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+        if ray_address:
+            ray.init(address=ray_address, runtime_env=runtime_env)
+        else:
+            ray.init(num_cpus=workers or 2, include_dashboard=False, runtime_env=runtime_env,
+                     logging_level=logging.WARNING)
+        started_here = True
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=0)(_train_one)
+        limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+        pending: dict[Any, int] = {}
+        queue = list(todo)
+        with tqdm(total=total, initial=done, desc="shadows", unit="shadow", disable=not progress) as bar:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    job = queue.pop(0)
+                    ref = remote.remote(base_spec, str(out), job, device=device,
+                                        num_threads=num_threads, progress=False)
+                    pending[ref] = job["k"]
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    k = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except Exception as exc:  # RayTaskError wraps the worker's exception
+                        for other in pending:
+                            ray.cancel(other)
+                        cause = getattr(exc, "cause", None) or exc
+                        if isinstance(cause, ShadowMIAError):
+                            raise cause from exc
+                        raise ShadowMIAError(f"{shadow_name(k)} failed on Ray: {cause}") from exc
+                    logger.info("%s done (loss %.4f, %.0f tokens/s)", shadow_name(k),
+                                result["final_loss"], result["tokens_per_s"])
+                    bar.set_postfix(loss=f"{result['final_loss']:.3f}")
+                    bar.update(1)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+class _Lock:
+    """An exclusive lock file holding ``host:pid``; a stale lock (dead pid) is taken over."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_FILE
+        self.token = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __enter__(self) -> "_Lock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.path.read_text(encoding="utf-8", errors="replace").strip()
+                if self._alive(owner):
+                    raise ConfigError(
+                        f"another train-shadows run ({owner}) is working on {self.path.parent}; "
+                        f"wait for it, or delete {self.path} if that process is gone"
+                    ) from None
+                logger.info("removing stale lock %s (%s)", self.path, owner or "empty")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.token)
+            return self
+        raise ConfigError(f"could not take the lock {self.path}; delete it if no run is active")
+
+    @staticmethod
+    def _alive(owner: str) -> bool:
+        host, _, pid = owner.rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            return bool(owner) and host != socket.gethostname()  # another host: assume alive
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self.path.read_text(encoding="utf-8").strip() == self.token:
+                self.path.unlink()
+        except OSError:
+            pass
