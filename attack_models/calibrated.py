@@ -228,7 +228,7 @@ def lira_statistics(
         else:
             fallback_sd, source = math.sqrt(fallback), "pooled" if pooled is not None else "other group's pooled"
         if fixed_variance:
-            if pooled is None:
+            if pooled is None and (need_in or group == "OUT"):
                 logger.warning("%s: no text has 2+ %s shadows; fixed %s std falls back to the %s value %.4g.",
                                where, group, group, source, fallback_sd)
             sd = np.full(N, fallback_sd)
