@@ -99,8 +99,12 @@ def extract_features(
     if "reference" in needs and reference_scores is None:
         if reference is None:
             raise ValueError("the reference feature needs a reference model or its scores")
-        reference_scores = score_texts(reference.model, reference.tokenizer, texts.texts, batch_size=batch_size,
-                                       max_tokens=max_tokens, progress=progress, description="scoring reference")
+        if reference is target:
+            reference_scores = target_scores
+        else:
+            reference_scores = score_texts(reference.model, reference.tokenizer, texts.texts,
+                                           batch_size=batch_size, max_tokens=max_tokens, progress=progress,
+                                           description="scoring reference")
     neighbour_scores = None
     if "neighbours" in needs:
         if neighbours is None:

@@ -44,7 +44,8 @@ def lowest_fraction_mean(values: np.ndarray, *, k: float) -> float:
     return float(np.mean(np.partition(values, count - 1)[:count], dtype=np.float64))
 
 
-def _check_fraction(k: float) -> None:
+def check_fraction(*, k: float) -> None:
+    """Raise ValueError unless 0 < k <= 1."""
     if not 0.0 < k <= 1.0:
         raise ValueError(f"k={k} must be in (0, 1]: the fraction of tokens kept")
 
@@ -95,17 +96,17 @@ def neighbour_gap(x: FeatureInput) -> float:
     return float(neighbour_nll.mean()) - mean_nll(x.target)
 
 
-@register_feature("min_k")
+@register_feature("min_k", validate=check_fraction)
 def min_k(x: FeatureInput, *, k: float = 0.2) -> float:
     """Min-K% Prob: mean of the k% lowest token log-probs (Shi et al. 2023).
 
     "Detecting Pretraining Data from Large Language Models". At k = 1 it equals ``loss``.
     """
-    _check_fraction(k)
+    check_fraction(k=k)
     return lowest_fraction_mean(x.target.token_logprobs.astype(np.float64), k=k)
 
 
-@register_feature("min_k_plus_plus")
+@register_feature("min_k_plus_plus", validate=check_fraction)
 def min_k_plus_plus(x: FeatureInput, *, k: float = 0.2) -> float:
     """Min-K%++: mean of the k% lowest (log p(x_t) - mu_t) / sigma_t (Zhang et al. 2024).
 
@@ -113,7 +114,7 @@ def min_k_plus_plus(x: FeatureInput, *, k: float = 0.2) -> float:
     mu_t and sigma_t the mean and standard deviation of log p(z | x_<t) for z drawn from
     the model's own next-token distribution. sigma_t is floored at 1e-6.
     """
-    _check_fraction(k)
+    check_fraction(k=k)
     scores = x.target
     normalised = (scores.token_logprobs.astype(np.float64) - scores.vocab_mean) / np.maximum(scores.vocab_std, 1e-6)
     return lowest_fraction_mean(normalised, k=k)

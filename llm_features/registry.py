@@ -29,6 +29,7 @@ class Feature:
     function: Callable[..., float]
     needs: frozenset[str]
     defaults: dict[str, Any]
+    validate: Callable[..., None] | None = None
 
     @property
     def summary(self) -> str:
@@ -62,8 +63,17 @@ class FeatureRequest:
 FEATURES: dict[str, Feature] = {}
 
 
-def register_feature(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[Callable[..., float]], Callable[..., float]]:
-    """Register ``function`` under ``name``; hyperparameters must be keyword-only with defaults."""
+def register_feature(
+    name: str,
+    *,
+    needs: tuple[str, ...] = (),
+    validate: Callable[..., None] | None = None,
+) -> Callable[[Callable[..., float]], Callable[..., float]]:
+    """Register ``function`` under ``name``; hyperparameters must be keyword-only with defaults.
+
+    ``validate(**hyperparameters)`` raises ValueError for values out of range; it runs when
+    a request is parsed, before any model is loaded.
+    """
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"feature {name!r}: unknown needs {sorted(unknown)}; allowed: {NEEDS}")
@@ -80,7 +90,8 @@ def register_feature(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[Cal
                     f"feature {name!r}: hyperparameter {parameter.name!r} must be keyword-only with a default"
                 )
             defaults[parameter.name] = parameter.default
-        FEATURES[name] = Feature(name=name, function=function, needs=frozenset(needs), defaults=defaults)
+        FEATURES[name] = Feature(name=name, function=function, needs=frozenset(needs), defaults=defaults,
+                                 validate=validate)
         return function
 
     return decorator
@@ -139,6 +150,11 @@ def _parse_item(item: str) -> FeatureRequest:
             allowed = ", ".join(feature.defaults) or "none"
             raise ConfigError(f"feature {name!r}: bad hyperparameter {assignment!r}; allowed: {allowed} (as key=value)")
         params[key] = _coerce(raw.strip(), feature.defaults[key], where=f"{name}:{key}")
+    if feature.validate is not None:
+        try:
+            feature.validate(**params)
+        except ValueError as exc:
+            raise ConfigError(f"feature {item!r}: {exc}") from exc
     return FeatureRequest(feature, tuple(sorted(params.items())))
 
 

@@ -46,13 +46,13 @@ class TokenScores:
         return int(self.token_logprobs.shape[0])
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], *, max_tokens: int) -> tuple[list[list[int]], int]:
-    """Token ids of each text, cut to ``max_tokens``; also the number of texts cut."""
+def tokenize(tokenizer: Any, texts: Sequence[str], *, max_tokens: int) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of each text, cut to ``max_tokens``; also whether each text was cut."""
     if max_tokens < 2:
         raise ValueError(f"max_tokens={max_tokens} must be at least 2 (one token to predict from, one to predict)")
     encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    n_truncated = sum(len(ids) > max_tokens for ids in encoded)
-    return [list(ids[:max_tokens]) for ids in encoded], n_truncated
+    truncated = [len(ids) > max_tokens for ids in encoded]
+    return [list(ids[:max_tokens]) for ids in encoded], truncated
 
 
 def length_batches(lengths: Sequence[int], *, batch_size: int) -> list[list[int]]:
@@ -89,7 +89,8 @@ def score_texts(
     import torch
     from tqdm.auto import tqdm
 
-    token_ids, n_truncated = tokenize(tokenizer, texts, max_tokens=max_tokens)
+    token_ids, truncated = tokenize(tokenizer, texts, max_tokens=max_tokens)
+    n_truncated = sum(truncated)
     if n_truncated:
         logger.info("%d of %d texts were longer than %d tokens and were truncated",
                     n_truncated, len(texts), max_tokens)
@@ -99,6 +100,7 @@ def score_texts(
                        too_short)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    decoder, head = split_decoder_and_head(model)
     results: list[TokenScores | None] = [None] * len(token_ids)
     lengths = [len(ids) for ids in token_ids]
     started = time.perf_counter()
@@ -107,10 +109,16 @@ def score_texts(
     with torch.inference_mode():
         for batch in length_batches(lengths, batch_size=batch_size):
             input_ids, attention_mask = _pad([token_ids[i] for i in batch], pad_id=pad_id, device=device)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            for row, index in enumerate(batch):
-                results[index] = _row_scores(logits[row], input_ids[row], lengths[index],
-                                             truncated=len(token_ids[index]) >= max_tokens)
+            stats = _batch_statistics(model, decoder, head, input_ids, attention_mask)
+            start = 0
+            for index in batch:
+                count = max(lengths[index] - 1, 0)
+                results[index] = TokenScores(
+                    *(array[start:start + count] for array in stats),
+                    n_tokens=lengths[index],
+                    truncated=truncated[index],
+                )
+                start += count
             done_tokens += sum(lengths[i] for i in batch)
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{done_tokens / max(time.perf_counter() - started, 1e-9):.0f}")
@@ -119,6 +127,74 @@ def score_texts(
     logger.info("%s: %d texts, %d tokens in %.1f s (%.0f tokens/s)", description, len(texts),
                 done_tokens, elapsed, done_tokens / max(elapsed, 1e-9))
     return results  # type: ignore[return-value]
+
+
+def split_decoder_and_head(model: Any) -> tuple[Any, Any]:
+    """The transformer body and the output projection of a causal LM, or (None, None).
+
+    Running them apart lets the scorer project only the real (non-padding) positions
+    onto the vocabulary. Models whose logits are more than ``head(hidden)`` (final
+    logit soft-capping) are run whole.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "final_logit_softcapping", None):
+        return None, None
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None, None
+    if decoder is None or head is None:
+        return None, None
+    return decoder, head
+
+
+def _batch_statistics(model: Any, decoder: Any, head: Any, input_ids: Any, attention_mask: Any,
+                      *, rows_per_chunk: int = 1024) -> tuple[np.ndarray, ...]:
+    """Statistics of every real predicted position of a padded batch, rows concatenated in order.
+
+    Position t of row b predicts token t+1; it is real when token t+1 is. The positions are
+    gathered first, so padding costs no vocabulary projection and no softmax.
+    """
+    import torch
+
+    predicted = attention_mask[:, 1:].bool()
+    targets = input_ids[:, 1:][predicted]
+    if decoder is not None:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        states = hidden[:, :-1][predicted]
+        project = head
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        states = logits[:, :-1][predicted]
+        project = None
+    parts = []
+    for start in range(0, states.shape[0], rows_per_chunk):
+        chunk = states[start:start + rows_per_chunk]
+        logits = (project(chunk) if project is not None else chunk).float()
+        parts.append(_vocabulary_statistics(logits, targets[start:start + rows_per_chunk]))
+    if not parts:
+        empty = np.zeros(0, dtype=np.float32)
+        return empty, empty, empty, np.zeros(0, dtype=np.int32)
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(4))
+
+
+def _vocabulary_statistics(logits: Any, targets: Any) -> tuple[np.ndarray, ...]:
+    """log p(target), mu, sigma and rank for each row of float32 logits [n, V]."""
+    import torch
+
+    log_probs = torch.log_softmax(logits, dim=-1)
+    target_logits = logits.gather(-1, targets[:, None])
+    token_logprobs = log_probs.gather(-1, targets[:, None])[:, 0]
+    probs = log_probs.exp()
+    mean = (probs * log_probs).sum(-1)
+    variance = (probs * (log_probs - mean[:, None]).square()).sum(-1)
+    ranks = (logits > target_logits).sum(-1)
+    return (
+        token_logprobs.cpu().numpy().astype(np.float32),
+        mean.cpu().numpy().astype(np.float32),
+        variance.clamp_min(0).sqrt().cpu().numpy().astype(np.float32),
+        ranks.cpu().numpy().astype(np.int32),
+    )
 
 
 def _pad(rows: list[list[int]], *, pad_id: int, device: Any) -> tuple[Any, Any]:
@@ -131,27 +207,3 @@ def _pad(rows: list[list[int]], *, pad_id: int, device: Any) -> tuple[Any, Any]:
         input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, :len(ids)] = 1
     return input_ids.to(device), attention_mask.to(device)
-
-
-def _row_scores(logits: Any, input_ids: Any, length: int, *, truncated: bool) -> TokenScores:
-    """Statistics of one row: positions 0 .. length-2 predict tokens 1 .. length-1."""
-    import torch
-
-    if length < 2:
-        empty = np.zeros(0, dtype=np.float32)
-        return TokenScores(empty, empty, empty, np.zeros(0, dtype=np.int32), n_tokens=length, truncated=truncated)
-    log_probs = torch.log_softmax(logits[: length - 1].float(), dim=-1)
-    targets = input_ids[1:length]
-    token_logprobs = log_probs.gather(-1, targets[:, None])[:, 0]
-    probs = log_probs.exp()
-    mean = (probs * log_probs).sum(-1)
-    variance = (probs * (log_probs - mean[:, None]).square()).sum(-1)
-    ranks = (log_probs > token_logprobs[:, None]).sum(-1)
-    return TokenScores(
-        token_logprobs=token_logprobs.cpu().numpy().astype(np.float32),
-        vocab_mean=mean.cpu().numpy().astype(np.float32),
-        vocab_std=variance.clamp_min(0).sqrt().cpu().numpy().astype(np.float32),
-        token_ranks=ranks.cpu().numpy().astype(np.int32),
-        n_tokens=length,
-        truncated=truncated,
-    )

@@ -46,8 +46,8 @@ def test_bfloat16_scorer_is_close_to_float32(tiny_model_dir, corpus):
 
 
 def test_truncation_cuts_and_counts(tiny_tokenizer, corpus):
-    ids, n_truncated = tokenize(tiny_tokenizer, [corpus[0], "Red."], max_tokens=5)
-    assert [len(x) for x in ids][0] == 5 and n_truncated == 1
+    ids, truncated = tokenize(tiny_tokenizer, [corpus[0], "Red."], max_tokens=5)
+    assert len(ids[0]) == 5 and truncated == [True, False]
 
 
 def test_loss_separates_memorised_texts(overfit_model_dir, corpus):
@@ -70,3 +70,16 @@ def test_reference_feature_is_zero_for_same_model_and_informative_for_finetune(
     assert np.allclose(same["reference"], 0.0)
     tuned_table = extract_features(tuned, texts, requests, reference=base, progress=False)
     assert roc_auc_score(tuned_table["label"], tuned_table["reference"]) > 0.9
+
+
+def test_whole_model_fallback_matches_split_path(tiny_model_dir, corpus, monkeypatch):
+    """Models that cannot be split into body and head are run whole, with the same result."""
+    import llm_features.scoring as scoring
+
+    loaded = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    split = score_texts(loaded.model, loaded.tokenizer, corpus[:6], batch_size=3, progress=False)
+    monkeypatch.setattr(scoring, "split_decoder_and_head", lambda model: (None, None))
+    whole = score_texts(loaded.model, loaded.tokenizer, corpus[:6], batch_size=3, progress=False)
+    for a, b in zip(split, whole):
+        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-5)
+        np.testing.assert_array_equal(a.token_ranks, b.token_ranks)
