@@ -1,4 +1,4 @@
-"""The ``shadowmia`` command line.
+"""shadowmia: shadow-model membership inference for fine-tuned language models.
 
 Every subcommand validates its arguments before loading a model, prints errors from the
 :class:`~llm_features.errors.ShadowMIAError` family as one clear line (exit status 2),
@@ -65,6 +65,156 @@ def _run_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_finetune_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("LoRA fine-tuning")
+    group.add_argument("--epochs", type=int, default=3)
+    group.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
+    group.add_argument("--lora-rank", type=int, default=8)
+    group.add_argument("--lora-alpha", type=float, default=16.0)
+    group.add_argument("--lora-dropout", type=float, default=0.0)
+    group.add_argument("--max-tokens", type=int, default=128, help="training texts are truncated to this")
+    group.add_argument("--batch-size", type=int, default=8, help="texts per optimiser step")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _finetune_config(args: argparse.Namespace) -> "object":
+    from shadow.finetune import FinetuneConfig
+
+    return FinetuneConfig(epochs=args.epochs, lr=args.lr, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                          lora_dropout=args.lora_dropout, max_tokens=args.max_tokens, batch_size=args.batch_size,
+                          seed=args.seed)
+
+
+def _finetune_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("finetune", help="LoRA fine-tune a model on texts (e.g. a target for experiments)")
+    parser.add_argument("--base", required=True, help="base model: built-in name, directory, .gguf or hub id")
+    parser.add_argument("--data", required=True, help="training texts")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--out", required=True, help="adapter directory to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing adapter directory")
+    _add_finetune_options(parser)
+    parser.set_defaults(handler=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from experiments.attack_jobs import finetune_job
+
+    manifest = finetune_job(base=args.base, data=args.data, out=args.out, config=_finetune_config(args),
+                            text_field=args.text_field, device=args.device, overwrite=args.overwrite)
+    print(f"adapter -> {args.out}")
+    print(f"  texts {manifest['n_texts']}, steps {manifest['steps']}, tokens {manifest['tokens_trained']}, "
+          f"{manifest['tokens_per_s']:.0f} tokens/s, wall {manifest['wall_time_s']:.1f} s")
+    curve = manifest["loss_curve"]
+    print(f"  training loss: {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last step)")
+    return 0
+
+
+def _add_feature_settings(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("features")
+    group.add_argument("--features", default="all", help="comma-separated feature names (default: all)")
+    group.add_argument("--neighbours", type=int, default=5, help="neighbours per text for neighbour_gap")
+    group.add_argument("--neighbour-fraction", type=float, default=0.15)
+    group.add_argument("--neighbour-model", help="masked LM for neighbours instead of the base LM")
+    group.add_argument("--feature-max-tokens", type=int, default=512, help="texts are scored up to this many tokens")
+    group.add_argument("--feature-batch-size", type=int, default=16, help="texts per scoring pass")
+    group.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
+
+
+def _train_shadows_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train-shadows", help="train K shadow LoRA models and extract their features",
+                                   description="Each pool text is IN for exactly half of the K shadows. "
+                                               "Resumable: verified shadows and feature tables are skipped.")
+    parser.add_argument("--base", required=True, help="the base model the target was fine-tuned from")
+    parser.add_argument("--data", required=True, help="the attacker's pool of texts")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--n-shadows", type=int, required=True, help="K, even and >= 2")
+    parser.add_argument("--out", required=True, help="shadow directory (created, or resumed)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local")
+    parser.add_argument("--workers", type=int, help="Ray: CPUs of the local Ray instance (default 2)")
+    parser.add_argument("--ray-address", help="Ray: address of an existing cluster")
+    parser.add_argument("--force", action="store_true", help="replace shadows made with another config")
+    _add_finetune_options(parser)
+    _add_feature_settings(parser)
+    parser.set_defaults(handler=_run_train_shadows)
+
+
+def _feature_settings(args: argparse.Namespace) -> "object":
+    from experiments.attack_jobs import FeatureSettings
+    from experiments.jobs import NeighbourOptions
+
+    neighbours = NeighbourOptions(n=args.neighbours, fraction=args.neighbour_fraction, seed=args.seed,
+                                  masked_lm=args.neighbour_model)
+    return FeatureSettings(features=args.features, neighbours=neighbours, max_tokens=args.feature_max_tokens,
+                           batch_size=args.feature_batch_size)
+
+
+def _run_train_shadows(args: argparse.Namespace) -> int:
+    from experiments.attack_jobs import train_shadows_job
+    from llm_features.registry import parse_features
+
+    parse_features(args.features)
+    table = train_shadows_job(base=args.base, data=args.data, out=args.out, n_shadows=args.n_shadows,
+                              config=_finetune_config(args), seed=args.seed, settings=_feature_settings(args),
+                              text_field=args.text_field, backend=args.backend, workers=args.workers,
+                              ray_address=args.ray_address, dtype=args.dtype, device=args.device, force=args.force)
+    print(f"{args.n_shadows} shadows, {table['id'].nunique()} texts -> {args.out}")
+    return 0
+
+
+def _fit_attack_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("fit-attack", help="fit the attack classifier on the shadows' features",
+                                   description="Compares classifiers by leave-one-shadow-out and keeps the best "
+                                               "(or the one named).")
+    parser.add_argument("--shadows", required=True, help="directory written by train-shadows")
+    parser.add_argument("--out", required=True, help="attack directory to write")
+    parser.add_argument("--classifier", default="auto",
+                        help="auto, threshold, logistic, random_forest, xgboost or mlp")
+    parser.add_argument("--features", help="subset of the shadows' features (default: all of them)")
+    parser.add_argument("--calibrated", action="store_true",
+                        help="add leave-one-shadow-out LiRA scores as features (candidates must then be in the pool)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run_fit_attack)
+
+
+def _run_fit_attack(args: argparse.Namespace) -> int:
+    from experiments.attack_jobs import fit_attack_job
+
+    result = fit_attack_job(shadows=args.shadows, out=args.out, classifier=args.classifier,
+                            features=args.features, calibrated=args.calibrated, seed=args.seed)
+    print("leave-one-shadow-out:")
+    print(result["results"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"selected: {result['selected']} -> {args.out}")
+    return 0
+
+
+def _score_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("score", help="membership probability of each candidate text under a target")
+    parser.add_argument("--attack", required=True, help="directory written by fit-attack")
+    parser.add_argument("--model", required=True, help="target model (the base when --adapter is given)")
+    parser.add_argument("--adapter", help="the target's peft adapter directory")
+    parser.add_argument("--data", required=True, help="candidate texts (a label field gives metrics)")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--out", required=True, help="output .csv")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    parser.set_defaults(handler=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from experiments.attack_jobs import score_job
+
+    summary = score_job(attack=args.attack, model=args.model, adapter=args.adapter, data=args.data, out=args.out,
+                        text_field=args.text_field, dtype=args.dtype, device=args.device, seed=args.seed)
+    print(f"{summary['n']} candidates -> {summary['out']}")
+    for name, metrics in summary.get("metrics", {}).items():
+        print(f"{name:>14}: ROC AUC {metrics['auc']:.4f} [{metrics['auc_ci_low']:.4f}, {metrics['auc_ci_high']:.4f}]"
+              f"  TPR@0.1%FPR {metrics['tpr_at_0.1%fpr']:.4f}  TPR@1%FPR {metrics['tpr_at_1%fpr']:.4f}"
+              f"  TPR@10%FPR {metrics['tpr_at_10%fpr']:.4f}")
+    return 0
+
+
 def _list_features_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("list-features", help="list the registered features")
     parser.set_defaults(handler=_run_list_features)
@@ -81,7 +231,8 @@ def _run_list_features(args: argparse.Namespace) -> int:
     return 0
 
 
-PARSERS = [_features_parser, _list_features_parser]
+PARSERS = [_features_parser, _finetune_parser, _train_shadows_parser, _fit_attack_parser, _score_parser,
+           _list_features_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,376 @@
+"""The three jobs of the toolkit: train shadows (and their features), fit the attack, score a target.
+
+Artifacts of a shadow directory (``shadowmia train-shadows --out DIR``)::
+
+    DIR/config.json, membership.npy, membership_ids.json, shadow_000/ ...   (shadow/)
+    DIR/features/config.json      features, neighbour options, base model and tokenizer hash
+    DIR/features/neighbours.json  the neighbour texts of every pool text (made once, by the base)
+    DIR/features/shadow_003.parquet   one table per shadow (resumable)
+    DIR/features/shadows.parquet  all shadows: columns shadow, id, label (= keep[k, i]), features
+
+An attack directory (``shadowmia fit-attack --out DIR``) holds the classifier and a manifest
+(see :mod:`attack_models.persistence`) whose metadata says how to compute its features on a
+target: the base model, its tokenizer hash, the feature requests, the neighbour options,
+the NaN medians, and where the shadow table is (with its SHA-256) for LiRA and RMIA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.jobs import NeighbourOptions, check_output_path, make_neighbours, write_parquet_atomic
+from llm_features.errors import ConfigError, IncompatibleArtifactError, InputDataError, IntegrityError
+from llm_features.extract import compute_features, needs_of, score_neighbours
+from llm_features.io import atomic_path, sha256_file, write_json_atomic
+from llm_features.registry import parse_features
+from llm_features.scoring import score_texts
+from llm_features.texts import TextSet, load_texts
+
+logger = logging.getLogger(__name__)
+
+FEATURES_DIR = "features"
+SHADOW_TABLE = "shadows.parquet"
+CALIBRATION_STATISTIC = "loss"
+CALIBRATED_COLUMNS = ("lira_online", "lira_offline")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSettings:
+    """How features are computed, recorded with the shadows and reused on the target."""
+
+    features: str = "all"
+    neighbours: NeighbourOptions = NeighbourOptions()
+    max_tokens: int = 512
+    batch_size: int = 16
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": self.features, "neighbours": dataclasses.asdict(self.neighbours),
+                "max_tokens": self.max_tokens, "batch_size": self.batch_size}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureSettings":
+        return cls(features=data["features"], neighbours=NeighbourOptions(**data["neighbours"]),
+                   max_tokens=data["max_tokens"], batch_size=data["batch_size"])
+
+
+# ----------------------------------------------------------------------------- finetune
+
+
+def finetune_job(*, base: str, data: str, out: str, config: Any, text_field: str = "text",
+                 device: str = "auto", overwrite: bool = False) -> dict[str, Any]:
+    """``shadowmia finetune``: a LoRA fine-tune of ``base`` on every text of ``data``."""
+    from shadow.finetune import finetune
+
+    texts = load_texts(data, text_field=text_field)
+    return finetune(base, texts.texts, out, config, device=device, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- shadows
+
+
+def train_shadows_job(*, base: str, data: str, out: str, n_shadows: int, config: Any, seed: int,
+                      settings: FeatureSettings, text_field: str = "text", backend: str = "local",
+                      workers: int | None = None, ray_address: str | None = None, dtype: str = "auto",
+                      device: str = "auto", force: bool = False) -> pd.DataFrame:
+    """``shadowmia train-shadows``: K shadows, then every shadow's features on all pool texts."""
+    from shadow.shadows import train_shadows
+
+    requests = parse_features(settings.features)
+    pool = load_texts(data, text_field=text_field)
+    if len(pool) < 2 * n_shadows and len(pool) < 4:
+        raise ConfigError(f"the pool has {len(pool)} texts, too few for {n_shadows} shadows")
+    logger.info("pool: %d texts from %s", len(pool), data)
+    shadow_paths = train_shadows(base, pool, out, n_shadows=n_shadows, config=config, seed=seed,
+                                 backend=backend, workers=workers, ray_address=ray_address, device=device,
+                                 force=force)
+    return shadow_features(Path(out), pool, shadow_paths, base=base, settings=settings, requests=requests,
+                           dtype=dtype, device=device, force=force)
+
+
+def shadow_features(out: Path, pool: TextSet, shadow_paths: list[Path], *, base: str, settings: FeatureSettings,
+                    requests: list[Any], dtype: str, device: str, force: bool = False) -> pd.DataFrame:
+    """Every shadow's features on every pool text, one Parquet table per shadow, then one for all."""
+    from llm_features.models import load_model
+    from shadow.membership import load_membership
+
+    keep, ids = load_membership(out)
+    if ids != pool.ids:
+        raise IntegrityError(f"{out}/membership_ids.json lists other texts than {pool.source}; "
+                             "pass the pool the shadows were trained on")
+    features_dir = out / FEATURES_DIR
+    base_model = load_model(base, dtype=dtype, device=device)
+    recorded = {"base": base, "tokenizer_hash": base_model.tokenizer_hash, **settings.to_dict()}
+    _check_or_write_config(features_dir, recorded, force=force)
+    needs = needs_of(requests)
+
+    reference_scores = None
+    neighbour_texts = None
+    pending = [k for k in range(len(shadow_paths)) if not (features_dir / f"shadow_{k:03d}.parquet").is_file()]
+    if pending and "reference" in needs:
+        reference_scores = score_texts(base_model.model, base_model.tokenizer, pool.texts,
+                                       batch_size=settings.batch_size, max_tokens=settings.max_tokens,
+                                       description="scoring base (reference)")
+    if pending and "neighbours" in needs:
+        neighbour_texts = cached_neighbours(features_dir, pool, generator=base_model, settings=settings,
+                                            device=device)
+    for k in pending:
+        shadow = load_model(base, adapter=shadow_paths[k], dtype=dtype, device=device)
+        target_scores = score_texts(shadow.model, shadow.tokenizer, pool.texts, batch_size=settings.batch_size,
+                                    max_tokens=settings.max_tokens, description=f"shadow {k}")
+        neighbour_scores = None
+        if neighbour_texts is not None:
+            neighbour_scores = score_neighbours(shadow.model, shadow.tokenizer, neighbour_texts,
+                                                batch_size=settings.batch_size, max_tokens=settings.max_tokens)
+        table = compute_features(pool, requests, target_scores, reference_scores=reference_scores,
+                                 neighbour_scores=neighbour_scores)
+        table = table.drop(columns=[c for c in ("label",) if c in table.columns])
+        table.insert(0, "shadow", k)
+        table.insert(2, "label", keep[k].astype(int))
+        write_parquet_atomic(table, features_dir / f"shadow_{k:03d}.parquet")
+        del shadow
+    tables = [pd.read_parquet(features_dir / f"shadow_{k:03d}.parquet") for k in range(len(shadow_paths))]
+    combined = pd.concat(tables, ignore_index=True)
+    write_parquet_atomic(combined, features_dir / SHADOW_TABLE)
+    logger.info("wrote %s (%d rows = %d shadows x %d texts)", features_dir / SHADOW_TABLE, len(combined),
+                len(shadow_paths), len(pool))
+    return combined
+
+
+def _check_or_write_config(features_dir: Path, recorded: dict[str, Any], *, force: bool) -> None:
+    path = features_dir / "config.json"
+    if path.is_file():
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        if existing != json.loads(json.dumps(recorded)):
+            if not force:
+                changed = sorted(k for k in set(existing) | set(recorded) if existing.get(k) != recorded.get(k))
+                raise ConfigError(f"{features_dir} holds features made with other settings ({', '.join(changed)}); "
+                                  "use another --out or pass --force to recompute them")
+            for stale in features_dir.glob("*.parquet"):
+                stale.unlink()
+            (features_dir / "neighbours.json").unlink(missing_ok=True)
+    write_json_atomic(path, recorded)
+
+
+def cached_neighbours(features_dir: Path, texts: TextSet, *, generator: Any, settings: FeatureSettings,
+                      device: str) -> list[list[str]]:
+    """Neighbours of ``texts``, read from ``neighbours.json`` when it holds them, else made and saved."""
+    path = features_dir / "neighbours.json"
+    if path.is_file():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("ids") == texts.ids:
+            return cached["neighbours"]
+    neighbours = make_neighbours(texts, generator=generator, options=settings.neighbours,
+                                 batch_size=settings.batch_size, max_tokens=settings.max_tokens, device=device)
+    write_json_atomic(path, {"ids": texts.ids, "neighbours": neighbours})
+    return neighbours
+
+
+# ----------------------------------------------------------------------------- fit-attack
+
+
+def load_shadow_table(shadows_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The shadow feature table and the feature settings recorded beside it."""
+    features_dir = shadows_dir / FEATURES_DIR
+    table_path, config_path = features_dir / SHADOW_TABLE, features_dir / "config.json"
+    if not table_path.is_file() or not config_path.is_file():
+        raise InputDataError(f"{shadows_dir} has no {FEATURES_DIR}/{SHADOW_TABLE}; run `shadowmia train-shadows` "
+                             "to completion first")
+    return pd.read_parquet(table_path), json.loads(config_path.read_text(encoding="utf-8"))
+
+
+def shadow_score_matrix(table: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``scores[K, N]`` of one feature column, ``keep[K, N]``, and the N text ids in column order."""
+    scores = table.pivot(index="shadow", columns="id", values=column)
+    keep = table.pivot(index="shadow", columns="id", values="label")
+    return scores.to_numpy(dtype=np.float64), keep.to_numpy().astype(bool), [str(c) for c in scores.columns]
+
+
+def add_calibrated_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """LiRA online/offline scores of every shadow row, leave-one-shadow-out (no label leakage)."""
+    from attack_models.calibrated import leave_one_shadow_out_calibrated
+
+    scores, keep, ids = shadow_score_matrix(table, CALIBRATION_STATISTIC)
+    scores = np.nan_to_num(scores, nan=np.nanmedian(scores))
+    out = table.copy()
+    for method in CALIBRATED_COLUMNS:
+        values = leave_one_shadow_out_calibrated(scores, keep, method, fixed_variance=keep.shape[0] < 16)
+        frame = pd.DataFrame(values, columns=ids).rename_axis(index="shadow", columns="id").stack()
+        frame = frame.rename(method).reset_index()
+        frame["shadow"] = np.asarray(sorted(table["shadow"].unique()))[frame["shadow"].to_numpy()]
+        out = out.merge(frame, on=["shadow", "id"], how="left")
+    return out
+
+
+def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features: str | None = None,
+                   calibrated: bool = False, seed: int = 0) -> dict[str, Any]:
+    """``shadowmia fit-attack``: compare classifiers leave-one-shadow-out, fit the best (or the named) one."""
+    from attack_models import CLASSIFIERS, impute_nan, leave_one_shadow_out, make_classifier, save_attack, select_best
+
+    if classifier != "auto" and classifier not in CLASSIFIERS:
+        raise ConfigError(f"--classifier {classifier!r}: allowed are auto, {', '.join(CLASSIFIERS)}")
+    shadows_dir = Path(shadows)
+    table, settings = load_shadow_table(shadows_dir)
+    recorded = [r.column for r in parse_features(settings["features"])]
+    columns = [r.column for r in parse_features(features)] if features else recorded
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ConfigError(f"--features {', '.join(missing)}: not computed for these shadows "
+                          f"(they have: {', '.join(recorded)})")
+    if calibrated:
+        if CALIBRATION_STATISTIC not in table.columns:
+            raise ConfigError("--calibrated needs the loss feature in the shadow table")
+        table = add_calibrated_columns(table)
+        columns = columns + list(CALIBRATED_COLUMNS)
+    table, medians = impute_nan(table, columns)
+    names = list(CLASSIFIERS) if classifier == "auto" else [classifier]
+    results = leave_one_shadow_out(table, feature_columns=columns, classifier_names=names, random_state=seed)
+    chosen = select_best(results) if classifier == "auto" else classifier
+    estimator = make_classifier(chosen, random_state=seed).fit(table[columns], table["label"].to_numpy())
+    shadow_config = json.loads((shadows_dir / "config.json").read_text(encoding="utf-8"))
+    metadata = {
+        "base_model": settings["base"],
+        "tokenizer_hash": settings["tokenizer_hash"],
+        "feature_settings": {k: settings[k] for k in ("features", "neighbours", "max_tokens", "batch_size")},
+        "feature_columns": columns,
+        "calibrated": calibrated,
+        "nan_medians": {k: float(v) for k, v in medians.items()},
+        "shadows_dir": str(shadows_dir.resolve()),
+        "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
+        "shadow_config": shadow_config.get("reproduce", {}),
+        "leave_one_shadow_out": json.loads(results.to_json(orient="records")),
+        "selected": chosen,
+        "seed": seed,
+    }
+    save_attack(out, estimator, feature_names=columns, metadata=metadata)
+    return {"selected": chosen, "results": results, "out": out}
+
+
+# ----------------------------------------------------------------------------- score
+
+
+def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | None = None,
+              text_field: str = "text", dtype: str = "auto", device: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """``shadowmia score``: membership probability of every candidate text under a target model."""
+    from attack_models import load_attack, summarize
+    from llm_features.models import load_model, load_tokenizer, tokenizer_fingerprint
+
+    out_path = check_output_path(out, suffix=".csv")
+    estimator, manifest = load_attack(attack)
+    meta = manifest["metadata"]
+    candidates = load_texts(data, text_field=text_field)
+    target_tokenizer_hash = tokenizer_fingerprint(load_tokenizer(model))
+    if target_tokenizer_hash != meta["tokenizer_hash"]:
+        raise IncompatibleArtifactError(
+            f"the target {model} has another tokenizer ({target_tokenizer_hash}) than the shadows' base "
+            f"{meta['base_model']} ({meta['tokenizer_hash']}); the attack's features would not be comparable. "
+            "Train shadows from the target's own base model")
+    shadow_table = _verified_shadow_table(meta)
+    calibration = _calibration_inputs(shadow_table, candidates)
+    if meta["calibrated"] and calibration is None:
+        raise ConfigError(
+            "this attack uses LiRA features, which exist only for candidates in the shadow pool, and "
+            f"{data} holds texts outside it (or the shadow table is gone); fit the attack without --calibrated")
+
+    settings = FeatureSettings.from_dict(meta["feature_settings"])
+    requests = parse_features(settings.features)
+    target = load_model(model, adapter=adapter, dtype=dtype, device=device)
+    base = target if adapter is None and model == meta["base_model"] else load_model(meta["base_model"], dtype=dtype,
+                                                                                    device=device)
+    needs = needs_of(requests)
+    target_scores = score_texts(target.model, target.tokenizer, candidates.texts, batch_size=settings.batch_size,
+                                max_tokens=settings.max_tokens, description="scoring target")
+    reference_scores = None
+    if "reference" in needs:
+        reference_scores = target_scores if base is target else score_texts(
+            base.model, base.tokenizer, candidates.texts, batch_size=settings.batch_size,
+            max_tokens=settings.max_tokens, description="scoring base (reference)")
+    neighbour_scores = None
+    if "neighbours" in needs:
+        neighbours = make_neighbours(candidates, generator=base, options=settings.neighbours,
+                                     batch_size=settings.batch_size, max_tokens=settings.max_tokens, device=device)
+        neighbour_scores = score_neighbours(target.model, target.tokenizer, neighbours,
+                                            batch_size=settings.batch_size, max_tokens=settings.max_tokens)
+    table = compute_features(candidates, requests, target_scores, reference_scores=reference_scores,
+                             neighbour_scores=neighbour_scores)
+    if calibration is not None:
+        table = table.join(_calibrated_scores(table, calibration))
+    columns = meta["feature_columns"]
+    filled = table.copy()
+    for column in columns:
+        n_missing = int(filled[column].isna().sum())
+        if n_missing:
+            logger.warning("%s: %d NaN value(s) filled with the shadows' median", column, n_missing)
+            filled[column] = filled[column].fillna(meta["nan_medians"].get(column, 0.0))
+    table.insert(1, "membership_probability", estimator.predict_proba(filled[columns])[:, 1])
+    with atomic_path(out_path) as tmp:
+        table.to_csv(tmp, index=False)
+    logger.info("wrote %s (%d candidates)", out_path, len(table))
+    summary: dict[str, Any] = {"out": str(out_path), "n": len(table)}
+    if candidates.labels is not None and len(set(candidates.labels)) == 2:
+        labels = np.asarray(candidates.labels)
+        summary["metrics"] = {"attack": summarize(labels, table["membership_probability"].to_numpy(), seed=seed)}
+        for column in ("lira_online", "lira_offline", "rmia_online"):
+            if column in table.columns:
+                summary["metrics"][column] = summarize(labels, table[column].to_numpy(), seed=seed)
+    return summary
+
+
+def _verified_shadow_table(meta: dict[str, Any]) -> pd.DataFrame | None:
+    path = Path(meta["shadows_dir"]) / FEATURES_DIR / SHADOW_TABLE
+    if not path.is_file():
+        logger.warning("the shadow table %s is gone: no LiRA/RMIA scores", path)
+        return None
+    if sha256_file(path) != meta["shadow_table_sha256"]:
+        raise IntegrityError(f"{path} changed since the attack was fitted (SHA-256 differs); refit the attack")
+    return pd.read_parquet(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Shadow statistics of the candidates, for LiRA and RMIA."""
+
+    scores: np.ndarray  # [K, n] loss statistic of each candidate under each shadow
+    keep: np.ndarray    # [K, n]
+    ids: list[str]
+
+
+def _calibration_inputs(shadow_table: pd.DataFrame | None, candidates: TextSet) -> Calibration | None:
+    """The shadows' statistics of the candidates, or None unless every candidate is in the pool."""
+    if shadow_table is None or CALIBRATION_STATISTIC not in shadow_table.columns:
+        return None
+    scores, keep, ids = shadow_score_matrix(shadow_table, CALIBRATION_STATISTIC)
+    position = {identifier: i for i, identifier in enumerate(ids)}
+    outside = [i for i in candidates.ids if i not in position]
+    if outside:
+        logger.info("%d of %d candidates are not in the shadow pool: no LiRA/RMIA scores", len(outside),
+                    len(candidates))
+        return None
+    columns = [position[i] for i in candidates.ids]
+    return Calibration(scores=scores[:, columns], keep=keep[:, columns], ids=candidates.ids)
+
+
+def _calibrated_scores(table: pd.DataFrame, calibration: Calibration) -> pd.DataFrame:
+    """LiRA online/offline and RMIA (online) of each candidate against all shadows.
+
+    RMIA's population z is the other candidates, and Pr(z) averages all K shadows (half of
+    which trained on each z), which estimates the online (Pr_IN + Pr_OUT) / 2 of the paper.
+    """
+    from attack_models.calibrated import lira_offline, lira_online, rmia
+
+    statistic = table[CALIBRATION_STATISTIC].to_numpy(dtype=np.float64)
+    statistic = np.nan_to_num(statistic, nan=np.nanmedian(statistic))
+    shadows = np.nan_to_num(calibration.scores, nan=np.nanmedian(calibration.scores))
+    fixed = calibration.keep.shape[0] < 16
+    result = pd.DataFrame(index=table.index)
+    result["lira_online"] = lira_online(statistic, shadows, calibration.keep, fixed_variance=fixed)
+    result["lira_offline"] = lira_offline(statistic, shadows, calibration.keep, fixed_variance=fixed)
+    result["rmia_online"] = rmia(statistic, shadows, calibration.keep, population_target_scores=statistic,
+                                 population_shadow_scores=shadows, online=True)
+    return result
