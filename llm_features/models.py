@@ -201,6 +201,14 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_not_found_message(spec, exc)) from exc
+    except Exception as exc:  # safetensors' SafetensorError, torch's RuntimeError: damaged weights
+        if type(exc).__name__ != "SafetensorError" and not isinstance(exc, RuntimeError):
+            raise
+        raise ModelLoadError(
+            f"the weights of model {spec!r} in {source} could not be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); they may be truncated or damaged: "
+            "save the model again"
+        ) from exc
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if adapter is not None:

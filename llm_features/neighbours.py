@@ -42,12 +42,24 @@ def choose_positions(n_positions: int, *, fraction: float, rng: np.random.Genera
 
 def sample_replacement(candidates: np.ndarray, log_weights: np.ndarray, *, original: int,
                        rng: np.random.Generator) -> int:
-    """Draw a candidate token other than ``original``, with probability proportional to exp(log_weights)."""
-    keep = candidates != original
+    """Draw a candidate token other than ``original``, with probability proportional to exp(log_weights).
+
+    Candidates with weight -inf (excluded tokens) are never drawn. The candidates are put in
+    token-id order first, so the draw does not depend on the order in which ``topk`` lists
+    near-equal candidates (which can change with the batch's padding).
+    """
+    keep = (candidates != original) & np.isfinite(log_weights)
     if not keep.any():
         return int(original)
-    weights = np.exp(log_weights[keep] - log_weights[keep].max())
-    return int(rng.choice(candidates[keep], p=weights / weights.sum()))
+    order = np.argsort(candidates[keep], kind="stable")
+    kept, kept_weights = candidates[keep][order], log_weights[keep][order]
+    weights = np.exp(kept_weights - kept_weights.max())
+    return int(rng.choice(kept, p=weights / weights.sum()))
+
+
+def _special_ids(tokenizer: Any) -> list[int]:
+    """Ids of the special tokens (padding, BOS/EOS, mask...): never a replacement, never replaced."""
+    return sorted({int(i) for i in tokenizer.all_special_ids if i is not None})
 
 
 def _check(n_neighbours: int, fraction: float, top_k: int) -> None:
@@ -80,6 +92,7 @@ def resample_neighbours(
     token_ids, _ = tokenize(tokenizer, texts, max_tokens=max_tokens)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    special = _special_ids(tokenizer)
     candidates: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
     lengths = [len(ids) for ids in token_ids]
     with torch.inference_mode():
@@ -92,22 +105,27 @@ def resample_neighbours(
                 input_ids[row, :lengths[index]] = torch.tensor(token_ids[index])
                 mask[row, :lengths[index]] = 1
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            top = torch.topk(torch.log_softmax(logits.float(), dim=-1), k=min(top_k, logits.shape[-1]), dim=-1)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            # a special token as replacement would vanish when the neighbour is decoded
+            log_probs[..., [i for i in special if i < log_probs.shape[-1]]] = float("-inf")
+            top = torch.topk(log_probs, k=min(top_k, log_probs.shape[-1]), dim=-1)
             for row, index in enumerate(batch):
                 n = lengths[index] - 1
                 candidates[index] = (top.indices[row, :n].cpu().numpy(), top.values[row, :n].cpu().numpy())
     neighbours = []
     for text, ids, cand in zip(texts, token_ids, candidates):
         rng = text_rng(text, seed=seed)
-        if len(ids) < 2:
+        # token t (t >= 1) is resampled from p(. | x_<t); special tokens (BOS, EOS) stay
+        editable = np.array([t for t in range(1, len(ids)) if ids[t] not in special], dtype=np.int64)
+        if editable.size == 0:
             neighbours.append([text] * n_neighbours)
             continue
         indices, log_weights = cand  # position t-1 predicts token t
         variants = []
         for _ in range(n_neighbours):
             new_ids = list(ids)
-            for p in choose_positions(len(ids) - 1, fraction=fraction, rng=rng):
-                new_ids[p + 1] = sample_replacement(indices[p], log_weights[p], original=ids[p + 1], rng=rng)
+            for t in editable[choose_positions(editable.size, fraction=fraction, rng=rng)]:
+                new_ids[t] = sample_replacement(indices[t - 1], log_weights[t - 1], original=ids[t], rng=rng)
             variants.append(tokenizer.decode(new_ids, skip_special_tokens=True))
         neighbours.append(variants)
     return neighbours
@@ -146,7 +164,7 @@ def masked_lm_neighbours(
         raise ModelLoadError(f"could not load masked LM {mlm_spec!r} for neighbours: {exc}") from exc
     if tokenizer.mask_token_id is None:
         raise ModelLoadError(f"{mlm_spec!r} has no mask token; pass a masked LM such as roberta-base")
-    special = set(tokenizer.all_special_ids)
+    special = set(_special_ids(tokenizer))
     neighbours = []
     with torch.inference_mode():
         for text in tqdm(texts, desc="neighbours (masked LM)", unit="text", disable=not progress, leave=False):
@@ -163,7 +181,10 @@ def masked_lm_neighbours(
                 for p in positions:
                     masked[p] = tokenizer.mask_token_id
                 logits = model(input_ids=torch.tensor([masked], device=device)).logits[0]
-                top = torch.topk(torch.log_softmax(logits.float(), dim=-1), k=top_k, dim=-1)
+                log_probs = torch.log_softmax(logits.float(), dim=-1)
+                # never fill in [MASK], [PAD], ...: they would vanish when the neighbour is decoded
+                log_probs[..., [i for i in special if i < log_probs.shape[-1]]] = float("-inf")
+                top = torch.topk(log_probs, k=min(top_k, log_probs.shape[-1]), dim=-1)
                 new_ids = list(ids)
                 for p in positions:
                     new_ids[p] = sample_replacement(top.indices[p].cpu().numpy(), top.values[p].cpu().numpy(),

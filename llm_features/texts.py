@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".txt", ".parquet")
 ID_LENGTH = 16
+_BOM = b"\xef\xbb\xbf"
 
 
 def text_id(text: str) -> str:
@@ -154,6 +155,8 @@ def _check_label(value: Any, *, where: str, source: str) -> int | None:
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]  # spreadsheet programs write a UTF-8 byte order mark
             try:
                 yield number, raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -193,11 +196,30 @@ def _read_json(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any
 
 def _read_csv(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
     content = "".join(line for _, line in _decoded_lines(path))
-    reader = csv.DictReader(io.StringIO(content, newline=""))
-    for row in reader:
-        if None in row:
-            raise InputDataError(f"{path}, line {reader.line_num}: more fields than the header has")
-        yield f"line {reader.line_num}", {k: _csv_value(v) for k, v in row.items()}
+    # strict: an unclosed quote fails instead of swallowing the rest of the file into one text
+    reader = csv.DictReader(io.StringIO(content, newline=""), strict=True)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(content) + 1))  # long texts (books, notes) are fine
+    try:
+        try:
+            reader.fieldnames  # reads the header, so that line_num counts from it
+        except csv.Error as exc:
+            raise InputDataError(f"{path}, line 1: malformed CSV header ({exc})") from exc
+        rows = []
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise InputDataError(f"{path}, line {start}: malformed CSV ({exc}); check the quoting") from exc
+            if None in row:
+                raise InputDataError(f"{path}, line {reader.line_num}: more fields than the header has")
+            rows.append((f"line {reader.line_num}", {k: _csv_value(v) for k, v in row.items()}))
+    finally:
+        csv.field_size_limit(limit)
+    yield from rows
 
 
 def _csv_value(value: str | None) -> Any:
