@@ -10,6 +10,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
+
+# The tiny test models are far too small to gain from a second thread, and two threads that
+# spin-wait on a shared 2-core machine slow them ten-fold; one thread keeps the suite fast.
+torch.set_num_threads(1)
+
 from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model  # noqa: E402
 
 

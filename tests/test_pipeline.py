@@ -1,0 +1,141 @@
+"""The three jobs end to end on a tiny model: train shadows, fit the attack, score a target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.attack_jobs import FeatureSettings, fit_attack_job, score_job, train_shadows_job
+from experiments.cli import main
+from experiments.jobs import NeighbourOptions
+from llm_features.errors import ConfigError, IncompatibleArtifactError, IntegrityError
+from shadow.finetune import FinetuneConfig, finetune
+from shadow.membership import load_membership
+from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
+
+TRAINING = FinetuneConfig(epochs=12, lr=5e-3, lora_rank=8, batch_size=8, max_tokens=64, seed=0)
+SETTINGS = FeatureSettings(features="loss,reference,min_k,min_k_plus_plus,zlib_ratio,neighbour_gap",
+                           neighbours=NeighbourOptions(n=2), max_tokens=64, batch_size=16)
+
+
+def write_jsonl(path: Path, texts: list[str], labels: list[int] | None = None) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for i, text in enumerate(texts):
+            record = {"text": text} if labels is None else {"text": text, "label": labels[i]}
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A pretrained tiny base, a target fine-tuned on 16 members, and 4 shadows on a 32-text pool."""
+    root = tmp_path_factory.mktemp("pipeline")
+    corpus = make_corpus(200, seed=99)
+    tokenizer = build_tokenizer(corpus)
+    base = build_tiny_llama(tokenizer, seed=1)
+    overfit(base, tokenizer, corpus[100:200], steps=40, lr=3e-3)  # a little general pretraining
+    base_dir = save_model(base, tokenizer, root / "base")
+    pool = write_jsonl(root / "pool.jsonl", corpus[:32])
+    members, non_members = corpus[32:48], corpus[48:64]
+    finetune(str(base_dir), members, root / "target", TRAINING, progress=False)
+    candidates = write_jsonl(root / "candidates.jsonl", members + non_members, [1] * 16 + [0] * 16)
+    train_shadows_job(base=str(base_dir), data=str(pool), out=str(root / "shadows"), n_shadows=4,
+                      config=TRAINING, seed=0, settings=SETTINGS, dtype="float32")
+    return {"root": root, "base": base_dir, "pool": pool, "candidates": candidates, "corpus": corpus}
+
+
+def test_shadow_table_has_one_labelled_row_per_shadow_and_text(experiment):
+    table = pd.read_parquet(experiment["root"] / "shadows" / "features" / "shadows.parquet")
+    assert len(table) == 4 * 32
+    assert set(table["shadow"]) == {0, 1, 2, 3}
+    assert table.groupby("id")["label"].sum().eq(2).all()  # each text IN for exactly K/2 shadows
+    assert not table[["loss", "reference", "neighbour_gap"]].isna().any().any()
+
+
+def test_attack_scores_the_target_well(experiment, capsys):
+    root = experiment["root"]
+    fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack"), classifier="auto")
+    summary = score_job(attack=str(root / "attack"), model=str(experiment["base"]),
+                        adapter=str(root / "target"), data=str(experiment["candidates"]),
+                        out=str(root / "scores.csv"), dtype="float32")
+    assert summary["metrics"]["attack"]["auc"] > 0.8
+    scores = pd.read_csv(root / "scores.csv")
+    assert len(scores) == 32
+    assert scores["membership_probability"].between(0, 1).all()
+    assert "lira_online" not in scores.columns  # candidates are outside the shadow pool
+
+
+def test_pool_candidates_get_lira_and_rmia(experiment):
+    root = experiment["root"]
+    pool_texts = experiment["corpus"][:32]
+    # the "target" here is shadow 0 itself: its membership is known
+    keep, ids = load_membership(root / "shadows")
+    candidates = write_jsonl(root / "pool_candidates.jsonl", pool_texts, keep[0].astype(int).tolist())
+    fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_calibrated"), classifier="logistic",
+                   calibrated=True)
+    summary = score_job(attack=str(root / "attack_calibrated"), model=str(experiment["base"]),
+                        adapter=str(root / "shadows" / "shadow_000"), data=str(candidates),
+                        out=str(root / "pool_scores.csv"), dtype="float32")
+    scores = pd.read_csv(root / "pool_scores.csv")
+    assert {"lira_online", "lira_offline", "rmia_online"} <= set(scores.columns)
+    assert len(ids) == 32 and summary["metrics"]["lira_online"]["auc"] > 0.7
+
+
+def test_calibrated_attack_refuses_candidates_outside_the_pool(experiment):
+    root = experiment["root"]
+    if not (root / "attack_calibrated").exists():
+        fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_calibrated"),
+                       classifier="logistic", calibrated=True)
+    with pytest.raises(ConfigError, match="only for candidates in the shadow pool"):
+        score_job(attack=str(root / "attack_calibrated"), model=str(experiment["base"]),
+                  data=str(experiment["candidates"]), out=str(root / "x.csv"), dtype="float32")
+
+
+def test_score_refuses_a_target_with_another_tokenizer(experiment, tmp_path):
+    root = experiment["root"]
+    other_tokenizer = build_tokenizer(make_corpus(50, seed=7, min_words=3, max_words=5))
+    other = save_model(build_tiny_llama(other_tokenizer), other_tokenizer, tmp_path / "other")
+    if not (root / "attack").exists():
+        fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack"))
+    with pytest.raises(IncompatibleArtifactError, match="another tokenizer"):
+        score_job(attack=str(root / "attack"), model=str(other), data=str(experiment["candidates"]),
+                  out=str(tmp_path / "s.csv"))
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_score_refuses_a_tampered_attack(experiment, tmp_path):
+    import shutil
+
+    root = experiment["root"]
+    if not (root / "attack").exists():
+        fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack"))
+    tampered = tmp_path / "attack"
+    shutil.copytree(root / "attack", tampered)
+    model_file = next(p for p in tampered.iterdir() if p.name != "manifest.json")
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        score_job(attack=str(tampered), model=str(experiment["base"]), data=str(experiment["candidates"]),
+                  out=str(tmp_path / "s.csv"))
+
+
+def test_cli_reports_bad_input_in_one_line(experiment, tmp_path, capsys):
+    root = experiment["root"]
+    assert main(["fit-attack", "--shadows", str(tmp_path), "--out", str(tmp_path / "a")]) == 2
+    assert "run `shadowmia train-shadows`" in capsys.readouterr().err
+    assert main(["fit-attack", "--shadows", str(root / "shadows"), "--out", str(tmp_path / "a"),
+                 "--classifier", "svm"]) == 2
+    assert "allowed are auto" in capsys.readouterr().err
+    assert main(["train-shadows", "--base", str(experiment["base"]), "--data", str(experiment["pool"]),
+                 "--n-shadows", "3", "--out", str(tmp_path / "s")]) == 2
+    assert "even" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["score", "--attack", str(root / "attack"), "--model", str(experiment["base"]), "--data",
+                 str(empty), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "holds no texts" in capsys.readouterr().err
