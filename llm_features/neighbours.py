@@ -9,6 +9,8 @@ Two generators:
   tokens in place. For each chosen position t, the replacement is drawn from
   p(. | x_<t) restricted to its ``top_k`` most likely tokens, the original token
   excluded, renormalised. One forward pass per text gives every position's candidates.
+  Special tokens (BOS, EOS, padding, mask) are never drawn and never replaced: drawn,
+  they would vanish when the neighbour is decoded; replaced, they would add a word.
 - ``masked_lm_neighbours``: a masked LM (e.g. ``roberta-base``, given by name or path)
   fills the masked positions, as in the paper.
 
