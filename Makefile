@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m experiments.demo
+	$(BIN)/shadowmia demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

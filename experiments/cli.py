@@ -215,6 +215,28 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="the end-to-end demo on synthetic patient records (make demo)")
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--n-shadows", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from experiments.demo import run_demo
+
+    result = run_demo(out=args.out, model=args.model, n_shadows=args.n_shadows, epochs=args.epochs, seed=args.seed)
+    print()
+    print("Was this patient's record in the fine-tuning data?")
+    print(result["setting"])
+    print(result["table"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nscores: {result['scores']}   attack: {result['attack']}   wall time: {result['minutes']:.1f} min")
+    return 0
+
+
 def _list_features_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("list-features", help="list the registered features")
     parser.set_defaults(handler=_run_list_features)
@@ -232,7 +254,7 @@ def _run_list_features(args: argparse.Namespace) -> int:
 
 
 PARSERS = [_features_parser, _finetune_parser, _train_shadows_parser, _fit_attack_parser, _score_parser,
-           _list_features_parser]
+           _demo_parser, _list_features_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

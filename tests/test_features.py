@@ -148,3 +148,8 @@ def test_registry_refuses_duplicates_and_positional_hyperparameters():
 
 def test_all_six_required_features_are_registered():
     assert {"loss", "zlib_ratio", "reference", "neighbour_gap", "min_k", "min_k_plus_plus"} <= set(known_features())
+
+
+def test_out_of_range_hyperparameter_fails_at_parse_time():
+    with pytest.raises(ConfigError, match=r"k=2.0 must be in \(0, 1\]"):
+        parse_features("min_k:k=2.0")
