@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from llm_features.errors import ShadowMIAError
@@ -276,6 +277,15 @@ def configure_logging(*, verbose: int, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # deprecation notices that transformers raises about its own internals, once per model load
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -149,7 +149,7 @@ def split_decoder_and_head(model: Any) -> tuple[Any, Any]:
 
 
 def _batch_statistics(model: Any, decoder: Any, head: Any, input_ids: Any, attention_mask: Any,
-                      *, rows_per_chunk: int = 1024) -> tuple[np.ndarray, ...]:
+                      *, rows_per_chunk: int = 128) -> tuple[np.ndarray, ...]:
     """Statistics of every real predicted position of a padded batch, rows concatenated in order.
 
     Position t of row b predicts token t+1; it is real when token t+1 is. The positions are
@@ -170,7 +170,7 @@ def _batch_statistics(model: Any, decoder: Any, head: Any, input_ids: Any, atten
     parts = []
     for start in range(0, states.shape[0], rows_per_chunk):
         chunk = states[start:start + rows_per_chunk]
-        logits = (project(chunk) if project is not None else chunk).float()
+        logits = project(chunk) if project is not None else chunk
         parts.append(_vocabulary_statistics(logits, targets[start:start + rows_per_chunk]))
     if not parts:
         empty = np.zeros(0, dtype=np.float32)
@@ -179,19 +179,30 @@ def _batch_statistics(model: Any, decoder: Any, head: Any, input_ids: Any, atten
 
 
 def _vocabulary_statistics(logits: Any, targets: Any) -> tuple[np.ndarray, ...]:
-    """log p(target), mu, sigma and rank for each row of float32 logits [n, V]."""
+    """log p(target), mu, sigma and rank for each row of logits [n, V], in float32.
+
+    With z = logits - max(logits) and w = exp(z), the moments need three sums only:
+    S0 = sum w, S1 = sum w z, S2 = sum w z^2. Then log p = z - log S0,
+    mu = S1 / S0 - log S0 and sigma^2 = S2 / S0 - (S1 / S0)^2 (the variance does not
+    depend on the shift). This reads the vocabulary a few times instead of the dozen
+    passes of log_softmax, exp, products and a centred second moment.
+    """
     import torch
 
-    log_probs = torch.log_softmax(logits, dim=-1)
-    target_logits = logits.gather(-1, targets[:, None])
-    token_logprobs = log_probs.gather(-1, targets[:, None])[:, 0]
-    probs = log_probs.exp()
-    mean = (probs * log_probs).sum(-1)
-    variance = (probs * (log_probs - mean[:, None]).square()).sum(-1)
-    ranks = (logits > target_logits).sum(-1)
+    maximum = logits.amax(-1, keepdim=True).float()
+    shifted = logits - maximum  # float32 (type promotion), one pass over the bf16 logits
+    weights = shifted.exp()
+    s0 = weights.sum(-1)
+    s1 = torch.linalg.vecdot(weights, shifted)
+    s2 = torch.linalg.vecdot(weights.mul_(shifted), shifted)
+    log_s0 = s0.log()
+    mean_shifted = s1 / s0
+    target_shifted = shifted.gather(-1, targets[:, None])
+    ranks = (shifted > target_shifted).sum(-1)
+    variance = s2 / s0 - mean_shifted.square()
     return (
-        token_logprobs.cpu().numpy().astype(np.float32),
-        mean.cpu().numpy().astype(np.float32),
+        (target_shifted[:, 0] - log_s0).cpu().numpy().astype(np.float32),
+        (mean_shifted - log_s0).cpu().numpy().astype(np.float32),
         variance.clamp_min(0).sqrt().cpu().numpy().astype(np.float32),
         ranks.cpu().numpy().astype(np.int32),
     )
