@@ -159,6 +159,11 @@ def train_shadows(
     if not isinstance(config, FinetuneConfig):
         raise ConfigError(f"config must be a FinetuneConfig, got {type(config).__name__}")
     keep = membership_matrix(len(texts), n_shadows, seed=seed)
+    # fail fast on a bad model spec, and convert a built-in model once here rather than
+    # in several Ray workers at the same time
+    from llm_features.models import load_tokenizer
+
+    load_tokenizer(str(base_spec))
     ids, pool = texts.ids, texts.texts
     seeds = [shadow_seed(seed, k) for k in range(n_shadows)]
     jobs = []
