@@ -17,7 +17,13 @@ its own loop:
 * precision: ``precision="auto"`` keeps the frozen base in bfloat16 and runs the forward
   and backward passes under bfloat16 autocast where the hardware is fast at it (CUDA with
   bf16, CPUs with AVX512-BF16/AMX); the LoRA parameters, their gradients, the optimiser
-  state and the loss stay float32. Elsewhere everything is float32;
+  state and the loss stay float32. Elsewhere everything is float32. peft's cast of each
+  LoRA input to float32 is switched off under autocast (autocast casts it straight back),
+  and on CPU batches up to 256 tokens wide use the plain ("math") attention kernel, whose
+  backward pass is faster there than the CPU flash kernel's;
+* the loss is computed from the hidden states of the real target positions only (for
+  model types whose logits are exactly ``lm_head(hidden)``), so padding costs no
+  output-layer work;
 * optimiser: AdamW (Loshchilov & Hutter 2019) with linear warm-up over
   ``warmup_fraction`` of the steps, then linear decay to 0 (the schedule of
   ``transformers.get_linear_schedule_with_warmup``), gradient-norm clipping.
