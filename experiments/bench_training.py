@@ -38,7 +38,8 @@ from typing import Any
 
 logger = logging.getLogger("bench_training")
 
-DEFAULT_DATA = "/work/shared/data/ag_news_test/data.jsonl"
+# ../shared/data beside the repository, as laid out for this project
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_test" / "data.jsonl")
 
 
 def matmul_peak(*, dtype: str, size: int = 2048, seconds: float = 3.0) -> float:

@@ -72,6 +72,7 @@ def score_texts(
     max_tokens: int = 512,
     progress: bool = True,
     description: str = "scoring",
+    compile_statistics: str = "auto",
 ) -> list[TokenScores]:
     """Score every text with one batched forward pass; see the module docstring.
 
@@ -82,6 +83,11 @@ def score_texts(
         batch_size: texts per forward pass (of similar length).
         max_tokens: texts longer than this are cut; the count is logged.
         progress: show a progress bar with texts and tokens per second.
+        compile_statistics: ``auto`` compiles the vocabulary statistics with
+            ``torch.compile`` (one fused pass, ~5x faster than eager on a 2-core CPU) when
+            the job is large enough to repay the compile (~20 s the first time, seconds
+            once cached); ``always`` / ``never`` force the choice. A compile failure falls
+            back to eager with a warning; both give the same numbers up to float rounding.
 
     Returns:
         One :class:`TokenScores` per text, in the order of ``texts``.
@@ -103,13 +109,15 @@ def score_texts(
     decoder, head = split_decoder_and_head(model)
     results: list[TokenScores | None] = [None] * len(token_ids)
     lengths = [len(ids) for ids in token_ids]
+    vocabulary = _vocabulary_size(model)
+    statistics = choose_statistics(compile_statistics, n_elements=sum(lengths) * vocabulary)
     started = time.perf_counter()
     done_tokens = 0
     bar = tqdm(total=len(token_ids), desc=description, unit="text", disable=not progress, leave=False)
     with torch.inference_mode():
         for batch in length_batches(lengths, batch_size=batch_size):
             input_ids, attention_mask = _pad([token_ids[i] for i in batch], pad_id=pad_id, device=device)
-            stats = _batch_statistics(model, decoder, head, input_ids, attention_mask)
+            stats = _batch_statistics(model, decoder, head, input_ids, attention_mask, statistics=statistics)
             start = 0
             for index in batch:
                 count = max(lengths[index] - 1, 0)
@@ -149,7 +157,7 @@ def split_decoder_and_head(model: Any) -> tuple[Any, Any]:
 
 
 def _batch_statistics(model: Any, decoder: Any, head: Any, input_ids: Any, attention_mask: Any,
-                      *, rows_per_chunk: int = 128) -> tuple[np.ndarray, ...]:
+                      *, statistics: "Statistics") -> tuple[np.ndarray, ...]:
     """Statistics of every real predicted position of a padded batch, rows concatenated in order.
 
     Position t of row b predicts token t+1; it is real when token t+1 is. The positions are
@@ -168,44 +176,90 @@ def _batch_statistics(model: Any, decoder: Any, head: Any, input_ids: Any, atten
         states = logits[:, :-1][predicted]
         project = None
     parts = []
-    for start in range(0, states.shape[0], rows_per_chunk):
-        chunk = states[start:start + rows_per_chunk]
+    rows = statistics.rows_per_chunk
+    for start in range(0, states.shape[0], rows):
+        chunk = states[start:start + rows]
         logits = project(chunk) if project is not None else chunk
-        parts.append(_vocabulary_statistics(logits, targets[start:start + rows_per_chunk]))
+        parts.append(statistics(logits, targets[start:start + rows]))
     if not parts:
         empty = np.zeros(0, dtype=np.float32)
         return empty, empty, empty, np.zeros(0, dtype=np.int32)
     return tuple(np.concatenate([part[i] for part in parts]) for i in range(4))
 
 
-def _vocabulary_statistics(logits: Any, targets: Any) -> tuple[np.ndarray, ...]:
-    """log p(target), mu, sigma and rank for each row of logits [n, V], in float32.
+def vocabulary_statistics(logits: Any, targets: Any) -> tuple[Any, Any, Any, Any]:
+    """log p(target), mu, sigma and rank for each row of logits [n, V], as float32 tensors.
 
     With z = logits - max(logits) and w = exp(z), the moments need three sums only:
-    S0 = sum w, S1 = sum w z, S2 = sum w z^2. Then log p = z - log S0,
+    S0 = sum w, S1 = sum w z, S2 = sum w z^2. Then log p(target) = z_target - log S0,
     mu = S1 / S0 - log S0 and sigma^2 = S2 / S0 - (S1 / S0)^2 (the variance does not
-    depend on the shift). This reads the vocabulary a few times instead of the dozen
-    passes of log_softmax, exp, products and a centred second moment.
+    depend on the shift); rank = #{z > z_target}. Pure torch, so ``torch.compile`` can
+    fuse it into one pass over the vocabulary.
     """
     import torch
 
-    maximum = logits.amax(-1, keepdim=True).float()
-    shifted = logits - maximum  # float32 (type promotion), one pass over the bf16 logits
+    shifted = logits.float() - logits.amax(-1, keepdim=True).float()
     weights = shifted.exp()
     s0 = weights.sum(-1)
-    s1 = torch.linalg.vecdot(weights, shifted)
-    s2 = torch.linalg.vecdot(weights.mul_(shifted), shifted)
+    s1 = (weights * shifted).sum(-1)
+    s2 = (weights * shifted * shifted).sum(-1)
     log_s0 = s0.log()
     mean_shifted = s1 / s0
-    target_shifted = shifted.gather(-1, targets[:, None])
-    ranks = (shifted > target_shifted).sum(-1)
-    variance = s2 / s0 - mean_shifted.square()
-    return (
-        (target_shifted[:, 0] - log_s0).cpu().numpy().astype(np.float32),
-        (mean_shifted - log_s0).cpu().numpy().astype(np.float32),
-        variance.clamp_min(0).sqrt().cpu().numpy().astype(np.float32),
-        ranks.cpu().numpy().astype(np.int32),
-    )
+    target_shifted = shifted.gather(-1, targets[:, None])[:, 0]
+    ranks = (shifted > target_shifted[:, None]).sum(-1)
+    variance = torch.clamp(s2 / s0 - mean_shifted * mean_shifted, min=0.0)
+    return target_shifted - log_s0, mean_shifted - log_s0, variance.sqrt(), ranks
+
+
+AUTO_COMPILE_ELEMENTS = 2_000_000_000  # ~40k tokens of a 49k vocabulary: repays a cold compile
+STATISTICS_MODES = ("auto", "always", "never")
+
+
+@dataclasses.dataclass
+class Statistics:
+    """The statistics kernel in use: eager (small chunks, cache-friendly) or compiled."""
+
+    function: Any
+    rows_per_chunk: int
+    compiled: bool
+
+    def __call__(self, logits: Any, targets: Any) -> tuple[np.ndarray, ...]:
+        try:
+            values = self.function(logits, targets)
+        except Exception as exc:  # an inductor failure must not lose a scoring job
+            if not self.compiled:
+                raise
+            logger.warning("compiled statistics failed (%s: %s); falling back to eager", type(exc).__name__, exc)
+            self.function, self.rows_per_chunk, self.compiled = vocabulary_statistics, 16, False
+            values = self.function(logits, targets)
+        lp, mean, std, ranks = (v.cpu().numpy() for v in values)
+        return lp.astype(np.float32), mean.astype(np.float32), std.astype(np.float32), ranks.astype(np.int32)
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def choose_statistics(mode: str, *, n_elements: int) -> Statistics:
+    """The eager or the ``torch.compile``-d statistics kernel, by ``mode`` and job size."""
+    if mode not in STATISTICS_MODES:
+        raise ValueError(f"compile_statistics={mode!r} is not one of {STATISTICS_MODES}")
+    if mode == "never" or (mode == "auto" and n_elements < AUTO_COMPILE_ELEMENTS):
+        return Statistics(vocabulary_statistics, rows_per_chunk=16, compiled=False)
+    if "kernel" not in _COMPILED:
+        import torch
+
+        try:
+            _COMPILED["kernel"] = torch.compile(vocabulary_statistics, dynamic=True)
+        except Exception as exc:  # no compiler toolchain, unsupported platform
+            logger.warning("torch.compile is unavailable (%s); using eager statistics", exc)
+            return Statistics(vocabulary_statistics, rows_per_chunk=16, compiled=False)
+        logger.info("compiling the vocabulary statistics (about 20 s the first time, cached afterwards)")
+    return Statistics(_COMPILED["kernel"], rows_per_chunk=256, compiled=True)
+
+
+def _vocabulary_size(model: Any) -> int:
+    config = getattr(model, "config", None)
+    return int(getattr(config, "vocab_size", 0) or 0)
 
 
 def _pad(rows: list[list[int]], *, pad_id: int, device: Any) -> tuple[Any, Any]:
