@@ -83,3 +83,17 @@ def test_whole_model_fallback_matches_split_path(tiny_model_dir, corpus, monkeyp
     for a, b in zip(split, whole):
         np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-5)
         np.testing.assert_array_equal(a.token_ranks, b.token_ranks)
+
+
+@pytest.mark.slow
+def test_compiled_statistics_match_eager(tiny_model_dir, corpus):
+    """torch.compile of the statistics (used for large jobs) gives the eager numbers."""
+    loaded = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    eager = score_texts(loaded.model, loaded.tokenizer, corpus[:12], progress=False, compile_statistics="never")
+    compiled = score_texts(loaded.model, loaded.tokenizer, corpus[:12], progress=False,
+                           compile_statistics="always")
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-5)
+        np.testing.assert_allclose(a.vocab_mean, b.vocab_mean, atol=1e-5)
+        np.testing.assert_allclose(a.vocab_std, b.vocab_std, atol=1e-4)
+        np.testing.assert_array_equal(a.token_ranks, b.token_ranks)
