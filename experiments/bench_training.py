@@ -232,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()[0]
 
     flops = linear_flops_per_token_of(args.model)
-    print()
-    print(f"LoRA training throughput: {args.model}, {len(texts)} texts, batch {args.batch_size}, "
-          f"max {args.max_tokens} tokens, {args.epochs} epoch(s), rank {args.lora_rank}, {dtype} "
-          f"on {device}, {torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s; "
-          f"best of {args.repeats} interleaved run(s); load average {load_before:.1f} -> {load_after:.1f}")
-    print(f"{'trainer':<18}{'tokens':>9}{'seconds':>10}{'tokens/s':>11}{'all runs':>22}{'% of peak':>11}{'loss':>9}")
+
+    logger.info(f"LoRA training throughput: {args.model}, {len(texts)} texts, batch {args.batch_size}, "
+                f"max {args.max_tokens} tokens, {args.epochs} epoch(s), rank {args.lora_rank}, {dtype} "
+                f"on {device}, {torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s; "
+                f"best of {args.repeats} interleaved run(s); load average {load_before:.1f} -> {load_after:.1f}")
+    logger.info(f"{'trainer':<18}{'tokens':>9}{'seconds':>10}{'tokens/s':>11}{'all runs':>22}{'% of peak':>11}{'loss':>9}")
     labels = {"ours": "shadow.finetune", "trainer": "HF Trainer"}
     best: dict[str, dict[str, Any]] = {}
     for name in ("ours", "trainer"):
@@ -246,13 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         r = best[name] = max(runs[name], key=lambda x: x["tokens_per_s"])
         every = "/".join(f"{x['tokens_per_s']:.0f}" for x in runs[name])
         share = 100 * r["tokens_per_s"] * flops / 1e9 / peak if peak == peak else float("nan")
-        print(f"{labels[name]:<18}{r['tokens']:>9d}{r['seconds']:>10.1f}{r['tokens_per_s']:>11.1f}"
-              f"{every:>22}{share:>10.1f}%{r['final_loss']:>9.3f}")
+        logger.info(f"{labels[name]:<18}{r['tokens']:>9d}{r['seconds']:>10.1f}{r['tokens_per_s']:>11.1f}"
+                    f"{every:>22}{share:>10.1f}%{r['final_loss']:>9.3f}")
     if "ours" in best:
-        print(f"padding share of shadow.finetune batches: {100 * best['ours']['padding_fraction']:.1f}%")
+        logger.info(f"padding share of shadow.finetune batches: {100 * best['ours']['padding_fraction']:.1f}%")
     if "ours" in best and "trainer" in best:
         ratio = best["ours"]["tokens_per_s"] / best["trainer"]["tokens_per_s"]
-        print(f"ratio shadow.finetune / Trainer (best runs): {ratio:.2f}x")
+        logger.info(f"ratio shadow.finetune / Trainer (best runs): {ratio:.2f}x")
     return 0
 
 
