@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from llm_features.scoring import length_batches, tokenize
+from llm_features.scoring import length_batches, pad_right, tokenize
 from llm_features.texts import text_id
 
 logger = logging.getLogger(__name__)
@@ -100,13 +100,8 @@ def resample_neighbours(
     with torch.inference_mode():
         for batch in tqdm(length_batches(lengths, batch_size=batch_size), desc="neighbours",
                           unit="batch", disable=not progress, leave=False):
-            width = max(lengths[i] for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(input_ids)
-            for row, index in enumerate(batch):
-                input_ids[row, :lengths[index]] = torch.tensor(token_ids[index])
-                mask[row, :lengths[index]] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            input_ids, mask = pad_right([token_ids[i] for i in batch], pad_id=pad_id, device=device)
+            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             # a special token as replacement would vanish when the neighbour is decoded
             log_probs[..., [i for i in special if i < log_probs.shape[-1]]] = float("-inf")

@@ -116,7 +116,7 @@ def score_texts(
     bar = tqdm(total=len(token_ids), desc=description, unit="text", disable=not progress, leave=False)
     with torch.inference_mode():
         for batch in length_batches(lengths, batch_size=batch_size):
-            input_ids, attention_mask = _pad([token_ids[i] for i in batch], pad_id=pad_id, device=device)
+            input_ids, attention_mask = pad_right([token_ids[i] for i in batch], pad_id=pad_id, device=device)
             stats = _batch_statistics(model, decoder, head, input_ids, attention_mask, statistics=statistics)
             start = 0
             for index in batch:
@@ -262,7 +262,8 @@ def _vocabulary_size(model: Any) -> int:
     return int(getattr(config, "vocab_size", 0) or 0)
 
 
-def _pad(rows: list[list[int]], *, pad_id: int, device: Any) -> tuple[Any, Any]:
+def pad_right(rows: Sequence[Sequence[int]], *, pad_id: int, device: Any = "cpu") -> tuple[Any, Any]:
+    """Right-pad token id lists to one width: ``input_ids`` and ``attention_mask`` (1 = real token)."""
     import torch
 
     width = max(len(ids) for ids in rows)

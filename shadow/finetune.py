@@ -57,6 +57,7 @@ from typing import Any
 
 from llm_features.errors import ConfigError, InputDataError, IntegrityError
 from llm_features.io import library_versions, sha256_file, write_json_atomic
+from llm_features.scoring import pad_right
 from llm_features.texts import text_id
 
 logger = logging.getLogger(__name__)
@@ -225,14 +226,7 @@ def epoch_batches(lengths: list[int], *, batch_size: int, length_chunk: int, gen
 
 def collate(sequences: list[list[int]], *, pad_id: int) -> dict[str, Any]:
     """Right-pad token id lists into ``input_ids``, ``attention_mask`` and ``labels`` (-100 on padding)."""
-    import torch
-
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, :len(seq)] = 1
+    input_ids, attention_mask = pad_right(sequences, pad_id=pad_id)
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
