@@ -48,7 +48,7 @@ class FeatureSettings:
     features: str = "all"
     neighbours: NeighbourOptions = NeighbourOptions()
     max_tokens: int = 512
-    batch_size: int = 16
+    batch_size: int = 32
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": self.features, "neighbours": dataclasses.asdict(self.neighbours),

@@ -73,7 +73,7 @@ def run_demo(*, out: str | Path = "runs/demo", model: str = "smollm2-135m", n_sh
         logger.info("stage 1/4: fine-tuning the target on %d patient records", len(split["members"]))
         finetune(model, [r["text"] for r in split["members"]], target_dir, training, overwrite=True)
     settings = FeatureSettings(features="all", neighbours=NeighbourOptions(n=2, seed=seed),
-                               max_tokens=160, batch_size=16)
+                               max_tokens=160, batch_size=32)
     logger.info("stage 2/4: %d shadows on an attacker pool of %d records", n_shadows, len(split["pool"]))
     train_shadows_job(base=model, data=str(pool), out=str(out / "shadows"), n_shadows=n_shadows,
                       config=training, seed=seed, settings=settings)

@@ -110,7 +110,7 @@ def features_job(
     features: str | None = None,
     neighbours: NeighbourOptions = NeighbourOptions(),
     max_tokens: int = 512,
-    batch_size: int = 16,
+    batch_size: int = 32,
     dtype: str = "auto",
     device: str = "auto",
 ) -> pd.DataFrame:

@@ -83,7 +83,7 @@ def extract_features(
     reference: Any | None = None,
     reference_scores: Sequence[TokenScores] | None = None,
     neighbours: Sequence[Sequence[str]] | None = None,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_tokens: int = 512,
     progress: bool = True,
 ) -> pd.DataFrame:

@@ -82,7 +82,7 @@ def resample_neighbours(
     fraction: float = 0.15,
     top_k: int = 20,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_tokens: int = 512,
     progress: bool = True,
 ) -> list[list[str]]:

@@ -68,7 +68,7 @@ def score_texts(
     tokenizer: Any,
     texts: Sequence[str],
     *,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_tokens: int = 512,
     progress: bool = True,
     description: str = "scoring",
