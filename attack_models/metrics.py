@@ -31,6 +31,22 @@ from llm_features.errors import ConfigError, InputDataError
 
 logger = logging.getLogger(__name__)
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str, *args: object) -> None:
+    """Log a warning the first time this exact message occurs in the process, later at DEBUG.
+
+    Reports compute the same metric for a dozen attacks on the same labels; the caveat
+    is worth reading once.
+    """
+    text = message % args
+    if text in _WARNED:
+        logger.debug(text)
+        return
+    _WARNED.add(text)
+    logger.warning(text)
+
 __all__ = [
     "balanced_accuracy",
     "bootstrap_ci",
@@ -201,7 +217,7 @@ def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, *, fpr: float) -> float:
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if f * n_neg < 1.0:
-        logger.warning(
+        _warn_once(
             "tpr_at_fpr(fpr=%g) with only %d non-members: the smallest non-zero FPR is %.3g, "
             "so only thresholds with zero false positives qualify.", f, n_neg, 1.0 / n_neg,
         )
@@ -340,7 +356,7 @@ def summarize(
     n_neg = y.size - n_pos
     for f in fprs:
         if f * n_neg < 1.0:
-            logger.warning(
+            _warn_once(
                 "summarize: TPR at FPR=%g with only %d non-members is resolution-limited "
                 "(smallest non-zero FPR is %.3g).", f, n_neg, 1.0 / n_neg,
             )

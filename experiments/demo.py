@@ -86,14 +86,8 @@ def run_demo(*, out: str | Path = "runs/demo", model: str = "smollm2-135m", n_sh
     scores = pd.read_csv(out / "scores.csv")
     rows = [{"attack": f"shadow classifier ({fitted['selected']})", **_headline(summary["metrics"]["attack"])}]
     excluded = {"id", "label", "patient_id", "n_tokens", "membership_probability"}
-    metrics_logger = logging.getLogger("attack_models.metrics")
-    level = metrics_logger.level
-    metrics_logger.setLevel(logging.ERROR)  # its resolution warning was given once by score_job already
-    try:
-        for column in [c for c in scores.columns if c not in excluded]:
-            rows.append({"attack": column, **_headline(summarize(scores["label"], scores[column], seed=seed))})
-    finally:
-        metrics_logger.setLevel(level)
+    for column in [c for c in scores.columns if c not in excluded]:
+        rows.append({"attack": column, **_headline(summarize(scores["label"], scores[column], seed=seed))})
     return {
         "table": pd.DataFrame(rows),
         "setting": (f"target: {model} + LoRA on {len(split['members'])} records; candidates: "

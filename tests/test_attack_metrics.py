@@ -98,10 +98,15 @@ def test_tpr_at_fpr_float_budget_exact():
     assert tpr_at_fpr(y, s, fpr=0.28) == 0.0
 
 
-def test_tpr_at_fpr_warns_when_resolution_limited(caplog):
+def test_tpr_at_fpr_warns_when_resolution_limited_once(caplog, monkeypatch):
+    import attack_models.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="attack_models.metrics"):
         tpr_at_fpr([0, 1, 0, 1], [0, 1, 2, 3], fpr=0.001)
+        tpr_at_fpr([0, 1, 0, 1], [3, 1, 2, 0], fpr=0.001)
     assert "only 2 non-members" in caplog.text
+    assert caplog.text.count("only 2 non-members") == 1
 
 
 def test_balanced_accuracy():
