@@ -256,7 +256,8 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
 
 
 def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | None = None,
-              text_field: str = "text", dtype: str = "auto", device: str = "auto", seed: int = 0) -> dict[str, Any]:
+              text_field: str = "text", dtype: str = "auto", device: str = "auto", seed: int = 0,
+              trust_remote_code: bool = False) -> dict[str, Any]:
     """``shadowmia score``: membership probability of every candidate text under a target model."""
     from attack_models import load_attack, summarize
     from llm_features.models import load_model, load_tokenizer, tokenizer_fingerprint
@@ -265,7 +266,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
     estimator, manifest = load_attack(attack)
     meta = manifest["metadata"]
     candidates = load_texts(data, text_field=text_field)
-    target_tokenizer_hash = tokenizer_fingerprint(load_tokenizer(model))
+    target_tokenizer_hash = tokenizer_fingerprint(load_tokenizer(model, trust_remote_code=trust_remote_code))
     if target_tokenizer_hash != meta["tokenizer_hash"]:
         raise IncompatibleArtifactError(
             f"the target {model} has another tokenizer ({target_tokenizer_hash}) than the shadows' base "
@@ -280,7 +281,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
 
     settings = FeatureSettings.from_dict(meta["feature_settings"])
     requests = parse_features(settings.features)
-    target = load_model(model, adapter=adapter, dtype=dtype, device=device)
+    target = load_model(model, adapter=adapter, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     base = target if adapter is None and model == meta["base_model"] else load_model(meta["base_model"], dtype=dtype,
                                                                                     device=device)
     needs = needs_of(requests)

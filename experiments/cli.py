@@ -27,6 +27,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--max-tokens", type=int, default=512, help="texts longer than this are truncated")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (32 was fastest on a 2-core CPU)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run model code shipped with a hub repository (it runs with your privileges)")
 
 
 def _features_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +60,7 @@ def _run_features(args: argparse.Namespace) -> int:
     table = features_job(model=args.model, adapter=args.adapter, reference=args.reference, data=args.data,
                          text_field=args.text_field, features=args.features, neighbours=neighbours,
                          max_tokens=args.max_tokens, batch_size=args.batch_size, dtype=args.dtype,
-                         device=args.device, out=args.out)
+                         device=args.device, out=args.out, trust_remote_code=args.trust_remote_code)
     columns = [r.column for r in parse_features(args.features)]
     summary = feature_summary(table, columns)
     print(f"{len(table)} texts -> {args.out}")
@@ -200,6 +202,8 @@ def _score_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run model code shipped with the target's hub repository")
     parser.set_defaults(handler=_run_score)
 
 
@@ -207,7 +211,8 @@ def _run_score(args: argparse.Namespace) -> int:
     from experiments.attack_jobs import score_job
 
     summary = score_job(attack=args.attack, model=args.model, adapter=args.adapter, data=args.data, out=args.out,
-                        text_field=args.text_field, dtype=args.dtype, device=args.device, seed=args.seed)
+                        text_field=args.text_field, dtype=args.dtype, device=args.device, seed=args.seed,
+                        trust_remote_code=args.trust_remote_code)
     print(f"{summary['n']} candidates -> {summary['out']}")
     for name, metrics in summary.get("metrics", {}).items():
         print(f"{name:>14}: ROC AUC {metrics['auc']:.4f} [{metrics['auc_ci_low']:.4f}, {metrics['auc_ci_high']:.4f}]"

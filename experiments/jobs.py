@@ -113,6 +113,7 @@ def features_job(
     batch_size: int = 32,
     dtype: str = "auto",
     device: str = "auto",
+    trust_remote_code: bool = False,
 ) -> pd.DataFrame:
     """``shadowmia features``: one row per text with id, kept fields and one column per feature.
 
@@ -133,7 +134,7 @@ def features_job(
     check_kept_fields(texts, [r.column for r in requests] + ["n_tokens"])
     logger.info("%d texts from %s; features: %s", len(texts), data, ", ".join(r.column for r in requests))
 
-    target = load_model(model, adapter=adapter, dtype=dtype, device=device)
+    target = load_model(model, adapter=adapter, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     needs = needs_of(requests)
     reference_model = None
     if "reference" in needs or ("neighbours" in needs and not neighbours.masked_lm):
@@ -144,7 +145,8 @@ def features_job(
                 logger.warning("the reference model is the target itself (no --adapter, no --reference): "
                                "the reference feature is 0; pass --reference MODEL")
         else:
-            reference_model = load_model(reference_spec, dtype=dtype, device=device)
+            reference_model = load_model(reference_spec, dtype=dtype, device=device,
+                                         trust_remote_code=trust_remote_code)
         if reference_model.tokenizer_hash != target.tokenizer_hash:
             raise ConfigError(f"--reference {reference_spec} has another tokenizer than --model {model}; "
                               "the reference must share the target's tokenizer")
