@@ -84,8 +84,6 @@ def train_shadows_job(*, base: str, data: str, out: str, n_shadows: int, config:
 
     requests = parse_features(settings.features)
     pool = load_texts(data, text_field=text_field)
-    if len(pool) < 2 * n_shadows and len(pool) < 4:
-        raise ConfigError(f"the pool has {len(pool)} texts, too few for {n_shadows} shadows")
     logger.info("pool: %d texts from %s", len(pool), data)
     shadow_paths = train_shadows(base, pool, out, n_shadows=n_shadows, config=config, seed=seed,
                                  backend=backend, workers=workers, ray_address=ray_address, device=device,
