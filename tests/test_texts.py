@@ -291,16 +291,3 @@ def test_labels_on_some_records_only(tmp_path):
     with pytest.raises(InputDataError, match="1 record.*no label") as info:
         load_texts(path)
     assert str(path) in str(info.value)
-
-
-def test_atomic_writes_get_the_usual_file_mode(tmp_path):
-    import os
-    import stat
-
-    from llm_features.io import write_text_atomic
-
-    target = tmp_path / "out.txt"
-    write_text_atomic(target, "x")
-    mask = os.umask(0)
-    os.umask(mask)
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
