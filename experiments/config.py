@@ -1,0 +1,648 @@
+"""The configuration of one experiment: a TOML file, validated before anything runs.
+
+``shadowmia run CONFIG.toml [--set section.key=value ...]`` reads one of these. A config
+names the data (a text pool on disk or the built-in synthetic patient records), how the
+pool is split into the target's members, its non-members and the attacker's pool, the
+threat model, how the target and the shadows are fine-tuned, how many shadows, which
+features, which attack classifier, and the seed::
+
+    name = "demo"
+    base_model = "smollm2-135m"
+    threat_model = "offline"
+    n_shadows = 4
+
+    [data]
+    generator = "patients"
+    n_records = 256
+
+    [split]
+    target_members = 64
+    ...
+
+    [target]          # any field of shadow.finetune.FinetuneConfig
+    epochs = 4
+    ...
+
+:func:`load_config` reads the file, applies ``--set`` overrides (``target.epochs=6``,
+``n_shadows=8``; values are parsed as TOML values, so ``target.lr=2e-3`` is a float and
+``features.features="loss,min_k"`` a string; a value that is not valid TOML is taken as a
+plain string), checks every section and key against the dataclasses below (an unknown one
+is an error naming the file, the dotted key and the allowed keys), checks each value's
+type, then builds the frozen dataclasses, whose ``__post_init__`` checks ranges. Every
+error is a :class:`~llm_features.errors.ConfigError` that names the file and the dotted key.
+
+:func:`config_toml` writes a config back as TOML that :func:`load_config` reads to an
+equal config, and :func:`config_hash` is the SHA-256 of its canonical JSON, with which a
+run directory refuses a different config.
+
+TOML has no null: an optional value that is ``None`` is left out of the file (it is the
+default), except where the default is not ``None`` (``max_grad_norm``, where ``None``
+means no clipping), which is written as the string ``"none"``.
+
+Relative data paths are relative to the current working directory, like every path on
+the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from llm_features.errors import ConfigError
+from shadow.finetune import FinetuneConfig
+
+__all__ = [
+    "GENERATORS",
+    "DataConfig",
+    "ExperimentConfig",
+    "FeaturesConfig",
+    "SplitConfig",
+    "ThreatModel",
+    "config_hash",
+    "config_toml",
+    "from_dict",
+    "load_config",
+    "to_dict",
+]
+
+GENERATORS = ("patients",)
+"""Built-in data generators: ``"patients"`` = :func:`experiments.patients.generate_patient_records`."""
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_MAX_SEED = 2**63 - 1
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} must be an integer in [{low}, {high}]")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range; allowed: integers in [{low}, {high}]")
+
+
+def _check_str(name: str, value: Any, *, allowed: str = "a non-empty string") -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name}={value!r} must be {allowed}")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the texts come from: a file on disk, or a built-in generator.
+
+    Attributes:
+        path: a jsonl/json/csv/tsv/txt/parquet file of texts (relative to the working
+            directory); must exist. Exactly one of ``path`` and ``generator`` is given.
+        text_field: the field (column) holding the text in ``path``.
+        generator: ``"patients"`` for synthetic (fictional) patient records from
+            :mod:`experiments.patients`; needs ``n_records``.
+        n_records: how many records the generator writes (>= 1); only with ``generator``.
+        chunk_tokens: cut long texts into chunks of about this many tokens (8..1_000_000),
+            or None to keep texts whole.
+    """
+
+    path: str | None = None
+    text_field: str = "text"
+    generator: str | None = None
+    n_records: int | None = None
+    chunk_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is None and self.generator is None:
+            raise ConfigError(
+                "path and generator are both missing; give either path (a jsonl/csv/txt/parquet "
+                f"file of texts) or generator (one of {list(GENERATORS)})"
+            )
+        if self.path is not None and self.generator is not None:
+            raise ConfigError(
+                f"path={self.path!r} and generator={self.generator!r} were both given; keep one "
+                "of them in the config file (a --set override cannot remove a key)"
+            )
+        _check_str("text_field", self.text_field)
+        if self.path is not None:
+            _check_str("path", self.path, allowed="a path to a file of texts")
+            if not Path(self.path).is_file():
+                where = Path(self.path).resolve()
+                raise ConfigError(
+                    f"path={self.path!r} does not exist (looked for {where}); give an existing "
+                    "jsonl/csv/txt/parquet file, relative to the working directory, or use "
+                    f"generator = {GENERATORS[0]!r}"
+                )
+            if self.n_records is not None:
+                raise ConfigError(
+                    f"n_records={self.n_records!r} is only used with a generator; remove it "
+                    "(a file's texts are all read)"
+                )
+        else:
+            if self.generator not in GENERATORS:
+                raise ConfigError(
+                    f"generator={self.generator!r} is not a known generator; allowed: {list(GENERATORS)}"
+                )
+            if self.n_records is None:
+                raise ConfigError(
+                    f"n_records is missing; generator={self.generator!r} needs the number of "
+                    "records to write (e.g. n_records = 256)"
+                )
+            _check_int("n_records", self.n_records, 1, 10_000_000)
+        if self.chunk_tokens is not None:
+            _check_int("chunk_tokens", self.chunk_tokens, 8, 1_000_000)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SplitConfig:
+    """How the texts are split: the target's members and non-members, the attacker's pool.
+
+    The three parts are disjoint and drawn with ``seed``; the candidates the attack scores
+    are the target's members and non-members.
+    """
+
+    target_members: int
+    target_non_members: int
+    attacker_pool: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("target_members", "target_non_members", "attacker_pool"):
+            _check_int(name, getattr(self, name), 1, 100_000_000)
+        _check_int("seed", self.seed, 0, _MAX_SEED)
+
+    @property
+    def total(self) -> int:
+        """Texts the split needs."""
+        return self.target_members + self.target_non_members + self.attacker_pool
+
+
+class ThreatModel(str, enum.Enum):
+    """What the attacker may train shadows on.
+
+    ``OFFLINE``: the shadows are trained only on the attacker's pool, disjoint from the
+    candidates (Shokri et al. 2017). ``ONLINE``: the shadows are also trained with each
+    candidate IN for about half of them and OUT for the rest (LiRA online, Carlini et al. 2022).
+    """
+
+    OFFLINE = "offline"
+    ONLINE = "online"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FeaturesConfig:
+    """How features are computed (:class:`experiments.attack_jobs.FeatureSettings`).
+
+    Attributes:
+        features: ``"all"`` or a feature spec such as ``"loss,min_k:k=0.1,zlib"``.
+        neighbours: neighbour texts per text (>= 1), for the neighbour-gap feature.
+        neighbour_fraction: share of tokens resampled per neighbour, in (0, 1].
+        neighbour_top_k: neighbours resample among the top-k tokens (>= 2).
+        masked_lm: a masked LM (name or path) that makes the neighbours, or None for the
+            base model.
+        max_tokens: texts are truncated to this many tokens when scored (2..1_000_000).
+        batch_size: texts per forward pass (1..65_536).
+    """
+
+    features: str = "all"
+    neighbours: int = 5
+    neighbour_fraction: float = 0.15
+    neighbour_top_k: int = 20
+    masked_lm: str | None = None
+    max_tokens: int = 512
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        from llm_features.registry import parse_features
+
+        _check_str("features", self.features, allowed='"all" or a feature list such as "loss,min_k"')
+        try:
+            parse_features(self.features)
+        except ConfigError as exc:
+            raise ConfigError(f"features={self.features!r}: {exc}") from None
+        _check_int("neighbours", self.neighbours, 1, 1000)
+        fraction = self.neighbour_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ConfigError(f"neighbour_fraction={fraction!r} is out of range; allowed: numbers in (0, 1]")
+        object.__setattr__(self, "neighbour_fraction", float(fraction))
+        _check_int("neighbour_top_k", self.neighbour_top_k, 2, 1_000_000)
+        if self.masked_lm is not None:
+            _check_str("masked_lm", self.masked_lm, allowed="a model name or path")
+        _check_int("max_tokens", self.max_tokens, 2, 1_000_000)
+        _check_int("batch_size", self.batch_size, 1, 65_536)
+
+    def to_settings(self, *, seed: int = 0) -> Any:
+        """The :class:`~experiments.attack_jobs.FeatureSettings` the jobs take (neighbours seeded with ``seed``)."""
+        from experiments.attack_jobs import FeatureSettings
+        from experiments.jobs import NeighbourOptions
+
+        neighbours = NeighbourOptions(n=self.neighbours, fraction=self.neighbour_fraction,
+                                      top_k=self.neighbour_top_k, seed=seed, masked_lm=self.masked_lm)
+        return FeatureSettings(features=self.features, neighbours=neighbours,
+                               max_tokens=self.max_tokens, batch_size=self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """One experiment, end to end: data, split, threat model, training, features, attack.
+
+    Attributes:
+        name: the run's name, used as its directory (``runs/NAME``): letters, digits, ``.``,
+            ``_`` and ``-``.
+        base_model: the causal LM that the target and the shadows fine-tune (a built-in
+            name such as ``smollm2-135m``, a local directory or a hub id).
+        data, split: where the texts come from and how they are split.
+        threat_model: ``"offline"`` or ``"online"`` (:class:`ThreatModel`).
+        target: how the target model is fine-tuned on its members.
+        shadows: how each shadow is fine-tuned (may differ from ``target``: the attacker
+            rarely knows the target's recipe exactly).
+        n_shadows: shadow models (even, 2..4096), so every text is IN for half of them.
+        features: how features are computed.
+        classifier: ``"auto"`` (chosen by leave-one-shadow-out) or a name in
+            :data:`attack_models.CLASSIFIERS`.
+        seed: the seed of the shadows' membership matrix, the neighbours and the attack.
+    """
+
+    name: str
+    base_model: str = "smollm2-135m"
+    data: DataConfig
+    split: SplitConfig
+    threat_model: ThreatModel = ThreatModel.OFFLINE
+    target: FinetuneConfig = FinetuneConfig()
+    shadows: FinetuneConfig = FinetuneConfig()
+    n_shadows: int = 4
+    features: FeaturesConfig = FeaturesConfig()
+    classifier: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
+            raise ConfigError(
+                f"name={self.name!r} must be a directory name: letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit (e.g. name = \"ag-news-8-shadows\")"
+            )
+        _check_str("base_model", self.base_model, allowed="a model name or path (e.g. \"smollm2-135m\")")
+        for field, cls in (("data", DataConfig), ("split", SplitConfig), ("target", FinetuneConfig),
+                           ("shadows", FinetuneConfig), ("features", FeaturesConfig)):
+            if not isinstance(getattr(self, field), cls):
+                raise ConfigError(f"{field}={getattr(self, field)!r} must be a {cls.__name__}")
+        try:
+            object.__setattr__(self, "threat_model", ThreatModel(self.threat_model))
+        except ValueError:
+            raise ConfigError(
+                f"threat_model={self.threat_model!r} is not allowed; allowed: "
+                f"{[t.value for t in ThreatModel]} (offline: shadows only on the attacker's pool; "
+                "online: shadows also trained IN/OUT on the candidates)"
+            ) from None
+        if isinstance(self.n_shadows, bool) or not isinstance(self.n_shadows, int):
+            raise ConfigError(f"n_shadows={self.n_shadows!r} must be an even integer in [2, 4096]")
+        if not (2 <= self.n_shadows <= 4096 and self.n_shadows % 2 == 0):
+            raise ConfigError(
+                f"n_shadows={self.n_shadows} is out of range; allowed: even integers in [2, 4096] "
+                "(each text is IN for half of the shadows)"
+            )
+        from attack_models.classifiers import CLASSIFIERS
+
+        allowed = ["auto", *CLASSIFIERS]
+        if self.classifier not in allowed:
+            raise ConfigError(f"classifier={self.classifier!r} is not allowed; allowed: {allowed}")
+        _check_int("seed", self.seed, 0, _MAX_SEED)
+        if self.data.generator is not None and self.data.n_records < self.split.total:
+            raise ConfigError(
+                f"split needs {self.split.target_members} + {self.split.target_non_members} + "
+                f"{self.split.attacker_pool} = {self.split.total} texts but data.n_records="
+                f"{self.data.n_records}; raise data.n_records or shrink the split"
+            )
+
+    def feature_settings(self) -> Any:
+        """The :class:`~experiments.attack_jobs.FeatureSettings` of this experiment."""
+        return self.features.to_settings(seed=self.seed)
+
+
+# ----------------------------------------------------------------------------- schema
+
+# Sections (TOML tables) and the dataclass each one builds.
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "split": SplitConfig,
+    "target": FinetuneConfig,
+    "shadows": FinetuneConfig,
+    "features": FeaturesConfig,
+}
+_TOP_LEVEL = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in _SECTIONS]
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    if cls is ExperimentConfig:
+        hints["threat_model"] = str
+    return hints
+
+
+def _allowed_types(hint: Any) -> tuple[list[type], bool]:
+    """The Python types a TOML value may have for ``hint``, and whether None is allowed."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        allowed: list[type] = []
+        optional = False
+        for arg in typing.get_args(hint):
+            if arg is type(None):
+                optional = True
+            else:
+                allowed += _allowed_types(arg)[0]
+        return allowed, optional
+    if origin in (tuple, list):
+        return [list], False
+    return [hint], False
+
+
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list"}
+
+
+def _check_type(dotted: str, value: Any, hint: Any) -> Any:
+    """``value`` if it has a type ``hint`` allows (an int is a float too), else a ConfigError."""
+    allowed, optional = _allowed_types(hint)
+    if optional and value is None:
+        return None
+    if optional and str not in allowed and isinstance(value, str) and value.lower() == "none":
+        return None
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is list and isinstance(value, list):
+            inner = typing.get_args(hint)
+            element = next((typing.get_args(a)[0] for a in inner if typing.get_origin(a) in (tuple, list)), None)
+            if element is None or all(isinstance(v, element) for v in value):
+                return value
+        if kind in (str, bool) and type(value) is kind:
+            return value
+    expected = " or ".join(_TYPE_NAMES.get(k, getattr(k, "__name__", str(k))) for k in allowed)
+    if any(k is list for k in allowed):
+        expected += " (of strings)"
+    if optional and str not in allowed:
+        expected += ' or "none"'
+    received = _TYPE_NAMES.get(type(value), type(value).__name__)
+    if isinstance(value, dict):
+        received = "table"
+    raise ConfigError(f"{dotted}={value!r}: expected a value of type {expected}, received a {received}")
+
+
+def _prefixed(prefix: str, exc: ConfigError) -> ConfigError:
+    return ConfigError(f"{prefix}{exc}")
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def from_dict(data: Mapping[str, Any], *, source: str = "config") -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from a nested mapping (the parsed TOML).
+
+    Every section and key is checked against the dataclasses first, then every value's
+    type, then the ranges; errors name ``source`` and the dotted key.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a table of settings, received {type(data).__name__}")
+    allowed_top = _TOP_LEVEL + [f"[{s}]" for s in _SECTIONS]
+    # 1. names: every section and key must be known, before anything is built
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{source}: {key} must be a table ([{key}] with keys {_fields(_SECTIONS[key])}), "
+                    f"received {value!r}"
+                )
+            known = _fields(_SECTIONS[key])
+            for inner in value:
+                if inner not in known:
+                    raise ConfigError(
+                        f"{source}: unknown key {key}.{inner!s}; allowed keys in [{key}]: {', '.join(known)}"
+                    )
+        elif key not in _TOP_LEVEL:
+            raise ConfigError(
+                f"{source}: unknown key or section {key!r}; allowed top-level keys and sections: "
+                f"{', '.join(allowed_top)}"
+            )
+    for required in ("name", "data", "split"):
+        if required not in data:
+            what = f"the [{required}] section" if required in _SECTIONS else f"the key {required!r}"
+            raise ConfigError(f"{source}: {what} is missing; it is required")
+    # 2. types and 3. ranges, section by section
+    kwargs: dict[str, Any] = {}
+    top_hints = _hints(ExperimentConfig)
+    for key, value in data.items():
+        if key in _SECTIONS:
+            continue
+        try:
+            kwargs[key] = _check_type(key, value, top_hints[key])
+        except ConfigError as exc:
+            raise _prefixed(f"{source}: ", exc) from None
+    sections = dict(data)
+    if "shadows" not in sections and "target" in sections:
+        sections["shadows"] = sections["target"]  # by default the attacker copies the target's recipe
+    for section, cls in _SECTIONS.items():
+        if section not in sections:
+            continue
+        hints = _hints(cls)
+        values: dict[str, Any] = {}
+        for key, value in sections[section].items():
+            try:
+                values[key] = _check_type(f"{section}.{key}", value, hints[key])
+            except ConfigError as exc:
+                raise _prefixed(f"{source}: ", exc) from None
+        try:
+            kwargs[section] = cls(**values)
+        except ConfigError as exc:
+            raise _prefixed(f"{source}: {section}.", exc) from None
+        except TypeError as exc:  # a required field is missing
+            missing = [f.name for f in dataclasses.fields(cls)
+                       if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                       and f.name not in values]
+            raise ConfigError(
+                f"{source}: [{section}] is missing the required key(s) {[f'{section}.{m}' for m in missing]} ({exc})"
+            ) from None
+    try:
+        return ExperimentConfig(**kwargs)
+    except ConfigError as exc:
+        raise _prefixed(f"{source}: ", exc) from None
+
+
+def _parse_override(item: str, source: str) -> tuple[list[str], Any]:
+    """``"target.epochs=6"`` -> (["target", "epochs"], 6); the value is parsed as TOML."""
+    if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(
+            f"{source}: --set {item!r} must look like section.key=value (e.g. target.epochs=6) "
+            "or key=value for a top-level key (e.g. n_shadows=8)"
+        )
+    dotted, _, text = item.partition("=")
+    dotted, text = dotted.strip(), text.strip()
+    parts = dotted.split(".")
+    if not all(parts) or len(parts) > 2:
+        raise ConfigError(
+            f"{source}: --set {item!r}: {dotted!r} is not a key; write section.key (e.g. target.epochs) "
+            "or a top-level key (e.g. n_shadows)"
+        )
+    try:
+        value = tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = text  # not a TOML value: a bare string such as loss,min_k
+    return parts, value
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
+    data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    allowed_top = _TOP_LEVEL + [f"{s}.KEY" for s in _SECTIONS]
+    for item in overrides:
+        parts, value = _parse_override(item, source)
+        if len(parts) == 1:
+            (key,) = parts
+            if key in _SECTIONS:
+                raise ConfigError(
+                    f"{source}: --set {item!r}: {key} is a section; set one of its keys with "
+                    f"--set {key}.KEY=VALUE; allowed keys in [{key}]: {', '.join(_fields(_SECTIONS[key]))}"
+                )
+            if key not in _TOP_LEVEL:
+                raise ConfigError(
+                    f"{source}: --set {item!r}: unknown key {key!r}; allowed: {', '.join(allowed_top)}"
+                )
+            data[key] = value
+        else:
+            section, key = parts
+            if section not in _SECTIONS:
+                raise ConfigError(
+                    f"{source}: --set {item!r}: unknown section {section!r} in {section}.{key}; "
+                    f"allowed sections: {', '.join(_SECTIONS)}; top-level keys: {', '.join(_TOP_LEVEL)}"
+                )
+            known = _fields(_SECTIONS[section])
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: --set {item!r}: unknown key {section}.{key}; allowed keys in "
+                    f"[{section}]: {', '.join(known)}"
+                )
+            if section == "shadows" and "shadows" not in data and isinstance(data.get("target"), Mapping):
+                data["shadows"] = dict(data["target"])  # a changed shadow recipe starts from the target's
+            table = data.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{source}: {section} must be a table, received {table!r}")
+            table[key] = value
+    return data
+
+
+def load_config(path: str | os.PathLike, *, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a TOML experiment config, apply ``--set`` overrides (``section.key=value``), validate.
+
+    Raises:
+        ConfigError: the file is missing or not valid TOML (the message names the file and
+            line), a section or key is unknown (naming the dotted key and the allowed ones),
+            a value has the wrong type (naming the type received and the type expected) or
+            is out of range, or the data file does not exist.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {source} does not exist; give the path to a .toml experiment config")
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}; fix the file at that line") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text ({exc}); save the config as UTF-8") from None
+    data = _apply_overrides(data, list(overrides), source)
+    return from_dict(data, source=source)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """A JSON-ready nested dict of every setting (``None`` included) that :func:`from_dict` reads back."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(ExperimentConfig):
+        value = getattr(config, field.name)
+        if isinstance(value, FinetuneConfig):
+            value = value.to_dict()
+        elif dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        elif isinstance(value, ThreatModel):
+            value = value.value
+        out[field.name] = value
+    return out
+
+
+def config_hash(config: ExperimentConfig) -> str:
+    """SHA-256 (hex) of the canonical JSON of :func:`to_dict`: equal configs, equal hashes."""
+    canonical = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                           allow_nan=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        # a JSON string is a TOML basic string, once DEL (allowed by JSON) is escaped
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as a TOML value")
+
+
+_SECTION_COMMENTS = {
+    "data": "Where the texts come from: path = a jsonl/csv/txt/parquet file, or generator = \"patients\".",
+    "split": "Disjoint parts of the texts: the target's members and non-members (the candidates), the attacker's pool.",
+    "target": "How the target model is fine-tuned (LoRA; any field of shadow.finetune.FinetuneConfig).",
+    "shadows": "How each shadow model is fine-tuned (the attacker's guess of the target's recipe).",
+    "features": "How the attack's features are computed on every model.",
+}
+
+
+def _table_lines(cls: type, values: Mapping[str, Any]) -> list[str]:
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    lines = []
+    for key, value in values.items():
+        if value is None:
+            if defaults.get(key) is None:
+                continue  # None is the default: TOML has no null
+            value = "none"
+        lines.append(f"{key} = {_toml_value(value)}")
+    return lines
+
+
+def config_toml(config: ExperimentConfig) -> str:
+    """The config as TOML text that :func:`load_config` reads back to an equal config."""
+    data = to_dict(config)
+    lines = [
+        f"# shadowmia experiment config (sha256 of its canonical JSON: {config_hash(config)})",
+        "",
+        *_table_lines(ExperimentConfig, {k: data[k] for k in _TOP_LEVEL}),
+    ]
+    for section, cls in _SECTIONS.items():
+        lines += ["", f"# {_SECTION_COMMENTS[section]}", f"[{section}]", *_table_lines(cls, data[section])]
+    return "\n".join(lines) + "\n"
