@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable, Sequence
 
 from llm_features.errors import ShadowMIAError
@@ -221,25 +222,49 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
+
+
+def _run_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="an experiment with known truth, end to end, with a report",
+                                   description="Trains the target and the shadows, fits the attack, scores the "
+                                               "candidates and writes report/ (resumable).")
+    parser.add_argument("config", help="experiment config (.toml), e.g. experiments/configs/demo.toml")
+    parser.add_argument("--out", help="run directory (default: runs/NAME)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set target.epochs=6 (repeatable)")
+    parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
+    parser.set_defaults(handler=_run_run)
+
+
 def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="the end-to-end demo on synthetic patient records (make demo)")
-    parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--n-shadows", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(handler=_run_demo)
+    parser = subparsers.add_parser("demo", help="the end-to-end demo on synthetic patient records (make demo)",
+                                   description=f"shadowmia run {DEMO_CONFIG.name}: was this patient's record in "
+                                               "the fine-tuning data?")
+    parser.add_argument("--out", default=None, help="run directory (default: runs/demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--force", action="store_true")
+    parser.set_defaults(handler=_run_run, config=str(DEMO_CONFIG))
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    from experiments.demo import run_demo
+def _run_run(args: argparse.Namespace) -> int:
+    from experiments.config import load_config
+    from experiments.pipeline import run_experiment
 
-    result = run_demo(out=args.out, model=args.model, n_shadows=args.n_shadows, epochs=args.epochs, seed=args.seed)
+    config = load_config(args.config, overrides=args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    report = run_experiment(config, out=out, force=args.force)
+    rows = sorted(report["attacks"].items(), key=lambda item: -item[1]["auc"])
     print()
-    print("Was this patient's record in the fine-tuning data?")
-    print(result["setting"])
-    print(result["table"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nscores: {result['scores']}   attack: {result['attack']}   wall time: {result['minutes']:.1f} min")
+    print(f"{config.name}: {config.base_model}, {config.threat_model.value} threat model, "
+          f"{config.split.target_members} members vs {config.split.target_non_members} non-members, "
+          f"{config.n_shadows} shadows")
+    print(f"{'attack':<34}{'ROC AUC':>8}  {'95% CI':<16}{'TPR@1%FPR':>10}{'TPR@10%FPR':>11}")
+    for name, m in rows:
+        print(f"{name:<34}{m['auc']:>8.3f}  [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}]"
+              f"{m['tpr_at_1%fpr']:>10.3f}{m['tpr_at_10%fpr']:>11.3f}")
+    wall = report["setting"]["wall_time_s"]["total_s"]
+    print(f"\nreport: {out / 'report' / 'report.md'}  (ROC: {out / 'report' / 'roc.png'})  wall time {wall / 60:.1f} min")
     return 0
 
 
@@ -260,7 +285,7 @@ def _run_list_features(args: argparse.Namespace) -> int:
 
 
 PARSERS = [_features_parser, _finetune_parser, _train_shadows_parser, _fit_attack_parser, _score_parser,
-           _demo_parser, _list_features_parser]
+           _run_parser, _demo_parser, _list_features_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

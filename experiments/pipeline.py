@@ -1,0 +1,192 @@
+"""``shadowmia run CONFIG``: an experiment with known truth, end to end, resumable.
+
+Stages, each skipped when its artifacts verify:
+
+1. data: the pool (a file, or generated patient records) split at random (``split.seed``)
+   into target members, target non-members and the attacker's texts;
+2. target: a LoRA fine-tune of the base on the members (``[target]``);
+3. shadows: K LoRA fine-tunes on the attacker's pool (``[shadows]``) and their features.
+   Threat model ``offline`` (Shokri et al. 2017): the pool is disjoint from the candidates.
+   ``online`` (LiRA, Carlini et al. 2022): the candidates join the pool, so each candidate
+   is IN for half of the shadows, and LiRA/RMIA scores exist for every candidate;
+4. attack: classifiers compared leave-one-shadow-out, the best kept (LiRA features added
+   in the online setting);
+5. score: the target's candidates, then the report (``report/``) with every attack side by
+   side: the classifier, each single feature, LiRA and RMIA where they exist.
+
+Artifacts: ``config.toml`` (the resolved config), ``run.json`` (versions, wall time per
+stage), ``run.log``, ``data/``, ``target/``, ``shadows/``, ``attack/``, ``scores.csv``,
+``report/``. A run directory holding another config is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from experiments.config import ExperimentConfig, ThreatModel, config_hash, config_toml, load_config, to_dict
+from llm_features.errors import ConfigError
+from llm_features.io import library_versions, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+NOT_ATTACKS = frozenset({"id", "label", "n_tokens", "membership_probability", "patient_id"})
+
+
+def pool_texts(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """The records of the pool, each with a ``text``: generated or read from ``data.path``."""
+    if config.data.chunk_tokens is not None:
+        raise ConfigError("data.chunk_tokens: chunking long texts is not implemented yet; remove the key")
+    if config.data.generator == "patients":
+        from experiments.patients import generate_patient_records
+
+        return [{"text": r["text"], "patient_id": r["patient_id"]}
+                for r in generate_patient_records(config.data.n_records, seed=config.seed)]
+    from llm_features.texts import load_texts
+
+    texts = load_texts(config.data.path, text_field=config.data.text_field)
+    return [{"text": text} for text in texts.texts]
+
+
+def split_pool(records: list[dict[str, Any]], config: ExperimentConfig) -> dict[str, list[dict[str, Any]]]:
+    """Members, non-members and the attacker's texts: disjoint, drawn by ``split.seed``."""
+    split = config.split
+    if split.total > len(records):
+        raise ConfigError(
+            f"split needs {split.target_members} + {split.target_non_members} + {split.attacker_pool} = "
+            f"{split.total} texts but the pool has {len(records)}; lower the split sizes or use a larger pool")
+    order = np.random.default_rng(split.seed).permutation(len(records))
+    picked = [records[i] for i in order[:split.total]]
+    members = picked[:split.target_members]
+    non_members = picked[split.target_members:split.target_members + split.target_non_members]
+    attacker = picked[split.target_members + split.target_non_members:]
+    return {"members": members, "non_members": non_members, "attacker": attacker}
+
+
+def write_records(path: Path, records: list[dict[str, Any]], *, label: int | None = None) -> Path:
+    """JSON lines (with a ``label`` field when given), written atomically."""
+    lines = [json.dumps({**r, **({"label": label} if label is not None else {})}) for r in records]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """Copy every log record of the run into ``path`` too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def claim_run_directory(out: Path, config: ExperimentConfig, *, force: bool) -> None:
+    """Write ``config.toml``; refuse a directory made with another config unless ``force``."""
+    path = out / "config.toml"
+    if path.is_file() and not force:
+        existing = load_config(path)
+        if config_hash(existing) != config_hash(config):
+            before, after = to_dict(existing), to_dict(config)
+            changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+            raise ConfigError(f"{out} holds a run of another config (differs in: {', '.join(changed)}); "
+                              "use another --out, or --force to continue it with this config")
+    write_text_atomic(path, config_toml(config))
+
+
+def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = False) -> dict[str, Any]:
+    """Run every stage (skipping verified ones) and write the report; return report.json's content."""
+    from experiments.attack_jobs import fit_attack_job, score_job, train_shadows_job
+    from experiments.report import write_report
+    from shadow.finetune import finetune, verify_adapter
+
+    out = Path(out)
+    records = pool_texts(config)
+    parts = split_pool(records, config)  # fails on a too-small pool before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    claim_run_directory(out, config, force=force)
+    timings: dict[str, float] = {}
+    with log_to_file(out / "run.log"):
+        logger.info("run %s in %s (%s threat model)", config.name, out, config.threat_model.value)
+        started = time.perf_counter()
+        write_records(out / "data" / "target_members.jsonl", parts["members"])
+        candidates = out / "data" / "candidates.jsonl"
+        write_text_atomic(candidates, "".join(
+            json.dumps({**r, "label": label}) + "\n"
+            for label, group in ((1, parts["members"]), (0, parts["non_members"])) for r in group))
+        pool_records = parts["attacker"]
+        if config.threat_model is ThreatModel.ONLINE:
+            pool_records = parts["members"] + parts["non_members"] + parts["attacker"]
+        pool = write_records(out / "data" / "pool.jsonl", pool_records)
+        timings["data_s"] = time.perf_counter() - started
+
+        stage = time.perf_counter()
+        target_dir = out / "target"
+        if not _adapter_verifies(verify_adapter, target_dir):
+            logger.info("stage: target fine-tune on %d members", len(parts["members"]))
+            finetune(config.base_model, [r["text"] for r in parts["members"]], target_dir, config.target,
+                     overwrite=True)
+        else:
+            logger.info("stage: target is complete and verified; skipping it")
+        timings["target_s"] = time.perf_counter() - stage
+
+        stage = time.perf_counter()
+        train_shadows_job(base=config.base_model, data=str(pool), out=str(out / "shadows"),
+                          n_shadows=config.n_shadows, config=config.shadows, seed=config.seed,
+                          settings=config.feature_settings(), force=force)
+        timings["shadows_s"] = time.perf_counter() - stage
+
+        stage = time.perf_counter()
+        fitted = fit_attack_job(shadows=str(out / "shadows"), out=str(out / "attack"),
+                                classifier=config.classifier,
+                                calibrated=config.threat_model is ThreatModel.ONLINE, seed=config.seed)
+        timings["attack_s"] = time.perf_counter() - stage
+
+        stage = time.perf_counter()
+        score_job(attack=str(out / "attack"), model=config.base_model, adapter=str(target_dir),
+                  data=str(candidates), out=str(out / "scores.csv"), seed=config.seed)
+        timings["score_s"] = time.perf_counter() - stage
+        timings["total_s"] = time.perf_counter() - started
+
+        scores = pd.read_csv(out / "scores.csv")
+        classifier_name = f"shadow classifier ({fitted['selected']})"
+        attacks = {classifier_name: scores["membership_probability"].to_numpy()}
+        attacks.update({c: scores[c].to_numpy() for c in scores.columns if c not in NOT_ATTACKS})
+        setting = {
+            "name": config.name,
+            "base_model": config.base_model,
+            "threat_model": config.threat_model.value,
+            "sizes": {"target_members": len(parts["members"]), "target_non_members": len(parts["non_members"]),
+                      "attacker_pool": len(pool_records), "shadows": config.n_shadows},
+            "target_training": config.target.to_dict(),
+            "shadow_training": config.shadows.to_dict(),
+            "seeds": {"run": config.seed, "split": config.split.seed},
+            "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
+        }
+        report = write_report(out / "report", labels=scores["label"].to_numpy(), attacks=attacks, setting=setting,
+                              seed=config.seed, best=classifier_name)
+        write_json_atomic(out / "run.json", {"config_hash": config_hash(config), "timings_s": timings,
+                                             "library_versions": library_versions()})
+        logger.info("report: %s", out / "report" / "report.md")
+    return report
+
+
+def _adapter_verifies(verify: Any, directory: Path) -> bool:
+    if not directory.is_dir():
+        return False
+    try:
+        return bool(verify(directory))
+    except Exception as exc:  # a damaged adapter is retrained, never trusted
+        logger.warning("%s does not verify (%s); training it again", directory, exc)
+        return False

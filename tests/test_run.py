@@ -1,0 +1,106 @@
+"""`shadowmia run CONFIG` end to end on a tiny model: report files, every attack, resumption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from experiments.config import load_config
+from experiments.pipeline import run_experiment
+from llm_features.errors import ConfigError
+from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
+
+CONFIG = """
+name = "tiny"
+base_model = "{base}"
+threat_model = "offline"
+n_shadows = 4
+seed = 0
+
+[data]
+path = "{pool}"
+
+[split]
+target_members = 16
+target_non_members = 16
+attacker_pool = 32
+seed = 0
+
+[target]
+epochs = 12
+lr = 5e-3
+batch_size = 8
+max_tokens = 64
+
+[shadows]
+epochs = 12
+lr = 5e-3
+batch_size = 8
+max_tokens = 64
+
+[features]
+features = "loss,reference,min_k,zlib_ratio,neighbour_gap"
+neighbours = 1
+max_tokens = 64
+"""
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    corpus = make_corpus(180, seed=21)
+    tokenizer = build_tokenizer(corpus)
+    base = build_tiny_llama(tokenizer, seed=2)
+    overfit(base, tokenizer, corpus[100:180], steps=40, lr=3e-3)
+    base_dir = save_model(base, tokenizer, root / "base")
+    pool = root / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus[:100]))
+    path = root / "tiny.toml"
+    path.write_text(CONFIG.format(base=base_dir, pool=pool))
+    return path
+
+
+def test_run_writes_a_report_with_every_attack(config_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "tiny"
+    report = run_experiment(load_config(config_file), out=out)
+    for name in ("report.json", "report.md", "roc.png", "histogram.png"):
+        assert (out / "report" / name).is_file(), name
+    assert (out / "config.toml").is_file() and (out / "run.log").stat().st_size > 0
+    attacks = report["attacks"]
+    assert {"loss", "reference", "min_k", "zlib_ratio", "neighbour_gap"} <= set(attacks)
+    classifier = next(name for name in attacks if name.startswith("shadow classifier"))
+    for metrics in attacks.values():
+        assert 0.0 <= metrics["auc"] <= 1.0
+        assert all(0.0 <= metrics[k] <= 1.0 for k in ("tpr_at_0.1%fpr", "tpr_at_1%fpr", "tpr_at_10%fpr"))
+    assert attacks[classifier]["auc"] > 0.7  # the tiny target overfits its 16 members
+    assert report["setting"]["sizes"] == {"target_members": 16, "target_non_members": 16,
+                                          "attacker_pool": 32, "shadows": 4}
+
+    # a rerun skips every verified stage and gives the same numbers
+    again = run_experiment(load_config(config_file), out=out)
+    assert again["attacks"][classifier]["auc"] == attacks[classifier]["auc"]
+    assert again["setting"]["wall_time_s"]["target_s"] < report["setting"]["wall_time_s"]["target_s"]
+
+    # another config in the same directory is refused, naming what differs
+    with pytest.raises(ConfigError, match="target"):
+        run_experiment(load_config(config_file, overrides=["target.epochs=3"]), out=out)
+
+
+def test_online_threat_model_adds_lira_and_rmia(config_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("online") / "tiny"
+    config = load_config(config_file, overrides=["threat_model=online", "features.features=loss,reference"])
+    report = run_experiment(config, out=out)
+    assert {"lira_online", "lira_offline", "rmia_online"} <= set(report["attacks"])
+    assert report["setting"]["sizes"]["attacker_pool"] == 64  # candidates join the shadow pool
+    assert report["attacks"]["lira_online"]["auc"] > 0.6
+
+
+def test_split_larger_than_the_pool_fails_before_anything_is_written(config_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", str(config_file), "--out", str(out), "--set", "split.attacker_pool=500"])
+    assert code == 2
+    assert "pool has 100" in capsys.readouterr().err
+    assert not out.exists()
