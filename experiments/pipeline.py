@@ -79,16 +79,21 @@ def write_records(path: Path, records: list[dict[str, Any]], *, label: int | Non
 
 @contextlib.contextmanager
 def log_to_file(path: Path) -> Iterator[None]:
-    """Copy every log record of the run into ``path`` too."""
+    """Copy the run's log records (INFO and above) into ``path`` too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
     root = logging.getLogger()
+    level = root.level
+    if level > logging.INFO:  # the file gets INFO whatever the console shows
+        root.setLevel(logging.INFO)
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        root.setLevel(level)
         handler.close()
 
 
