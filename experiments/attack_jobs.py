@@ -255,8 +255,15 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
 
 def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | None = None,
               text_field: str = "text", dtype: str = "auto", device: str = "auto", seed: int = 0,
-              trust_remote_code: bool = False) -> dict[str, Any]:
-    """``shadowmia score``: membership probability of every candidate text under a target model."""
+              trust_remote_code: bool = False, calibration: bool = True) -> dict[str, Any]:
+    """``shadowmia score``: membership probability of every candidate text under a target model.
+
+    With ``calibration`` (the default) the candidates also get the per-text calibrated
+    attacks that the same shadows allow: LiRA online and RMIA online when every candidate is
+    in the shadow pool (read from the shadow table), else LiRA offline and RMIA offline from
+    the shadows' own scores of the candidates (K more forward passes over the candidates;
+    every shadow is an OUT model for a text outside its pool).
+    """
     from attack_models import load_attack, summarize
     from llm_features.models import load_model, load_tokenizer, tokenizer_fingerprint
 
@@ -271,8 +278,8 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
             f"{meta['base_model']} ({meta['tokenizer_hash']}); the attack's features would not be comparable. "
             "Train shadows from the target's own base model")
     shadow_table = _verified_shadow_table(meta)
-    calibration = _calibration_inputs(shadow_table, candidates)
-    if meta["calibrated"] and calibration is None:
+    in_pool = _pool_calibration(shadow_table, candidates)
+    if meta["calibrated"] and in_pool is None:
         raise ConfigError(
             "this attack uses LiRA features, which exist only for candidates in the shadow pool, and "
             f"{data} holds texts outside it (or the shadow table is gone); fit the attack without --calibrated")
@@ -298,8 +305,12 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
                                             batch_size=settings.batch_size, max_tokens=settings.max_tokens)
     table = compute_features(candidates, requests, target_scores, reference_scores=reference_scores,
                              neighbour_scores=neighbour_scores)
-    if calibration is not None:
-        table = table.join(_calibrated_scores(table, calibration))
+    if calibration and in_pool is None and shadow_table is not None:
+        calibration_inputs = _shadow_calibration(meta, candidates, settings, dtype=dtype, device=device)
+    else:
+        calibration_inputs = in_pool if calibration or meta["calibrated"] else None
+    if calibration_inputs is not None:
+        table = table.join(_calibrated_scores(table, calibration_inputs))
     columns = meta["feature_columns"]
     filled = table.copy()
     for column in columns:
@@ -315,7 +326,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
     if candidates.labels is not None and len(set(candidates.labels)) == 2:
         labels = np.asarray(candidates.labels)
         summary["metrics"] = {"attack": summarize(labels, table["membership_probability"].to_numpy(), seed=seed)}
-        for column in ("lira_online", "lira_offline", "rmia_online"):
+        for column in ("lira_online", "lira_offline", "rmia_online", "rmia_offline"):
             if column in table.columns:
                 summary["metrics"][column] = summarize(labels, table[column].to_numpy(), seed=seed)
     return summary
@@ -336,30 +347,73 @@ class Calibration:
     """Shadow statistics of the candidates, for LiRA and RMIA."""
 
     scores: np.ndarray  # [K, n] loss statistic of each candidate under each shadow
-    keep: np.ndarray    # [K, n]
-    ids: list[str]
+    keep: np.ndarray    # [K, n] whether shadow k trained on candidate i
+
+    @property
+    def online(self) -> bool:
+        """Every candidate has IN and OUT shadows, so the online attacks are defined."""
+        return bool(self.keep.any(axis=0).all() and (~self.keep).any(axis=0).all())
 
 
-def _calibration_inputs(shadow_table: pd.DataFrame | None, candidates: TextSet) -> Calibration | None:
-    """The shadows' statistics of the candidates, or None unless every candidate is in the pool."""
+def _pool_calibration(shadow_table: pd.DataFrame | None, candidates: TextSet) -> Calibration | None:
+    """The shadows' statistics of the candidates from the shadow table, or None unless all are in the pool."""
     if shadow_table is None or CALIBRATION_STATISTIC not in shadow_table.columns:
         return None
     scores, keep, ids = shadow_score_matrix(shadow_table, CALIBRATION_STATISTIC)
     position = {identifier: i for i, identifier in enumerate(ids)}
-    outside = [i for i in candidates.ids if i not in position]
+    outside = sum(i not in position for i in candidates.ids)
     if outside:
-        logger.info("%d of %d candidates are not in the shadow pool: no LiRA/RMIA scores", len(outside),
-                    len(candidates))
+        logger.info("%d of %d candidates are not in the shadow pool", outside, len(candidates))
         return None
     columns = [position[i] for i in candidates.ids]
-    return Calibration(scores=scores[:, columns], keep=keep[:, columns], ids=candidates.ids)
+    return Calibration(scores=scores[:, columns], keep=keep[:, columns])
+
+
+def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: FeatureSettings, *, dtype: str,
+                        device: str) -> Calibration | None:
+    """Each shadow's statistic of each candidate, by scoring the candidates with every shadow.
+
+    A candidate outside the pool was trained on by no shadow (keep = False); a candidate in
+    the pool keeps its row of the membership matrix.
+    """
+    from llm_features.models import load_model
+    from shadow.finetune import verify_adapter
+    from shadow.membership import load_membership
+    from shadow.shadows import shadow_dirs
+
+    shadows_dir = Path(meta["shadows_dir"])
+    if not (shadows_dir / "config.json").is_file():
+        logger.warning("the shadows %s are gone: no LiRA/RMIA scores", shadows_dir)
+        return None
+    pool_keep, pool_ids = load_membership(shadows_dir)
+    position = {identifier: i for i, identifier in enumerate(pool_ids)}
+    directories = shadow_dirs(shadows_dir)
+    keep = np.zeros((len(directories), len(candidates)), dtype=bool)
+    for i, identifier in enumerate(candidates.ids):
+        if identifier in position:
+            keep[:, i] = pool_keep[:, position[identifier]]
+    loss_request = parse_features(CALIBRATION_STATISTIC)
+    scores = np.empty(keep.shape, dtype=np.float64)
+    logger.info("scoring the %d candidates with each of the %d shadows (for LiRA/RMIA offline)", len(candidates),
+                len(directories))
+    for k, directory in enumerate(directories):
+        verify_adapter(directory)
+        shadow = load_model(meta["base_model"], adapter=directory, dtype=dtype, device=device)
+        token_scores = score_texts(shadow.model, shadow.tokenizer, candidates.texts, batch_size=settings.batch_size,
+                                   max_tokens=settings.max_tokens, description=f"candidates, shadow {k}")
+        scores[k] = compute_features(candidates, loss_request, token_scores)[CALIBRATION_STATISTIC].to_numpy()
+        del shadow
+    return Calibration(scores=scores, keep=keep)
 
 
 def _calibrated_scores(table: pd.DataFrame, calibration: Calibration) -> pd.DataFrame:
-    """LiRA online/offline and RMIA (online) of each candidate against all shadows.
+    """LiRA and RMIA of each candidate against all shadows: online when every candidate has IN
+    and OUT shadows, else offline (LiRA offline, Carlini et al. 2022 Sec. 4.3; RMIA offline,
+    Zarifzadeh et al. 2024).
 
-    RMIA's population z is the other candidates, and Pr(z) averages all K shadows (half of
-    which trained on each z), which estimates the online (Pr_IN + Pr_OUT) / 2 of the paper.
+    RMIA's population z is the other candidates. Online, Pr(z) averages all K shadows (half of
+    which trained on each z), which estimates the online (Pr_IN + Pr_OUT) / 2 of the paper;
+    offline, Pr(.) averages the OUT shadows.
     """
     from attack_models.calibrated import lira_offline, lira_online, rmia
 
@@ -367,9 +421,12 @@ def _calibrated_scores(table: pd.DataFrame, calibration: Calibration) -> pd.Data
     statistic = np.nan_to_num(statistic, nan=np.nanmedian(statistic))
     shadows = np.nan_to_num(calibration.scores, nan=np.nanmedian(calibration.scores))
     fixed = calibration.keep.shape[0] < 16
+    online = calibration.online
     result = pd.DataFrame(index=table.index)
-    result["lira_online"] = lira_online(statistic, shadows, calibration.keep, fixed_variance=fixed)
+    if online:
+        result["lira_online"] = lira_online(statistic, shadows, calibration.keep, fixed_variance=fixed)
     result["lira_offline"] = lira_offline(statistic, shadows, calibration.keep, fixed_variance=fixed)
-    result["rmia_online"] = rmia(statistic, shadows, calibration.keep, population_target_scores=statistic,
-                                 population_shadow_scores=shadows, online=True)
+    result["rmia_online" if online else "rmia_offline"] = rmia(
+        statistic, shadows, calibration.keep, population_target_scores=statistic,
+        population_shadow_scores=shadows, online=online)
     return result

@@ -203,6 +203,9 @@ def _score_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    parser.add_argument("--no-calibration", dest="calibration", action="store_false",
+                        help="skip LiRA/RMIA; for candidates outside the shadow pool they cost one forward pass "
+                             "per shadow over the candidates")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run model code shipped with the target's hub repository")
     parser.set_defaults(handler=_run_score)
@@ -213,7 +216,7 @@ def _run_score(args: argparse.Namespace) -> int:
 
     summary = score_job(attack=args.attack, model=args.model, adapter=args.adapter, data=args.data, out=args.out,
                         text_field=args.text_field, dtype=args.dtype, device=args.device, seed=args.seed,
-                        trust_remote_code=args.trust_remote_code)
+                        trust_remote_code=args.trust_remote_code, calibration=args.calibration)
     print(f"{summary['n']} candidates -> {summary['out']}")
     for name, metrics in summary.get("metrics", {}).items():
         print(f"{name:>14}: ROC AUC {metrics['auc']:.4f} [{metrics['auc_ci_low']:.4f}, {metrics['auc_ci_high']:.4f}]"

@@ -66,7 +66,45 @@ def test_attack_scores_the_target_well(experiment, capsys):
     scores = pd.read_csv(root / "scores.csv")
     assert len(scores) == 32
     assert scores["membership_probability"].between(0, 1).all()
-    assert "lira_online" not in scores.columns  # candidates are outside the shadow pool
+    # candidates outside the shadow pool: every shadow is an OUT model, so only the offline attacks exist
+    assert "lira_online" not in scores.columns and "rmia_online" not in scores.columns
+    assert summary["metrics"]["lira_offline"]["auc"] > 0.7
+    assert 0.0 <= summary["metrics"]["rmia_offline"]["auc"] <= 1.0
+
+
+def test_offline_lira_uses_the_shadows_scores_of_each_candidate(experiment):
+    """lira_offline of the CSV equals the formula applied to each shadow's loss of each candidate."""
+    from attack_models.calibrated import lira_offline
+    from llm_features.models import load_model
+    from llm_features.scoring import score_texts
+
+    root = experiment["root"]
+    if not (root / "attack").exists():
+        fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack"))
+    score_job(attack=str(root / "attack"), model=str(experiment["base"]), adapter=str(root / "target"),
+              data=str(experiment["candidates"]), out=str(root / "offline.csv"), dtype="float32")
+    scores = pd.read_csv(root / "offline.csv")
+    texts = [json.loads(line)["text"] for line in experiment["candidates"].read_text().splitlines()]
+    shadow_losses = []
+    for k in range(4):
+        shadow = load_model(str(experiment["base"]), adapter=root / "shadows" / f"shadow_{k:03d}", dtype="float32")
+        token_scores = score_texts(shadow.model, shadow.tokenizer, texts, batch_size=16, max_tokens=64,
+                                   progress=False)
+        shadow_losses.append([float(np.mean(s.token_logprobs)) for s in token_scores])
+    shadow_losses = np.asarray(shadow_losses)
+    expected = lira_offline(scores["loss"].to_numpy(), shadow_losses, np.zeros_like(shadow_losses, dtype=bool),
+                            fixed_variance=True)
+    np.testing.assert_allclose(scores["lira_offline"].to_numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_score_without_calibration_skips_lira(experiment):
+    root = experiment["root"]
+    if not (root / "attack").exists():
+        fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack"))
+    assert main(["score", "--attack", str(root / "attack"), "--model", str(experiment["base"]),
+                 "--adapter", str(root / "target"), "--data", str(experiment["candidates"]),
+                 "--out", str(root / "plain.csv"), "--dtype", "float32", "--no-calibration"]) == 0
+    assert not {"lira_offline", "rmia_offline"} & set(pd.read_csv(root / "plain.csv").columns)
 
 
 def test_pool_candidates_get_lira_and_rmia(experiment):
