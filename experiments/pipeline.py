@@ -37,13 +37,17 @@ from llm_features.io import library_versions, write_json_atomic, write_text_atom
 
 logger = logging.getLogger(__name__)
 
-NOT_ATTACKS = frozenset({"id", "label", "n_tokens", "membership_probability", "patient_id"})
+NOT_ATTACKS = frozenset({"id", "label", "n_tokens", "membership_probability", "patient_id", "document_id"})
 
 
 def pool_texts(config: ExperimentConfig) -> list[dict[str, Any]]:
-    """The records of the pool, each with a ``text``: generated or read from ``data.path``."""
-    if config.data.chunk_tokens is not None:
-        raise ConfigError("data.chunk_tokens: chunking long texts is not implemented yet; remove the key")
+    """The records of the pool, each with a ``text``: generated or read from ``data.path``.
+
+    With ``data.chunk_tokens`` every text is cut into passages of about that many tokens of
+    the base model's tokenizer (:mod:`llm_features.chunking`); each passage records the
+    ``document_id`` of its text, so that :func:`split_pool` keeps a document's passages on
+    one side of the split.
+    """
     if config.data.generator == "patients":
         from experiments.patients import generate_patient_records
 
@@ -52,22 +56,75 @@ def pool_texts(config: ExperimentConfig) -> list[dict[str, Any]]:
     from llm_features.texts import load_texts
 
     texts = load_texts(config.data.path, text_field=config.data.text_field)
-    return [{"text": text} for text in texts.texts]
+    if config.data.chunk_tokens is None:
+        return [{"text": text} for text in texts.texts]
+    return chunk_records(texts.texts, texts.ids, base_model=config.base_model, chunk_tokens=config.data.chunk_tokens)
+
+
+def chunk_records(texts: list[str], ids: list[str], *, base_model: str, chunk_tokens: int) -> list[dict[str, Any]]:
+    """Passages of about ``chunk_tokens`` tokens of every text, each with its ``document_id``;
+    a passage that repeats an earlier one (boilerplate) is dropped."""
+    from llm_features.chunking import chunk_text
+    from llm_features.models import load_tokenizer
+
+    tokenizer = load_tokenizer(base_model)
+    records: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for text, document_id in zip(texts, ids):
+        for passage in chunk_text(text, tokenizer, chunk_tokens):
+            if passage not in seen:
+                seen.add(passage)
+                records.append({"text": passage, "document_id": document_id})
+    logger.info("cut %d texts into %d passages of about %d tokens", len(texts), len(records), chunk_tokens)
+    return records
 
 
 def split_pool(records: list[dict[str, Any]], config: ExperimentConfig) -> dict[str, list[dict[str, Any]]]:
-    """Members, non-members and the attacker's texts: disjoint, drawn by ``split.seed``."""
+    """Members, non-members and the attacker's texts: disjoint, drawn by ``split.seed``.
+
+    Records with a ``document_id`` (passages of one document) are split by document: the
+    documents are shuffled and dealt in turn to the members, the non-members and the
+    attacker, each part taking whole documents and dropping the passages of the one
+    document that overflows it, so no document has passages on two sides. (Passages of one
+    clinical note share a patient and a style; split apart they would leak membership.)
+    """
     split = config.split
-    if split.total > len(records):
+    sizes = {"members": split.target_members, "non_members": split.target_non_members,
+             "attacker": split.attacker_pool}
+    rng = np.random.default_rng(split.seed)
+    if records and "document_id" in records[0]:
+        documents: dict[str, list[dict[str, Any]]] = {}
+        for record in records:
+            documents.setdefault(record["document_id"], []).append(record)
+        order = rng.permutation(len(documents))
+        groups = list(documents.values())
+        parts = _deal_documents([groups[i] for i in order], sizes)
+    else:
+        order = rng.permutation(len(records))
+        parts = _deal_documents([[records[i]] for i in order], sizes)
+    if any(len(parts[name]) < size for name, size in sizes.items()):
+        unit = "passages from whole documents" if records and "document_id" in records[0] else "texts"
         raise ConfigError(
             f"split needs {split.target_members} + {split.target_non_members} + {split.attacker_pool} = "
-            f"{split.total} texts but the pool has {len(records)}; lower the split sizes or use a larger pool")
-    order = np.random.default_rng(split.seed).permutation(len(records))
-    picked = [records[i] for i in order[:split.total]]
-    members = picked[:split.target_members]
-    non_members = picked[split.target_members:split.target_members + split.target_non_members]
-    attacker = picked[split.target_members + split.target_non_members:]
-    return {"members": members, "non_members": non_members, "attacker": attacker}
+            f"{split.total} {unit} but the pool has {len(records)} and the split could fill only "
+            f"{', '.join(f'{name} {len(parts[name])}/{size}' for name, size in sizes.items())}; "
+            "lower the split sizes or use a larger pool")
+    return parts
+
+
+def _deal_documents(documents: list[list[dict[str, Any]]], sizes: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+    """Fill each part in turn with whole documents; the document that overflows a part gives it
+    only the passages it still needs and loses the rest."""
+    parts: dict[str, list[dict[str, Any]]] = {name: [] for name in sizes}
+    names = iter(sizes)
+    name = next(names)
+    for document in documents:
+        while len(parts[name]) >= sizes[name]:
+            name = next(names, None)
+            if name is None:
+                return parts
+        parts[name].extend(document[:sizes[name] - len(parts[name])])
+    return parts
 
 
 def write_records(path: Path, records: list[dict[str, Any]], *, label: int | None = None) -> Path:
