@@ -9,6 +9,7 @@ family and the atomic-file helpers.
 * :mod:`attack_models.selection`: leave-one-shadow-out comparison and choice.
 * :mod:`attack_models.calibrated`: LiRA (online/offline) and RMIA per-text scores.
 * :mod:`attack_models.persistence`: save/load with checksums and a type allowlist.
+* :mod:`attack_models.privacy_bounds`: epsilon lower bounds for DP auditing (classic, one-run).
 """
 
 from attack_models.calibrated import (
@@ -42,21 +43,38 @@ from attack_models.metrics import (
     tpr_key,
 )
 from attack_models.persistence import ALLOWED_TYPES, UntrustedArtifactError, load_attack, save_attack
+from attack_models.privacy_bounds import (
+    ClassicAudit,
+    OneRunAudit,
+    classic_epsilon_bound,
+    classic_epsilon_from_counts,
+    clopper_pearson,
+    default_guess_grid,
+    one_run_epsilon_bound,
+    one_run_epsilon_from_counts,
+    one_run_p_value,
+)
 from attack_models.selection import leave_one_shadow_out, leave_one_shadow_out_folds, select_best
 
 __all__ = [
     "ALLOWED_TYPES",
     "CALIBRATED_METHODS",
     "CLASSIFIERS",
+    "ClassicAudit",
     "LiraStatistics",
     "LogisticAttack",
     "MLPAttack",
+    "OneRunAudit",
     "RandomForestAttack",
     "ThresholdAttack",
     "UntrustedArtifactError",
     "XGBoostAttack",
     "balanced_accuracy",
     "bootstrap_ci",
+    "classic_epsilon_bound",
+    "classic_epsilon_from_counts",
+    "clopper_pearson",
+    "default_guess_grid",
     "impute_nan",
     "leave_one_shadow_out",
     "leave_one_shadow_out_calibrated",
@@ -67,6 +85,9 @@ __all__ = [
     "load_attack",
     "logit_scale",
     "make_classifier",
+    "one_run_epsilon_bound",
+    "one_run_epsilon_from_counts",
+    "one_run_p_value",
     "rmia",
     "roc_auc",
     "roc_curve",

@@ -1,0 +1,488 @@
+"""Empirical lower bounds on the epsilon of differential privacy, from membership scores.
+
+A DP upper bound is a proof about the training algorithm; an audit turns the success of a
+membership attack into a statistically valid *lower* bound: "with confidence 95%, this
+model's training is not (epsilon, delta)-DP for any epsilon below epsilon_LB". A lower bound
+above the claimed epsilon is evidence of a bug in the DP implementation or its accounting.
+
+Conventions are those of :mod:`attack_models.metrics`: ``labels`` are 1 for members (canaries
+included in training) and 0 for non-members; ``scores`` are higher = more likely a member.
+
+Two bounds
+----------
+* :func:`classic_epsilon_bound` (Jagielski, Ullman & Oprea 2020, "Auditing Differentially
+  Private Machine Learning: How Private is Private SGD?"; Nasr et al. 2021, "Adversary
+  Instantiation", and 2023, "Tight Auditing of Differentially Private Machine Learning").
+  For (epsilon, delta)-DP every test satisfies ``TPR <= e^eps FPR + delta`` and
+  ``TNR <= e^eps FNR + delta``, so with Clopper-Pearson bounds on the rates
+
+      epsilon_LB = max( ln((TPR_lo - delta) / FPR_hi), ln((TNR_lo - delta) / FNR_hi), 0 ).
+
+  *Validity*: the binomial intervals treat the (score, label) pairs as independent trials,
+  which holds when each pair comes from its own training run (one canary per model, as in
+  those papers). For many canaries scored by *one* model it is the common heuristic, not a
+  certified bound; :func:`one_run_epsilon_bound` is the bound that is valid there.
+
+* :func:`one_run_epsilon_bound` (Steinke, Nasr & Jagielski 2023, "Privacy Auditing with One
+  (1) Training Run", NeurIPS 2023): m canaries, each included independently with
+  probability 1/2, one training run; the auditor guesses "in" for its k+ highest scores,
+  "out" for its k- lowest and abstains on the rest. If training is (epsilon, delta)-DP, the
+  number W of correct guesses among r = k+ + k- satisfies, for every v (the paper's main
+  theorem for approximate DP; ``p_value_DP_audit`` in the authors' code),
+
+      P[W >= v] <= f(v) + 2 m delta * max_{i = 1..v} (f(v - i) - f(v)) / i,
+      f(u) = P[Binomial(r, q) >= u],   q = e^eps / (1 + e^eps),
+
+  and epsilon_LB is the largest epsilon whose right-hand side at the observed v is below
+  ``1 - confidence``.
+
+Confidence
+----------
+Every bound holds with probability at least ``confidence`` over the randomness of the
+audit (which canaries were included, the training run). Where several random events must
+hold at once, a union bound splits ``1 - confidence`` between them; each function's
+docstring says how.
+
+Too few canaries
+----------------
+When even a perfect attack on the data given could not give a positive bound (e.g. fewer
+than 12 members and 12 non-members for the classic bound at 95%), the result has
+``epsilon_lb = 0.0`` and a ``note`` that says how many canaries are needed, rather than a
+number that only reflects the sample size. Invalid input (one class only, NaN scores,
+delta or confidence outside (0, 1)) raises :class:`~llm_features.errors.InputDataError` or
+:class:`~llm_features.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+from attack_models.metrics import _roc_counts
+from llm_features.errors import ConfigError, InputDataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ClassicAudit",
+    "OneRunAudit",
+    "classic_epsilon_bound",
+    "classic_epsilon_from_counts",
+    "clopper_pearson",
+    "default_guess_grid",
+    "one_run_epsilon_bound",
+    "one_run_epsilon_from_counts",
+    "one_run_p_value",
+]
+
+GUESS_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+"""Fractions of m tried as k in the default (k+, k-) grid of :func:`default_guess_grid`."""
+
+BALANCE_P_VALUE = 1e-3
+"""The one-run bound refuses labels whose member count a Binomial(m, 1/2) explains with a
+two-sided p-value below this: their canaries were not included with probability 1/2."""
+
+_EPS_CAP = 50.0  # q = 1 - 2e-22 at this epsilon: float precision ends here
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_unit(name: str, value: object, example: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 < value < 1.0:
+        raise ConfigError(f"{name} must be a number strictly between 0 and 1; got {value!r}. Example: {example}.")
+    return float(value)
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ConfigError(f"seed must be an int; got {seed!r}.")
+    return int(seed)
+
+
+def _check_inputs(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as int8 0/1 and scores as float64, both 1-D, same length, both classes present."""
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.ndim != 1 or y.shape != s.shape:
+        raise InputDataError(f"labels and scores must be 1-D of the same length; got shapes {y.shape} and {s.shape}.")
+    if y.dtype == bool:
+        y = y.astype(np.int8)
+    if y.dtype.kind not in "iuf" or not np.isin(y, (0, 1)).all():
+        shown = np.unique(y[~np.isin(y, (0, 1))])[:10].tolist() if y.dtype.kind in "iuf" else y.dtype
+        raise InputDataError(f"labels must be 1 (member) or 0 (non-member); got {shown}.")
+    nan = np.isnan(s)
+    if nan.any():
+        raise InputDataError(
+            f"scores contain {int(nan.sum())} NaN value(s) (positions {np.flatnonzero(nan)[:10].tolist()}"
+            f"{', ...' if nan.sum() > 10 else ''}); an audit needs a score for every canary. Score them or "
+            "drop them, deciding without looking at their labels."
+        )
+    y = y.astype(np.int8)
+    n_members = int(y.sum())
+    if n_members == 0 or n_members == y.size:
+        missing = "members (label 1)" if n_members == 0 else "non-members (label 0)"
+        raise InputDataError(
+            f"an audit needs both members and non-members; got {y.size} canaries and no {missing}."
+        )
+    return y, s
+
+
+def _json_ready(fields: dict[str, Any]) -> dict[str, Any]:
+    """NaN (a threshold that was not computed) becomes None, which JSON can represent."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
+
+
+# --------------------------------------------------------------------------- Clopper-Pearson
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
+    """Exact two-sided Clopper-Pearson interval ``(low, high)`` of a binomial proportion.
+
+    With ``a = 1 - confidence``, ``k`` successes of ``n`` trials (Clopper & Pearson 1934)::
+
+        low  = Beta(a/2; k, n - k + 1)        quantile of the Beta distribution, 0 if k = 0
+        high = Beta(1 - a/2; k + 1, n - k)    1 if k = n
+
+    Each end is on its own a one-sided bound at level ``1 - a/2``: ``P[p < low] <= a/2`` and
+    ``P[p > high] <= a/2``. Closed forms: ``high = 1 - (a/2)^(1/n)`` at ``k = 0`` and
+    ``low = (a/2)^(1/n)`` at ``k = n``. Equals
+    ``scipy.stats.binomtest(k, n).proportion_ci(confidence, method="exact")``.
+    """
+    confidence = _check_unit("confidence", confidence, "0.95")
+    k = np.asarray(successes)
+    n = np.asarray(trials)
+    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
+        raise InputDataError(f"need 0 <= successes <= trials and trials >= 1; got {successes} of {trials}.")
+    low, high = _cp_bounds(k, n, (1.0 - confidence) / 2.0)
+    return float(low), float(high)
+
+
+def _cp_bounds(k: np.ndarray, n: np.ndarray, tail: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided Clopper-Pearson bounds at level ``1 - tail`` each, vectorised over k and n."""
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low = np.where(k > 0, stats.beta.ppf(tail, k, n - k + 1), 0.0)
+        high = np.where(k < n, stats.beta.ppf(1.0 - tail, k + 1, n - k), 1.0)
+    return low, high
+
+
+# --------------------------------------------------------------------------- classic bound
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassicAudit:
+    """Result of :func:`classic_epsilon_bound`; rates and counts are on the evaluation half."""
+
+    epsilon_lb: float
+    threshold: float  # predict "member" iff score >= threshold
+    counts: dict[str, int]  # tp, fp, tn, fn
+    intervals: dict[str, tuple[float, float]]  # tpr, fpr, tnr, fnr: two-sided Clopper-Pearson
+    confidence: float
+    delta: float
+    seed: int
+    n_selection: int
+    n_evaluation: int
+    note: str | None = None
+    method: str = "classic"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _json_ready(dataclasses.asdict(self))
+        out["intervals"] = {k: list(v) for k, v in self.intervals.items()}
+        return out
+
+
+def _classic_eps(tp: np.ndarray, n_pos: int, fp: np.ndarray, n_neg: int, *, delta: float,
+                 confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """epsilon_LB for each (tp, fp) and the one-sided bounds it used: (eps, tpr_lo, fpr_hi)."""
+    tail = (1.0 - confidence) / 2.0
+    tpr_lo, _ = _cp_bounds(tp, np.full_like(tp, n_pos), tail)
+    _, fpr_hi = _cp_bounds(fp, np.full_like(fp, n_neg), tail)
+    # TNR_lo = 1 - FPR_hi and FNR_hi = 1 - TPR_lo: the same two events give both inequalities
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eps_pos = np.log(np.maximum(tpr_lo - delta, 0.0) / fpr_hi)
+        eps_neg = np.log(np.maximum(1.0 - fpr_hi - delta, 0.0) / (1.0 - tpr_lo))
+    return np.maximum(np.maximum(eps_pos, eps_neg), 0.0), tpr_lo, fpr_hi
+
+
+def classic_epsilon_from_counts(true_positives: int, n_members: int, false_positives: int, n_nonmembers: int,
+                                *, delta: float = 1e-5, confidence: float = 0.95) -> float:
+    """The classic bound for one threshold whose counts are given (see :func:`classic_epsilon_bound`).
+
+        epsilon_LB = max( ln((TPR_lo - delta) / FPR_hi), ln((TNR_lo - delta) / FNR_hi), 0 )
+
+    ``TPR_lo`` and ``FPR_hi`` are the ends of the two-sided Clopper-Pearson intervals at
+    ``confidence`` (:func:`clopper_pearson`), so each is a one-sided bound at level
+    ``1 - (1 - confidence)/2``; ``TNR_lo = 1 - FPR_hi`` and ``FNR_hi = 1 - TPR_lo``. Both
+    terms need only the events ``TPR >= TPR_lo`` and ``FPR <= FPR_hi``, which by the union
+    bound hold together with probability at least ``confidence``.
+    """
+    delta = _check_unit("delta", delta, "1e-5")
+    confidence = _check_unit("confidence", confidence, "0.95")
+    if not (0 <= true_positives <= n_members and 0 <= false_positives <= n_nonmembers and n_members and n_nonmembers):
+        raise InputDataError(
+            f"need 0 <= true_positives <= n_members, 0 <= false_positives <= n_nonmembers and both classes; got "
+            f"{true_positives}/{n_members} and {false_positives}/{n_nonmembers}."
+        )
+    eps, _, _ = _classic_eps(np.array([true_positives]), n_members, np.array([false_positives]), n_nonmembers,
+                             delta=delta, confidence=confidence)
+    return float(eps[0])
+
+
+def _classic_min_per_class(delta: float, confidence: float) -> int:
+    """Smallest n such that n perfectly separated members and non-members give a positive bound.
+
+    Perfect separation gives TPR_lo = b^(1/n) and FPR_hi = 1 - b^(1/n), b = (1-confidence)/2,
+    so the bound is positive iff b^(1/n) > (1 + delta)/2, i.e. n > ln b / ln((1 + delta)/2).
+    """
+    b = (1.0 - confidence) / 2.0
+    return math.floor(math.log(b) / math.log((1.0 + delta) / 2.0)) + 1
+
+
+def _stratified_halves(y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (selection, evaluation): half of each class (rounded down) selects, the rest evaluates."""
+    selection, evaluation = [], []
+    for cls in (1, 0):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        selection.append(idx[: idx.size // 2])
+        evaluation.append(idx[idx.size // 2:])
+    return np.concatenate(selection), np.concatenate(evaluation)
+
+
+def _select_threshold(y: np.ndarray, s: np.ndarray, *, delta: float, confidence: float) -> float:
+    """The threshold with the largest classic bound on (y, s); ties go to the largest TPR - FPR.
+
+    The threshold returned lies halfway between the chosen score and the next lower one, so
+    a canary of the evaluation half falling in that gap is classified like its side.
+    """
+    fps, tps, thresholds = _roc_counts(y, s)
+    fps, tps, thresholds = fps[1:], tps[1:], thresholds[1:]  # drop +inf (nothing predicted a member)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    eps, _, _ = _classic_eps(tps, n_pos, fps, n_neg, delta=delta, confidence=confidence)
+    best = np.lexsort((-(tps / n_pos - fps / n_neg), -eps))[0]
+    if best + 1 < thresholds.size:
+        midpoint = (thresholds[best] + thresholds[best + 1]) / 2.0
+        if np.isfinite(midpoint):
+            return float(midpoint)
+    return float(thresholds[best])
+
+
+def classic_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float = 1e-5, confidence: float = 0.95,
+                          seed: int = 0) -> ClassicAudit:
+    """Classic (Jagielski et al. 2020; Nasr et al. 2021, 2023) epsilon lower bound of a score.
+
+    1. A seeded, stratified random split: half of the members and half of the non-members
+       (rounded down) form the *selection* half, the rest the *evaluation* half.
+    2. On the selection half, the threshold ``t`` ("member iff score >= t") with the largest
+       bound is chosen (ties: largest TPR - FPR).
+    3. On the evaluation half, that one threshold is evaluated:
+       ``epsilon_LB = max(ln((TPR_lo - delta)/FPR_hi), ln((TNR_lo - delta)/FNR_hi), 0)``
+       (:func:`classic_epsilon_from_counts`), which holds with probability ``confidence``
+       because the threshold does not depend on the evaluation half.
+
+    If the evaluation half is too small for any positive bound, ``epsilon_lb`` is 0 and
+    ``note`` says how many canaries are needed. See the module docstring on when the
+    independence that the binomial intervals assume holds.
+    """
+    delta = _check_unit("delta", delta, "1e-5")
+    confidence = _check_unit("confidence", confidence, "0.95")
+    seed = _check_seed(seed)
+    y, s = _check_inputs(labels, scores)
+    sel, ev = _stratified_halves(y, np.random.default_rng(seed))
+    n_pos, n_neg = int(y[ev].sum()), int((y[ev] == 0).sum())
+    common = dict(confidence=confidence, delta=delta, seed=seed, n_selection=int(sel.size), n_evaluation=int(ev.size))
+    if classic_epsilon_from_counts(n_pos, n_pos, 0, n_neg, delta=delta, confidence=confidence) == 0.0:
+        needed = _classic_min_per_class(delta, confidence)
+        note = (f"too few canaries: the evaluation half has {n_pos} members and {n_neg} non-members, and even a "
+                f"perfect attack gives no positive bound at confidence {confidence:g}, delta {delta:g}. With "
+                f"balanced classes the classic bound needs at least {needed} members and {needed} non-members in "
+                f"the evaluation half, i.e. {2 * needed} of each in all (the other half chooses the threshold).")
+        logger.warning(note)
+        return ClassicAudit(epsilon_lb=0.0, threshold=float("nan"), counts={}, intervals={}, note=note, **common)
+    if min(int(y[sel].sum()), int((y[sel] == 0).sum())) == 0:  # a class with a single canary
+        raise InputDataError(f"the classic bound needs at least 2 members and 2 non-members (half of each class "
+                             f"chooses the threshold); got {int(y.sum())} members and {int((y == 0).sum())} "
+                             "non-members.")
+    t = _select_threshold(y[sel], s[sel], delta=delta, confidence=confidence)
+    pred = s[ev] >= t
+    tp, fp = int((pred & (y[ev] == 1)).sum()), int((pred & (y[ev] == 0)).sum())
+    eps = classic_epsilon_from_counts(tp, n_pos, fp, n_neg, delta=delta, confidence=confidence)
+    tpr, fpr = clopper_pearson(tp, n_pos, confidence), clopper_pearson(fp, n_neg, confidence)
+    intervals = {"tpr": tpr, "fpr": fpr, "tnr": (1.0 - fpr[1], 1.0 - fpr[0]), "fnr": (1.0 - tpr[1], 1.0 - tpr[0])}
+    counts = {"tp": tp, "fp": fp, "tn": n_neg - fp, "fn": n_pos - tp}
+    note = None if eps > 0 else ("no positive bound: at this threshold the evaluation half shows no more "
+                                 "separation than chance and the sample size explain")
+    logger.info("classic bound: epsilon_LB = %.4f at threshold %.6g (TP %d/%d, FP %d/%d)", eps, t, tp, n_pos, fp, n_neg)
+    return ClassicAudit(epsilon_lb=eps, threshold=t, counts=counts, intervals=intervals, note=note, **common)
+
+
+# --------------------------------------------------------------------------- one-run bound
+
+
+@dataclasses.dataclass(frozen=True)
+class OneRunAudit:
+    """Result of :func:`one_run_epsilon_bound` for the best (k+, k-) of the grid."""
+
+    epsilon_lb: float
+    m: int  # canaries
+    k_plus: int  # guessed "in": the k+ highest scores
+    k_minus: int  # guessed "out": the k- lowest scores
+    r: int  # guesses, k+ + k-
+    v: int  # correct guesses
+    in_threshold: float  # lowest score guessed "in" (nan if k+ = 0)
+    out_threshold: float  # highest score guessed "out" (nan if k- = 0)
+    n_hypotheses: int  # (k+, k-) pairs tried; each tested at (1 - confidence) / n_hypotheses
+    confidence: float
+    delta: float
+    seed: int  # breaks ties between equal scores
+    n_selection: int  # 0: the pairs are fixed in advance, Bonferroni instead of a split
+    n_evaluation: int
+    note: str | None = None
+    method: str = "one-run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_ready(dataclasses.asdict(self))
+
+
+def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
+    """Upper bound on ``P[W >= v]`` for an (epsilon, delta)-DP run (Steinke et al. 2023).
+
+        p = f(v) + 2 m delta * max_{i = 1..v} (f(v - i) - f(v)) / i,   capped at 1,
+        f(u) = P[Binomial(r, q) >= u],   q = e^eps / (1 + e^eps)
+
+    ``m`` canaries each included with probability 1/2, ``r`` guesses, ``v`` correct.
+    ``f(v - i) - f(v) = P[v - i <= Binomial(r, q) < v]``; indices ``i > v`` cannot raise
+    the maximum since ``f(v - i) = 1`` there.
+    """
+    if not 0 <= v <= r <= m:
+        raise InputDataError(f"need 0 <= v <= r <= m; got m={m}, r={r}, v={v}.")
+    q = 1.0 / (1.0 + math.exp(-epsilon))
+    tail = float(stats.binom.sf(v - 1, r, q))
+    if v == 0:
+        return 1.0
+    window = np.cumsum(stats.binom.pmf(np.arange(v - 1, -1, -1), r, q))  # P[v - i <= B < v], i = 1..v
+    alpha = float(np.max(window / np.arange(1, v + 1)))
+    return min(tail + 2.0 * m * delta * alpha, 1.0)
+
+
+def one_run_epsilon_from_counts(m: int, r: int, v: int, *, delta: float = 1e-5, confidence: float = 0.95) -> float:
+    """Largest epsilon with ``one_run_p_value(m, r, v, epsilon, delta) < 1 - confidence`` (0 if none).
+
+    Found by bisection to 1e-6, as the authors' ``get_eps_audit`` does (it relies on the
+    p-value growing with epsilon); the value returned is the lower end of the last bracket,
+    so it errs on the conservative side.
+    """
+    delta = _check_unit("delta", delta, "1e-5")
+    confidence = _check_unit("confidence", confidence, "0.95")
+    alpha = 1.0 - confidence
+    if one_run_p_value(m, r, v, 0.0, delta) >= alpha:
+        return 0.0
+    low, high = 0.0, 1.0
+    while one_run_p_value(m, r, v, high, delta) < alpha and high < _EPS_CAP:
+        low, high = high, 2.0 * high
+    while high - low > 1e-6:
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if one_run_p_value(m, r, v, mid, delta) < alpha else (low, mid)
+    return low
+
+
+def default_guess_grid(m: int) -> list[tuple[int, int]]:
+    """The (k+, k-) pairs tried by default: for each k = round(f m), f in ``GUESS_FRACTIONS``
+    (at least 1), the pairs (k, k), (k, 0) and (0, k), without repeats and with k+ + k- <= m.
+    It depends on m only, never on the scores, so a Bonferroni correction over it is valid."""
+    ks = sorted({max(1, int(f * m)) for f in GUESS_FRACTIONS})
+    pairs = [p for k in ks for p in ((k, k), (k, 0), (0, k))]
+    return list(dict.fromkeys(p for p in pairs if sum(p) <= m))
+
+
+def _check_balance(y: np.ndarray) -> None:
+    n_members = int(y.sum())
+    p = stats.binomtest(n_members, y.size, 0.5).pvalue
+    if p < BALANCE_P_VALUE:
+        raise InputDataError(
+            f"the one-run bound assumes each canary was included with probability 1/2, but {n_members} of "
+            f"{y.size} canaries are members (a fair coin gives this with p = {p:.2g}). Its number would reflect "
+            "the imbalance, not leakage; audit with canaries included by a fair coin, or use the classic bound."
+        )
+
+
+def _perfect_one_run(m: int, pairs: Sequence[tuple[int, int]], *, delta: float, confidence: float) -> float:
+    """The bound if every guess of the pair with the most guesses were right."""
+    r = max(a + b for a, b in pairs)
+    return one_run_epsilon_from_counts(m, r, r, delta=delta, confidence=1.0 - (1.0 - confidence) / len(pairs))
+
+
+def _one_run_needed(delta: float, confidence: float) -> int:
+    """Smallest m for which perfect guesses over the default grid give a positive bound."""
+    m = 2
+    while _perfect_one_run(m, default_guess_grid(m), delta=delta, confidence=confidence) == 0.0 and m < 100_000:
+        m += 1
+    return m
+
+
+def one_run_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float = 1e-5, confidence: float = 0.95,
+                          seed: int = 0, guesses: Sequence[tuple[int, int]] | None = None) -> OneRunAudit:
+    """One-run epsilon lower bound (Steinke, Nasr & Jagielski 2023) over a grid of (k+, k-).
+
+    For each pair of ``guesses`` (default :func:`default_guess_grid`), the auditor guesses
+    "in" for the k+ highest scores and "out" for the k- lowest (ties between equal scores
+    are broken by a random order drawn from ``seed``, so the order of the rows cannot leak
+    labels), counts the v correct guesses among r = k+ + k- and computes
+    :func:`one_run_epsilon_from_counts` at level ``1 - (1 - confidence) / len(guesses)``.
+    The largest is returned: by the union bound (Bonferroni) over the pairs, which are fixed
+    before the scores are seen, it holds with probability ``confidence``. (The paper's
+    experiments report the best of several k without correction; a single pre-registered
+    pair, ``guesses=[(k_plus, k_minus)]``, is tested at ``confidence`` itself.)
+
+    The theorem needs each canary included independently with probability 1/2; labels
+    whose member count a fair coin would rarely give raise :class:`InputDataError`. With a
+    fixed-size random half split instead of coin flips the bound is a close approximation,
+    not a theorem.
+    """
+    delta = _check_unit("delta", delta, "1e-5")
+    confidence = _check_unit("confidence", confidence, "0.95")
+    seed = _check_seed(seed)
+    y, s = _check_inputs(labels, scores)
+    _check_balance(y)
+    m = y.size
+    pairs = default_guess_grid(m) if guesses is None else [(int(a), int(b)) for a, b in guesses]
+    if not pairs or any(a < 0 or b < 0 or a + b > m or a + b == 0 for a, b in pairs):
+        raise ConfigError(f"guesses must be (k_plus, k_minus) pairs with 0 < k_plus + k_minus <= {m}; got {guesses!r}.")
+    level = 1.0 - (1.0 - confidence) / len(pairs)
+    common = dict(m=m, n_hypotheses=len(pairs), confidence=confidence, delta=delta, seed=seed, n_selection=0,
+                  n_evaluation=m)
+    if _perfect_one_run(m, pairs, delta=delta, confidence=confidence) == 0.0:
+        needed = _one_run_needed(delta, confidence)
+        note = (f"too few canaries: with {m} canaries even all-correct guesses give no positive bound at "
+                f"confidence {confidence:g}, delta {delta:g}, over {len(pairs)} (k+, k-) pair(s); with the default "
+                f"grid at least {needed} canaries are needed.")
+        logger.warning(note)
+        return OneRunAudit(epsilon_lb=0.0, k_plus=0, k_minus=0, r=0, v=0, in_threshold=float("nan"),
+                           out_threshold=float("nan"), note=note, **common)
+    order = np.random.default_rng(seed).permutation(m)
+    ranked = order[np.argsort(-s[order], kind="stable")]  # highest score first, ties in random order
+    correct_in = np.cumsum(y[ranked] == 1)  # members among the top k, at index k - 1
+    correct_out = np.cumsum(y[ranked[::-1]] == 0)  # non-members among the bottom k
+    best = None
+    for k_plus, k_minus in pairs:
+        v = int((correct_in[k_plus - 1] if k_plus else 0) + (correct_out[k_minus - 1] if k_minus else 0))
+        eps = one_run_epsilon_from_counts(m, k_plus + k_minus, v, delta=delta, confidence=level)
+        logger.debug("one-run: k+=%d k-=%d v=%d -> epsilon_LB %.4f", k_plus, k_minus, v, eps)
+        if best is None or eps > best[0]:
+            best = (eps, k_plus, k_minus, v)
+    eps, k_plus, k_minus, v = best
+    note = None if eps > 0 else "no positive bound: no (k+, k-) pair guesses better than chance explains"
+    logger.info("one-run bound: epsilon_LB = %.4f (k+=%d, k-=%d, %d of %d correct)", eps, k_plus, k_minus, v,
+                k_plus + k_minus)
+    return OneRunAudit(epsilon_lb=eps, k_plus=k_plus, k_minus=k_minus, r=k_plus + k_minus, v=v,
+                       in_threshold=float(s[ranked[k_plus - 1]]) if k_plus else float("nan"),
+                       out_threshold=float(s[ranked[m - k_minus]]) if k_minus else float("nan"),
+                       note=note, **common)

@@ -1,0 +1,130 @@
+"""``shadowmia audit``: epsilon lower bounds for DP auditing from a table of membership scores.
+
+Reads a scores CSV (e.g. the output of ``shadowmia score``), takes labels from a column of
+it or from a separate id/label file, and computes the bounds of
+:mod:`attack_models.privacy_bounds`. The result (inputs and one entry per method) is
+returned and, with ``out``, written as JSON atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from attack_models.privacy_bounds import classic_epsilon_bound, one_run_epsilon_bound
+from llm_features.errors import ConfigError, InputDataError
+from llm_features.io import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+METHODS = {"classic": classic_epsilon_bound, "one-run": one_run_epsilon_bound}
+METHOD_CHOICES = ("classic", "one-run", "both")
+
+
+def _read_table(path: Path, *, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise InputDataError(f"{what} file {path} does not exist.")
+    try:
+        if path.suffix == ".jsonl":
+            return pd.read_json(path, lines=True, dtype={"id": str})
+        if path.suffix == ".csv":
+            return pd.read_csv(path, dtype={"id": str})  # ids such as "007" stay strings
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"{what} file {path} cannot be read: {exc}") from exc
+    raise InputDataError(f"{what} file {path}: unsupported format {path.suffix!r}; use .csv or .jsonl.")
+
+
+def _require_columns(table: pd.DataFrame, path: Path, columns: tuple[str, ...], hint: str = "") -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputDataError(f"{path} has no column {', '.join(map(repr, missing))} (columns: "
+                             f"{', '.join(map(str, table.columns))}){hint}.")
+
+
+def _ids(table: pd.DataFrame, path: Path) -> pd.Series:
+    ids = table["id"].astype(str)
+    duplicated = ids[ids.duplicated()].unique()
+    if duplicated.size:
+        raise InputDataError(f"{path}: ids must be unique; {duplicated.size} repeat, e.g. {duplicated[:5].tolist()}.")
+    return ids
+
+
+def _labels_from_file(scores: pd.DataFrame, scores_path: Path, labels_path: Path) -> np.ndarray:
+    """Labels of the scores' rows, matched on ``id`` with the labels file."""
+    _require_columns(scores, scores_path, ("id",), "; --labels matches rows on id")
+    table = _read_table(labels_path, what="labels")
+    _require_columns(table, labels_path, ("id", "label"))
+    by_id = pd.Series(table["label"].to_numpy(), index=_ids(table, labels_path))
+    ids = _ids(scores, scores_path)
+    missing = ids[~ids.isin(by_id.index)]
+    if missing.size:
+        raise InputDataError(f"{labels_path} has no label for {missing.size} id(s) of {scores_path}, e.g. "
+                             f"{missing.head(10).tolist()}.")
+    extra = int((~by_id.index.isin(ids)).sum())
+    if extra:
+        logger.info("%s: %d labelled id(s) have no score and are ignored", labels_path, extra)
+    return by_id.loc[ids].to_numpy()
+
+
+def _check_labels(labels: np.ndarray, path: Path, column: str) -> np.ndarray:
+    values = pd.Series(labels)
+    if values.dtype == bool:
+        return values.astype(int).to_numpy()
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = values[~numeric.isin((0, 1))]
+    if bad.size:
+        raise InputDataError(f"{path}: column {column!r} must hold 1 (member) or 0 (non-member); got "
+                             f"{bad.size} other value(s), e.g. {bad.unique()[:5].tolist()}.")
+    return numeric.astype(int).to_numpy()
+
+
+def _check_scores(table: pd.DataFrame, path: Path, column: str) -> np.ndarray:
+    values = pd.to_numeric(table[column], errors="coerce")
+    bad = values.isna()
+    if bad.any():
+        where = table.loc[bad, "id"].astype(str) if "id" in table.columns else pd.Series(np.flatnonzero(bad) + 2)
+        raise InputDataError(f"{path}: column {column!r} has {int(bad.sum())} missing or non-numeric value(s) "
+                             f"({'ids' if 'id' in table.columns else 'lines'} {where.head(10).tolist()}); an audit "
+                             "needs a score for every canary.")
+    return values.to_numpy(dtype=np.float64)
+
+
+def audit_job(*, scores: str | Path, score_column: str = "membership_probability", labels: str | Path | None = None,
+              label_column: str = "label", delta: float = 1e-5, confidence: float = 0.95, method: str = "both",
+              seed: int = 0, out: str | Path | None = None) -> dict[str, Any]:
+    """Epsilon lower bounds of the scores in ``scores`` (CSV), returned and optionally written to ``out``.
+
+    Labels come from ``labels`` (a .csv or .jsonl file of ``id``, ``label``, matched on the
+    scores' ``id`` column) or, without it, from the scores' ``label_column``.
+    """
+    if method not in METHOD_CHOICES:
+        raise ConfigError(f"method must be one of {', '.join(METHOD_CHOICES)}; got {method!r}.")
+    if out is not None and Path(out).suffix != ".json":
+        raise ConfigError(f"--out {out}: must end in .json")
+    scores_path = Path(scores)
+    table = _read_table(scores_path, what="scores")
+    _require_columns(table, scores_path, (score_column,), "; choose one with --score-column")
+    if labels is not None:
+        y = _check_labels(_labels_from_file(table, scores_path, Path(labels)), Path(labels), "label")
+    else:
+        _require_columns(table, scores_path, (label_column,), "; give the labels with --labels FILE (id, label)")
+        y = _check_labels(table[label_column].to_numpy(), scores_path, label_column)
+    s = _check_scores(table, scores_path, score_column)
+    methods = ("classic", "one-run") if method == "both" else (method,)
+    results = {name: METHODS[name](y, s, delta=delta, confidence=confidence, seed=seed).to_dict() for name in methods}
+    report = {
+        "inputs": {"scores": str(scores_path), "score_column": score_column,
+                   "labels": str(labels) if labels is not None else f"{scores_path}:{label_column}",
+                   "n_members": int(y.sum()), "n_nonmembers": int((y == 0).sum()), "delta": delta,
+                   "confidence": confidence, "seed": seed, "methods": list(methods)},
+        "results": results,
+    }
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, report)
+        logger.info("wrote %s", out)
+    return report
