@@ -81,13 +81,35 @@ def _add_finetune_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
+    def optional_float(text: str) -> float | None:
+        if text.strip().lower() == "none":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
+
+    group.add_argument("--max-grad-norm", type=optional_float, default=1.0, metavar="C",
+                       help="gradient clipping norm ('none': no clipping); with DP, the per-text clipping norm")
+    private = parser.add_argument_group("differential privacy (DP-SGD with opacus on the LoRA parameters)")
+    private.add_argument("--dp-epsilon", type=float, metavar="E",
+                         help="train with DP to this epsilon (the noise multiplier is computed from it)")
+    private.add_argument("--dp-delta", type=float, metavar="D",
+                         help="delta of the (epsilon, delta) guarantee (default 1e-5; keep it below 1/texts)")
+    private.add_argument("--dp-noise-multiplier", type=float, metavar="S",
+                         help="train with DP at this noise multiplier instead of a target epsilon")
+    private.add_argument("--dp-accountant", choices=("rdp", "prv"), default="rdp",
+                         help="privacy accountant (default: rdp)")
+
 
 def _finetune_config(args: argparse.Namespace) -> "object":
     from shadow.finetune import FinetuneConfig
 
     return FinetuneConfig(epochs=args.epochs, lr=args.lr, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                           lora_dropout=args.lora_dropout, max_tokens=args.max_tokens, batch_size=args.batch_size,
-                          seed=args.seed)
+                          seed=args.seed, max_grad_norm=args.max_grad_norm, dp_epsilon=args.dp_epsilon,
+                          dp_delta=args.dp_delta, dp_noise_multiplier=args.dp_noise_multiplier,
+                          dp_accountant=args.dp_accountant)
 
 
 def _finetune_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -271,6 +293,41 @@ def _run_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "transfer", help="how much each attack loses when the target is trained unlike the shadows",
+        description="Runs CONFIG (a target trained as the shadows are), then targets with twice the epochs, "
+                    "twice the LoRA rank, twice the learning rate and all three, each scored by the same "
+                    "attack; writes OUT/transfer/report.md (resumable).")
+    parser.add_argument("config", help="experiment config (.toml), e.g. experiments/configs/agnews.toml")
+    parser.add_argument("--out", help="run directory (default: runs/NAME)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set target.epochs=6 (repeatable)")
+    parser.add_argument("--variants", help="comma-separated subset of epochs_x2, rank_x2, lr_x2, all_x2 "
+                                           "(default: all)")
+    parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
+    parser.set_defaults(handler=_run_transfer)
+
+
+def _run_transfer(args: argparse.Namespace) -> int:
+    from experiments.config import load_config
+    from experiments.transfer import HEADLINE_METRICS, MATCHED, parse_variants, run_transfer, transfer_table
+
+    variants = parse_variants(args.variants)
+    config = load_config(args.config, overrides=args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    report = run_transfer(config, out=out, variants=variants, force=args.force)
+    for metric in HEADLINE_METRICS:
+        table = transfer_table(report, metric)
+        print(f"\n{metric} (matched, then the change for each variant)")
+        print(f"{'attack':<34}" + "".join(f"{c:>12}" for c in table.columns))
+        for attack, row in table.iterrows():
+            print(f"{attack:<34}{row[MATCHED]:>12.3f}"
+                  + "".join(f"{row[c] - row[MATCHED]:>+12.3f}" for c in table.columns if c != MATCHED))
+    print(f"\nreport: {out / 'transfer' / 'report.md'}")
+    return 0
+
+
 def _list_features_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("list-features", help="list the registered features")
     parser.set_defaults(handler=_run_list_features)
@@ -287,8 +344,112 @@ def _run_list_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretraining_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pretraining", help="pretraining-data detection on labelled texts (e.g. WikiMIA), beside a blind baseline",
+        description="Scores labelled texts (label 1 = in the model's pretraining data) with the model, reports "
+                    "every feature as an attack on its own, and a bag-of-words classifier that never sees the "
+                    "model (cross-validated): an attack that does not beat it does not show membership.")
+    parser.add_argument("--model", required=True, help="built-in name (smollm2-135m), directory, .gguf file or hub id")
+    parser.add_argument("--data", required=True,
+                        help="labelled texts (.jsonl, .json, .csv, .parquet) with a label field")
+    parser.add_argument("--out", required=True, help="output directory (report.md, report.json, roc.png, "
+                                                     "histogram.png, features.parquet, config.json)")
+    parser.add_argument("--reference", help="reference model for the reference feature (another model with the same "
+                                            "tokenizer); without it the reference feature is left out")
+    parser.add_argument("--text-field", default="text", help="name of the field holding the text")
+    parser.add_argument("--features", default="all",
+                        help="comma-separated feature names with optional hyperparameters (default: all)")
+    parser.add_argument("--neighbours", type=int, default=5, help="neighbours per text for neighbour_gap")
+    parser.add_argument("--neighbour-fraction", type=float, default=0.15, help="fraction of tokens resampled")
+    parser.add_argument("--neighbour-model", help="masked LM (name or path) to make neighbours instead of an LM")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of the blind baseline")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the blind baseline's folds, the bootstrap intervals and the neighbours")
+    _add_model_options(parser)
+    parser.set_defaults(handler=_run_pretraining)
+
+
+def _run_pretraining(args: argparse.Namespace) -> int:
+    from experiments.jobs import NeighbourOptions
+    from experiments.pretraining import blind_baseline_name, run_pretraining_detection
+
+    neighbours = NeighbourOptions(n=args.neighbours, fraction=args.neighbour_fraction, seed=args.seed,
+                                  masked_lm=args.neighbour_model)
+    report = run_pretraining_detection(
+        model=args.model, data=args.data, out=args.out, features=args.features, reference=args.reference,
+        text_field=args.text_field, neighbours=neighbours, max_tokens=args.max_tokens, batch_size=args.batch_size,
+        dtype=args.dtype, device=args.device, seed=args.seed, folds=args.folds,
+        trust_remote_code=args.trust_remote_code)
+    setting = report["setting"]
+    rows = sorted(report["attacks"].items(), key=lambda item: -item[1]["auc"])
+    width = max(34, *(len(name) + 2 for name, _ in rows))
+    blind = blind_baseline_name(args.folds)
+    blind_auc = report["attacks"][blind]["auc"]
+    above = [name for name, m in rows if name != blind and m["auc"] > blind_auc]
+    out = Path(args.out)
+    print()
+    print(f"pretraining-data detection: {setting['model']} on {setting['data']}, "
+          f"{setting['n_members']} members vs {setting['n_nonmembers']} non-members")
+    print(f"{'attack':<{width}}{'ROC AUC':>8}  {'95% CI':<16}{'TPR@1%FPR':>10}{'TPR@10%FPR':>11}")
+    for name, m in rows:
+        print(f"{name:<{width}}{m['auc']:>8.3f}  [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}]"
+              f"{m['tpr_at_1%fpr']:>10.3f}{m['tpr_at_10%fpr']:>11.3f}")
+    print(f"\nblind baseline (never sees the model): ROC AUC {blind_auc:.3f}; attacks above it: "
+          f"{', '.join(above) if above else 'none'}")
+    wall = setting["wall_time_s"]["total_s"]
+    print(f"report: {out / 'report.md'}  (ROC: {out / 'roc.png'})  wall time {wall / 60:.1f} min")
+    return 0
+
+
+def _audit_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "audit", help="epsilon lower bounds (DP auditing) from membership scores of canaries",
+        description="Turns membership scores of canaries with known labels into statistically valid lower bounds "
+                    "on the epsilon of (epsilon, delta)-DP: the classic bound (Jagielski et al. 2020) and the "
+                    "one-run bound (Steinke, Nasr & Jagielski 2023).")
+    parser.add_argument("--scores", required=True, help=".csv of scores, e.g. written by shadowmia score")
+    parser.add_argument("--score-column", default="membership_probability", help="higher = more likely a member")
+    parser.add_argument("--labels", help=".csv or .jsonl with id and label (1 member, 0 non-member), matched on id")
+    parser.add_argument("--label-column", default="label", help="label column of --scores when --labels is not given")
+    parser.add_argument("--delta", type=float, default=1e-5, help="delta of the (epsilon, delta)-DP being audited")
+    parser.add_argument("--confidence", type=float, default=0.95, help="probability that the bounds hold")
+    parser.add_argument("--method", choices=("classic", "one-run", "both"), default="both")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the classic bound's split and of tie-breaking")
+    parser.add_argument("--out", help="write the result to this .json file")
+    parser.set_defaults(handler=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from experiments.audit_jobs import audit_job
+
+    report = audit_job(scores=args.scores, score_column=args.score_column, labels=args.labels,
+                       label_column=args.label_column, delta=args.delta, confidence=args.confidence,
+                       method=args.method, seed=args.seed, out=args.out)
+    inputs = report["inputs"]
+    print(f"{inputs['n_members']} members, {inputs['n_nonmembers']} non-members; delta {args.delta:g}, "
+          f"confidence {args.confidence:g}")
+    print(f"{'method':<10}{'epsilon_LB':>11}  details")
+    for name, r in report["results"].items():
+        if not r.get("counts", True) or r.get("r", 1) == 0:  # too few canaries: the note says why
+            details = "-"
+        elif name == "classic":
+            c = r["counts"]
+            details = (f"score >= {r['threshold']:.6g}: TP {c['tp']}/{c['tp'] + c['fn']}, FP {c['fp']}/{c['fp'] + c['tn']}"
+                       f" ({r['n_evaluation']} canaries evaluated, {r['n_selection']} chose the threshold)")
+        else:
+            details = (f"{r['v']} of {r['r']} guesses right (k+ {r['k_plus']}, k- {r['k_minus']}, m {r['m']}; "
+                       f"best of {r['n_hypotheses']} pairs)")
+        print(f"{name:<10}{r['epsilon_lb']:>11.4f}  {details}")
+        if r["note"]:
+            print(f"{'':<23}note: {r['note']}")
+    if args.out:
+        print(f"-> {args.out}")
+    return 0
+
+
 PARSERS = [_features_parser, _finetune_parser, _train_shadows_parser, _fit_attack_parser, _score_parser,
-           _run_parser, _demo_parser, _list_features_parser]
+           _run_parser, _demo_parser, _transfer_parser, _list_features_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in PARSERS:
         add(subparsers)
+    _pretraining_parser(subparsers)
+    _audit_parser(subparsers)
     return parser
 
 

@@ -171,7 +171,6 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
     """Run every stage (skipping verified ones) and write the report; return report.json's content."""
     from experiments.attack_jobs import fit_attack_job, score_job, train_shadows_job
     from experiments.report import write_report
-    from shadow.finetune import finetune, verify_adapter
 
     out = Path(out)
     records = pool_texts(config)
@@ -195,12 +194,7 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
 
         stage = time.perf_counter()
         target_dir = out / "target"
-        if not _adapter_verifies(verify_adapter, target_dir):
-            logger.info("stage: target fine-tune on %d members", len(parts["members"]))
-            finetune(config.base_model, [r["text"] for r in parts["members"]], target_dir, config.target,
-                     overwrite=True)
-        else:
-            logger.info("stage: target is complete and verified; skipping it")
+        train_target(config.base_model, [r["text"] for r in parts["members"]], target_dir, config.target)
         timings["target_s"] = time.perf_counter() - stage
 
         stage = time.perf_counter()
@@ -222,9 +216,8 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
         timings["total_s"] = time.perf_counter() - started
 
         scores = pd.read_csv(out / "scores.csv")
-        classifier_name = f"shadow classifier ({fitted['selected']})"
-        attacks = {classifier_name: scores["membership_probability"].to_numpy()}
-        attacks.update({c: scores[c].to_numpy() for c in scores.columns if c not in NOT_ATTACKS})
+        classifier_name = classifier_label(fitted["selected"])
+        attacks = attack_scores(scores, classifier_name)
         setting = {
             "name": config.name,
             "base_model": config.base_model,
@@ -242,6 +235,33 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
                                              "library_versions": library_versions()})
         logger.info("report: %s", out / "report" / "report.md")
     return report
+
+
+def train_target(base_model: str, members: list[str], target_dir: Path, training: Any) -> None:
+    """The target's LoRA fine-tune on its members, unless ``target_dir`` holds one that verifies
+    with the same settings."""
+    from shadow.finetune import FinetuneConfig, finetune, read_manifest, verify_adapter
+
+    if _adapter_verifies(verify_adapter, target_dir):
+        recorded = read_manifest(target_dir).get("config")
+        if recorded is None or FinetuneConfig.from_dict(recorded) == training:
+            logger.info("stage: target %s is complete and verified; skipping it", target_dir)
+            return
+        logger.info("stage: target %s was trained with other settings; training it again", target_dir)
+    logger.info("stage: target fine-tune on %d members -> %s", len(members), target_dir)
+    finetune(base_model, members, target_dir, training, overwrite=True)
+
+
+def classifier_label(selected: str) -> str:
+    """The report's name of the shadow classifier."""
+    return f"shadow classifier ({selected})"
+
+
+def attack_scores(scores: pd.DataFrame, classifier_name: str) -> dict[str, np.ndarray]:
+    """Every attack's scores in a ``scores.csv``: the classifier, each feature, LiRA and RMIA."""
+    attacks = {classifier_name: scores["membership_probability"].to_numpy()}
+    attacks.update({c: scores[c].to_numpy() for c in scores.columns if c not in NOT_ATTACKS})
+    return attacks
 
 
 def _adapter_verifies(verify: Any, directory: Path) -> bool:

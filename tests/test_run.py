@@ -104,3 +104,35 @@ def test_split_larger_than_the_pool_fails_before_anything_is_written(config_file
     assert code == 2
     assert "pool has 100" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_transfer_scores_differently_trained_targets_with_the_same_attack(config_file, tmp_path_factory, capsys):
+    out = tmp_path_factory.mktemp("transfer") / "tiny"
+    assert main(["transfer", str(config_file), "--out", str(out), "--variants", "epochs_x2",
+                 "--set", "features.features=loss,min_k"]) == 0
+    report = json.loads((out / "transfer" / "report.json").read_text())
+    assert report["order"] == ["matched", "epochs x2"] and set(report["variants"]) == set(report["order"])
+    variant = report["variants"]["epochs x2"]
+    assert variant["changes"] == {"epochs": 24} and variant["target"]["epochs"] == 24
+    assert set(variant["attacks"]) == set(report["variants"]["matched"]["attacks"])
+    assert report["classifier"] in variant["attacks"]
+    assert all(0.0 <= m["auc"] <= 1.0 for m in variant["attacks"].values())
+    # the longer-trained target memorises more: the loss attack does not get worse on it
+    assert variant["attacks"]["loss"]["auc"] >= report["variants"]["matched"]["attacks"]["loss"]["auc"] - 0.05
+    manifest = json.loads((out / "transfer" / "epochs_x2" / "target" / "manifest.json").read_text())
+    assert manifest["config"]["epochs"] == 24
+    markdown = (out / "transfer" / "report.md").read_text()
+    assert "| loss |" in markdown and "epochs = 24" in markdown
+    assert "epochs x2" in capsys.readouterr().out
+
+
+def test_transfer_variants_change_only_what_they_name():
+    from experiments.transfer import VARIANTS, parse_variants
+    from shadow.finetune import FinetuneConfig
+
+    target = FinetuneConfig(epochs=3, lr=2e-3, lora_rank=16, lora_alpha=32)
+    assert VARIANTS["rank x2"](target) == {"lora_rank": 32, "lora_alpha": 64}  # alpha / r unchanged
+    assert VARIANTS["all x2"](target) == {"epochs": 6, "lora_rank": 32, "lora_alpha": 64, "lr": 4e-3}
+    assert parse_variants("lr_x2, rank x2") == ["lr x2", "rank x2"]
+    with pytest.raises(ConfigError, match="allowed: epochs_x2"):
+        parse_variants("depth_x2")
