@@ -38,7 +38,10 @@ logger = logging.getLogger(__name__)
 FEATURES_DIR = "features"
 SHADOW_TABLE = "shadows.parquet"
 CALIBRATION_STATISTIC = "loss"
-CALIBRATED_COLUMNS = ("lira_online", "lira_offline")
+#: The LiRA features an attack may add to its inputs, by threat model: online (every candidate
+#: is in the shadow pool) or offline (each shadow is an OUT model for a candidate outside it).
+CALIBRATIONS: dict[str, tuple[str, ...]] = {"none": (), "offline": ("lira_offline",),
+                                            "online": ("lira_online", "lira_offline")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,14 +193,15 @@ def shadow_score_matrix(table: pd.DataFrame, column: str) -> tuple[np.ndarray, n
     return scores.to_numpy(dtype=np.float64), keep.to_numpy().astype(bool), [str(c) for c in scores.columns]
 
 
-def add_calibrated_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """LiRA online/offline scores of every shadow row, leave-one-shadow-out (no label leakage)."""
+def add_calibrated_columns(table: pd.DataFrame, methods: tuple[str, ...]) -> pd.DataFrame:
+    """LiRA scores (``methods``: lira_online, lira_offline) of every shadow row, leave-one-shadow-out:
+    a shadow's row is calibrated by the other shadows only (no label leakage)."""
     from attack_models.calibrated import leave_one_shadow_out_calibrated
 
     scores, keep, ids = shadow_score_matrix(table, CALIBRATION_STATISTIC)
     scores = np.nan_to_num(scores, nan=np.nanmedian(scores))
     out = table.copy()
-    for method in CALIBRATED_COLUMNS:
+    for method in methods:
         values = leave_one_shadow_out_calibrated(scores, keep, method, fixed_variance=keep.shape[0] < 16)
         frame = pd.DataFrame(values, columns=ids).rename_axis(index="shadow", columns="id").stack()
         frame = frame.rename(method).reset_index()
@@ -207,8 +211,13 @@ def add_calibrated_columns(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features: str | None = None,
-                   calibrated: bool = False, seed: int = 0) -> dict[str, Any]:
-    """``shadowmia fit-attack``: compare classifiers leave-one-shadow-out, fit the best (or the named) one."""
+                   calibration: str = "none", seed: int = 0) -> dict[str, Any]:
+    """``shadowmia fit-attack``: compare classifiers leave-one-shadow-out, fit the best (or the named) one.
+
+    ``calibration`` adds LiRA scores (Carlini et al. 2022) of the loss to the features:
+    ``"offline"`` adds LiRA offline, which any candidate gets at scoring time (the shadows
+    score it); ``"online"`` adds LiRA online too, for candidates that are in the shadow pool.
+    """
     from attack_models import CLASSIFIERS, impute_nan, leave_one_shadow_out, make_classifier, save_attack, select_best
 
     if classifier != "auto" and classifier not in CLASSIFIERS:
@@ -221,11 +230,14 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     if missing:
         raise ConfigError(f"--features {', '.join(missing)}: not computed for these shadows "
                           f"(they have: {', '.join(recorded)})")
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"--calibrated {calibration!r}: allowed are {', '.join(CALIBRATIONS)}")
+    calibrated = CALIBRATIONS[calibration]
     if calibrated:
         if CALIBRATION_STATISTIC not in table.columns:
-            raise ConfigError("--calibrated needs the loss feature in the shadow table")
-        table = add_calibrated_columns(table)
-        columns = columns + list(CALIBRATED_COLUMNS)
+            raise ConfigError(f"--calibrated {calibration} needs the loss feature in the shadow table")
+        table = add_calibrated_columns(table, calibrated)
+        columns = columns + list(calibrated)
     table, medians = impute_nan(table, columns)
     names = list(CLASSIFIERS) if classifier == "auto" else [classifier]
     results = leave_one_shadow_out(table, feature_columns=columns, classifier_names=names, random_state=seed)
@@ -237,7 +249,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
         "tokenizer_hash": settings["tokenizer_hash"],
         "feature_settings": {k: settings[k] for k in ("features", "neighbours", "max_tokens", "batch_size")},
         "feature_columns": columns,
-        "calibrated": calibrated,
+        "calibrated": list(calibrated),
         "nan_medians": {k: float(v) for k, v in medians.items()},
         "shadows_dir": str(shadows_dir.resolve()),
         "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
@@ -279,10 +291,11 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
             "Train shadows from the target's own base model")
     shadow_table = _verified_shadow_table(meta)
     in_pool = _pool_calibration(shadow_table, candidates)
-    if meta["calibrated"] and in_pool is None:
+    uses = calibrated_inputs(meta)
+    if "lira_online" in uses and in_pool is None:
         raise ConfigError(
-            "this attack uses LiRA features, which exist only for candidates in the shadow pool, and "
-            f"{data} holds texts outside it (or the shadow table is gone); fit the attack without --calibrated")
+            "this attack uses LiRA online, which exists only for candidates in the shadow pool, and "
+            f"{data} holds texts outside it (or the shadow table is gone); fit the attack with --calibrated offline")
 
     settings = FeatureSettings.from_dict(meta["feature_settings"])
     requests = parse_features(settings.features)
@@ -305,10 +318,14 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
                                             batch_size=settings.batch_size, max_tokens=settings.max_tokens)
     table = compute_features(candidates, requests, target_scores, reference_scores=reference_scores,
                              neighbour_scores=neighbour_scores)
-    if calibration and in_pool is None and shadow_table is not None:
-        calibration_inputs = _shadow_calibration(meta, candidates, settings, dtype=dtype, device=device)
-    else:
-        calibration_inputs = in_pool if calibration or meta["calibrated"] else None
+    calibration_inputs = None
+    if calibration or uses:
+        calibration_inputs = in_pool
+        if in_pool is None and shadow_table is not None:
+            calibration_inputs = _shadow_calibration(meta, candidates, settings, dtype=dtype, device=device)
+    if uses and calibration_inputs is None:
+        raise IntegrityError(f"this attack uses {', '.join(uses)}, which needs the shadows in {meta['shadows_dir']}; "
+                             "they are gone or incomplete")
     if calibration_inputs is not None:
         table = table.join(_calibrated_scores(table, calibration_inputs))
     columns = meta["feature_columns"]
@@ -330,6 +347,14 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
             if column in table.columns:
                 summary["metrics"][column] = summarize(labels, table[column].to_numpy(), seed=seed)
     return summary
+
+
+def calibrated_inputs(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The LiRA columns an attack takes as features (older attack directories stored a bool: online)."""
+    recorded = meta.get("calibrated", [])
+    if isinstance(recorded, bool):
+        return CALIBRATIONS["online"] if recorded else ()
+    return tuple(recorded)
 
 
 def _verified_shadow_table(meta: dict[str, Any]) -> pd.DataFrame | None:

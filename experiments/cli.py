@@ -197,8 +197,10 @@ def _fit_attack_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--classifier", default="auto",
                         help="auto, threshold, logistic, random_forest, xgboost or mlp")
     parser.add_argument("--features", help="subset of the shadows' features (default: all of them)")
-    parser.add_argument("--calibrated", action="store_true",
-                        help="add leave-one-shadow-out LiRA scores as features (candidates must then be in the pool)")
+    parser.add_argument("--calibrated", nargs="?", const="online", default="none", choices=("none", "offline", "online"),
+                        help="add leave-one-shadow-out LiRA scores of the loss as features: offline (LiRA offline; "
+                             "any candidate can be scored) or online (LiRA online too; candidates must be in the "
+                             "shadow pool); --calibrated alone means online")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_run_fit_attack)
 
@@ -207,7 +209,7 @@ def _run_fit_attack(args: argparse.Namespace) -> int:
     from experiments.attack_jobs import fit_attack_job
 
     result = fit_attack_job(shadows=args.shadows, out=args.out, classifier=args.classifier,
-                            features=args.features, calibrated=args.calibrated, seed=args.seed)
+                            features=args.features, calibration=args.calibrated, seed=args.seed)
     print("leave-one-shadow-out:")
     print(result["results"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"selected: {result['selected']} -> {args.out}")

@@ -206,7 +206,7 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
         stage = time.perf_counter()
         fitted = fit_attack_job(shadows=str(out / "shadows"), out=str(out / "attack"),
                                 classifier=config.classifier,
-                                calibrated=config.threat_model is ThreatModel.ONLINE, seed=config.seed)
+                                calibration=config.threat_model.value, seed=config.seed)
         timings["attack_s"] = time.perf_counter() - stage
 
         stage = time.perf_counter()

@@ -114,7 +114,7 @@ def test_pool_candidates_get_lira_and_rmia(experiment):
     keep, ids = load_membership(root / "shadows")
     candidates = write_jsonl(root / "pool_candidates.jsonl", pool_texts, keep[0].astype(int).tolist())
     fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_calibrated"), classifier="logistic",
-                   calibrated=True)
+                   calibration="online")
     summary = score_job(attack=str(root / "attack_calibrated"), model=str(experiment["base"]),
                         adapter=str(root / "shadows" / "shadow_000"), data=str(candidates),
                         out=str(root / "pool_scores.csv"), dtype="float32")
@@ -127,8 +127,8 @@ def test_calibrated_attack_refuses_candidates_outside_the_pool(experiment):
     root = experiment["root"]
     if not (root / "attack_calibrated").exists():
         fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_calibrated"),
-                       classifier="logistic", calibrated=True)
-    with pytest.raises(ConfigError, match="only for candidates in the shadow pool"):
+                       classifier="logistic", calibration="online")
+    with pytest.raises(ConfigError, match="exists only for candidates in the shadow pool"):
         score_job(attack=str(root / "attack_calibrated"), model=str(experiment["base"]),
                   data=str(experiment["candidates"]), out=str(root / "x.csv"), dtype="float32")
 
@@ -177,3 +177,25 @@ def test_cli_reports_bad_input_in_one_line(experiment, tmp_path, capsys):
     assert main(["score", "--attack", str(root / "attack"), "--model", str(experiment["base"]), "--data",
                  str(empty), "--out", str(tmp_path / "s.csv")]) == 2
     assert "holds no texts" in capsys.readouterr().err
+
+
+def test_offline_calibrated_attack_takes_lira_offline_for_candidates_outside_the_pool(experiment):
+    root = experiment["root"]
+    result = fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_offline"), classifier="logistic",
+                            calibration="offline")
+    manifest = json.loads((root / "attack_offline" / "manifest.json").read_text())
+    assert manifest["metadata"]["calibrated"] == ["lira_offline"]
+    assert manifest["metadata"]["feature_columns"][-1] == "lira_offline"
+    assert result["selected"] == "logistic"
+    summary = score_job(attack=str(root / "attack_offline"), model=str(experiment["base"]),
+                        adapter=str(root / "target"), data=str(experiment["candidates"]),
+                        out=str(root / "offline_calibrated.csv"), dtype="float32", calibration=False)
+    scores = pd.read_csv(root / "offline_calibrated.csv")
+    assert "lira_offline" in scores.columns and not scores["lira_offline"].isna().any()
+    assert summary["metrics"]["attack"]["auc"] > 0.8
+
+
+def test_fit_attack_refuses_an_unknown_calibration(experiment):
+    with pytest.raises(ConfigError, match="allowed are none, offline, online"):
+        fit_attack_job(shadows=str(experiment["root"] / "shadows"), out=str(experiment["root"] / "x"),
+                       calibration="both")
