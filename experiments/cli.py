@@ -275,11 +275,13 @@ def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from experiments.config import load_config
+    from experiments.config import AuditExperimentConfig, load_config
     from experiments.pipeline import run_experiment
 
     config = load_config(args.config, overrides=args.overrides)
     out = Path(args.out) if args.out else Path("runs") / config.name
+    if isinstance(config, AuditExperimentConfig):
+        return _print_audit_experiment(config, out, force=args.force)
     report = run_experiment(config, out=out, force=args.force)
     rows = sorted(report["attacks"].items(), key=lambda item: -item[1]["auc"])
     print()
@@ -327,6 +329,16 @@ def _run_transfer(args: argparse.Namespace) -> int:
             print(f"{attack:<34}{row[MATCHED]:>12.3f}"
                   + "".join(f"{row[c] - row[MATCHED]:>+12.3f}" for c in table.columns if c != MATCHED))
     print(f"\nreport: {out / 'transfer' / 'report.md'}")
+    return 0
+
+
+def _print_audit_experiment(config: "object", out: Path, *, force: bool) -> int:
+    from experiments.audit_experiment import audit_table, run_audit_experiment
+
+    report = run_audit_experiment(config, out=out, force=force)
+    print()
+    print(audit_table(report).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nreport: {out / 'report' / 'audit.md'}  (plot: {out / 'report' / 'epsilon.png'})")
     return 0
 
 

@@ -64,6 +64,8 @@ from shadow.finetune import FinetuneConfig
 __all__ = [
     "GENERATORS",
     "DataConfig",
+    "AuditConfig",
+    "AuditExperimentConfig",
     "ExperimentConfig",
     "FeaturesConfig",
     "SplitConfig",
@@ -331,17 +333,141 @@ class ExperimentConfig:
         return self.features.to_settings(seed=self.seed)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """The ``[audit]`` section of a privacy-audit experiment (:mod:`experiments.audit_experiment`).
+
+    Attributes:
+        canaries: synthetic patient records (never seen by the base model) that each enter
+            the training set with probability 1/2 (>= 2). The attack scores all of them.
+        canary_repeats: how many copies of an included canary the training set holds (>= 1).
+        canary_seed: seed of the canary records and of which of them are included.
+        fillers: the other training texts, drawn from ``[data]`` (>= 0).
+        epsilons: the targets' epsilons; ``inf`` trains without DP.
+        delta: the delta of the DP guarantee and of the bounds, in (0, 1).
+        confidence: the bounds' confidence, in (0, 1).
+        statistic: the feature that scores the canaries, fixed before the audit (choosing it
+            after seeing the scores would invalidate the bounds).
+        features: the features reported beside it (their AUCs), e.g. ``"loss,min_k_plus_plus"``.
+    """
+
+    canaries: int = 200
+    canary_repeats: int = 1
+    canary_seed: int = 0
+    fillers: int = 100
+    epsilons: tuple[float, ...] = (1.0, 8.0, math.inf)
+    delta: float = 1e-5
+    confidence: float = 0.95
+    statistic: str = "reference"
+    features: str = "loss,reference,min_k_plus_plus,zlib_ratio"
+
+    def __post_init__(self) -> None:
+        from llm_features.registry import parse_features
+
+        _check_int("canaries", self.canaries, 2, 10_000_000)
+        _check_int("canary_repeats", self.canary_repeats, 1, 10_000)
+        _check_int("canary_seed", self.canary_seed, 0, _MAX_SEED)
+        _check_int("fillers", self.fillers, 0, 100_000_000)
+        numbers = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in self.epsilons)
+        epsilons = tuple(float(e) for e in self.epsilons) if numbers else ()
+        if not epsilons or any(not e > 0 for e in epsilons) or len(set(epsilons)) != len(epsilons):
+            raise ConfigError(f"epsilons={list(self.epsilons)!r}: give distinct positive numbers (inf: no DP), "
+                              "e.g. epsilons = [1.0, 8.0, inf]")
+        object.__setattr__(self, "epsilons", epsilons)
+        for name in ("delta", "confidence"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ConfigError(f"{name}={value!r} is out of range; allowed: numbers in (0, 1)")
+            object.__setattr__(self, name, float(value))
+        try:
+            columns = [r.column for r in parse_features(self.features)]
+            statistic = [r.column for r in parse_features(self.statistic)]
+        except ConfigError as exc:
+            raise ConfigError(f"features/statistic: {exc}") from None
+        if len(statistic) != 1:
+            raise ConfigError(f"statistic={self.statistic!r} must name one feature (e.g. \"reference\")")
+        if statistic[0] not in columns:
+            raise ConfigError(f"statistic={self.statistic!r} must be one of the features ({', '.join(columns)})")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditExperimentConfig:
+    """A privacy audit: targets fine-tuned at several epsilons on canaries and fillers.
+
+    Attributes:
+        name: the run's name (its directory ``runs/NAME``).
+        base_model: the causal LM the targets fine-tune.
+        data: where the filler texts come from.
+        target: how each target is fine-tuned; its ``dp_epsilon`` is set from
+            ``audit.epsilons`` (and ``dp_delta`` from ``audit.delta``).
+        audit: the canaries, the epsilons and the bounds' settings.
+        seed: the seed of the filler draw.
+    """
+
+    name: str
+    base_model: str = "smollm2-135m"
+    data: DataConfig
+    target: FinetuneConfig = FinetuneConfig()
+    audit: AuditConfig = AuditConfig()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
+            raise ConfigError(f"name={self.name!r} must be a directory name: letters, digits, '.', '_' and '-'")
+        _check_str("base_model", self.base_model, allowed="a model name or path (e.g. \"smollm2-135m\")")
+        _check_int("seed", self.seed, 0, _MAX_SEED)
+        if self.target.dp:
+            raise ConfigError("target.dp_epsilon / target.dp_noise_multiplier: an audit sets each target's "
+                              "epsilon from audit.epsilons; remove them from [target]")
+        if self.target.max_grad_norm is None:
+            raise ConfigError("target.max_grad_norm is needed: it is the per-text clipping norm of DP training")
+
+
 # ----------------------------------------------------------------------------- schema
 
-# Sections (TOML tables) and the dataclass each one builds.
-_SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "split": SplitConfig,
-    "target": FinetuneConfig,
-    "shadows": FinetuneConfig,
-    "features": FeaturesConfig,
-}
-_TOP_LEVEL = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in _SECTIONS]
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """What a kind of config file holds: its dataclass, its sections (TOML tables) and the
+    dataclass each builds, the required keys, and sections that default to another's values."""
+
+    config: type
+    sections: Mapping[str, type]
+    required: tuple[str, ...]
+    inherit: Mapping[str, str]
+    comments: Mapping[str, str]
+
+    @property
+    def top_level(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.config) if f.name not in self.sections]
+
+
+EXPERIMENT = Schema(
+    config=ExperimentConfig,
+    sections={"data": DataConfig, "split": SplitConfig, "target": FinetuneConfig, "shadows": FinetuneConfig,
+              "features": FeaturesConfig},
+    required=("name", "data", "split"),
+    inherit={"shadows": "target"},  # by default the attacker copies the target's recipe
+    comments={
+        "data": "Where the texts come from: path = a jsonl/csv/txt/parquet file, or generator = \"patients\".",
+        "split": "Disjoint parts of the texts: the target's members and non-members (the candidates), "
+                 "the attacker's pool.",
+        "target": "How the target model is fine-tuned (LoRA; any field of shadow.finetune.FinetuneConfig).",
+        "shadows": "How each shadow model is fine-tuned (the attacker's guess of the target's recipe).",
+        "features": "How the attack's features are computed on every model.",
+    },
+)
+AUDIT = Schema(
+    config=AuditExperimentConfig,
+    sections={"data": DataConfig, "target": FinetuneConfig, "audit": AuditConfig},
+    required=("name", "data", "audit"),
+    inherit={},
+    comments={
+        "data": "Where the filler texts of the training set come from.",
+        "target": "How each target is fine-tuned (its dp_epsilon comes from audit.epsilons).",
+        "audit": "The canaries, the targets' epsilons and the bounds' delta and confidence.",
+    },
+)
+_SCHEMAS = {ExperimentConfig: EXPERIMENT, AuditExperimentConfig: AUDIT}
 
 
 def _fields(cls: type) -> list[str]:
@@ -412,52 +538,55 @@ def _prefixed(prefix: str, exc: ConfigError) -> ConfigError:
 # ----------------------------------------------------------------------------- building
 
 
-def from_dict(data: Mapping[str, Any], *, source: str = "config") -> ExperimentConfig:
-    """Build an :class:`ExperimentConfig` from a nested mapping (the parsed TOML).
+def from_dict(data: Mapping[str, Any], *, source: str = "config", schema: Schema = EXPERIMENT) -> Any:
+    """Build the config of ``schema`` (an :class:`ExperimentConfig` by default) from a nested
+    mapping (the parsed TOML).
 
     Every section and key is checked against the dataclasses first, then every value's
     type, then the ranges; errors name ``source`` and the dotted key.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a table of settings, received {type(data).__name__}")
-    allowed_top = _TOP_LEVEL + [f"[{s}]" for s in _SECTIONS]
+    sections_of, top_level = schema.sections, schema.top_level
+    allowed_top = top_level + [f"[{s}]" for s in sections_of]
     # 1. names: every section and key must be known, before anything is built
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key in sections_of:
             if not isinstance(value, Mapping):
                 raise ConfigError(
-                    f"{source}: {key} must be a table ([{key}] with keys {_fields(_SECTIONS[key])}), "
+                    f"{source}: {key} must be a table ([{key}] with keys {_fields(sections_of[key])}), "
                     f"received {value!r}"
                 )
-            known = _fields(_SECTIONS[key])
+            known = _fields(sections_of[key])
             for inner in value:
                 if inner not in known:
                     raise ConfigError(
                         f"{source}: unknown key {key}.{inner!s}; allowed keys in [{key}]: {', '.join(known)}"
                     )
-        elif key not in _TOP_LEVEL:
+        elif key not in top_level:
             raise ConfigError(
                 f"{source}: unknown key or section {key!r}; allowed top-level keys and sections: "
                 f"{', '.join(allowed_top)}"
             )
-    for required in ("name", "data", "split"):
+    for required in schema.required:
         if required not in data:
-            what = f"the [{required}] section" if required in _SECTIONS else f"the key {required!r}"
+            what = f"the [{required}] section" if required in sections_of else f"the key {required!r}"
             raise ConfigError(f"{source}: {what} is missing; it is required")
     # 2. types and 3. ranges, section by section
     kwargs: dict[str, Any] = {}
-    top_hints = _hints(ExperimentConfig)
+    top_hints = _hints(schema.config)
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key in sections_of:
             continue
         try:
             kwargs[key] = _check_type(key, value, top_hints[key])
         except ConfigError as exc:
             raise _prefixed(f"{source}: ", exc) from None
     sections = dict(data)
-    if "shadows" not in sections and "target" in sections:
-        sections["shadows"] = sections["target"]  # by default the attacker copies the target's recipe
-    for section, cls in _SECTIONS.items():
+    for section, origin in schema.inherit.items():
+        if section not in sections and origin in sections:
+            sections[section] = sections[origin]
+    for section, cls in sections_of.items():
         if section not in sections:
             continue
         hints = _hints(cls)
@@ -479,7 +608,7 @@ def from_dict(data: Mapping[str, Any], *, source: str = "config") -> ExperimentC
                 f"{source}: [{section}] is missing the required key(s) {[f'{section}.{m}' for m in missing]} ({exc})"
             ) from None
     try:
-        return ExperimentConfig(**kwargs)
+        return schema.config(**kwargs)
     except ConfigError as exc:
         raise _prefixed(f"{source}: ", exc) from None
 
@@ -506,38 +635,41 @@ def _parse_override(item: str, source: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def _apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
+def _apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str,
+                      schema: Schema = EXPERIMENT) -> dict[str, Any]:
     data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
-    allowed_top = _TOP_LEVEL + [f"{s}.KEY" for s in _SECTIONS]
+    sections_of, top_level = schema.sections, schema.top_level
+    allowed_top = top_level + [f"{s}.KEY" for s in sections_of]
     for item in overrides:
         parts, value = _parse_override(item, source)
         if len(parts) == 1:
             (key,) = parts
-            if key in _SECTIONS:
+            if key in sections_of:
                 raise ConfigError(
                     f"{source}: --set {item!r}: {key} is a section; set one of its keys with "
-                    f"--set {key}.KEY=VALUE; allowed keys in [{key}]: {', '.join(_fields(_SECTIONS[key]))}"
+                    f"--set {key}.KEY=VALUE; allowed keys in [{key}]: {', '.join(_fields(sections_of[key]))}"
                 )
-            if key not in _TOP_LEVEL:
+            if key not in top_level:
                 raise ConfigError(
                     f"{source}: --set {item!r}: unknown key {key!r}; allowed: {', '.join(allowed_top)}"
                 )
             data[key] = value
         else:
             section, key = parts
-            if section not in _SECTIONS:
+            if section not in sections_of:
                 raise ConfigError(
                     f"{source}: --set {item!r}: unknown section {section!r} in {section}.{key}; "
-                    f"allowed sections: {', '.join(_SECTIONS)}; top-level keys: {', '.join(_TOP_LEVEL)}"
+                    f"allowed sections: {', '.join(sections_of)}; top-level keys: {', '.join(top_level)}"
                 )
-            known = _fields(_SECTIONS[section])
+            known = _fields(sections_of[section])
             if key not in known:
                 raise ConfigError(
                     f"{source}: --set {item!r}: unknown key {section}.{key}; allowed keys in "
                     f"[{section}]: {', '.join(known)}"
                 )
-            if section == "shadows" and "shadows" not in data and isinstance(data.get("target"), Mapping):
-                data["shadows"] = dict(data["target"])  # a changed shadow recipe starts from the target's
+            origin = schema.inherit.get(section)
+            if origin and section not in data and isinstance(data.get(origin), Mapping):
+                data[section] = dict(data[origin])  # a changed shadow recipe starts from the target's
             table = data.setdefault(section, {})
             if not isinstance(table, dict):
                 raise ConfigError(f"{source}: {section} must be a table, received {table!r}")
@@ -545,8 +677,11 @@ def _apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str
     return data
 
 
-def load_config(path: str | os.PathLike, *, overrides: Iterable[str] = ()) -> ExperimentConfig:
+def load_config(path: str | os.PathLike, *, overrides: Iterable[str] = ()) -> Any:
     """Read a TOML experiment config, apply ``--set`` overrides (``section.key=value``), validate.
+
+    A file with an ``[audit]`` section is a privacy audit (:class:`AuditExperimentConfig`);
+    any other is an :class:`ExperimentConfig`.
 
     Raises:
         ConfigError: the file is missing or not valid TOML (the message names the file and
@@ -565,17 +700,18 @@ def load_config(path: str | os.PathLike, *, overrides: Iterable[str] = ()) -> Ex
         raise ConfigError(f"{source}: invalid TOML: {exc}; fix the file at that line") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: not UTF-8 text ({exc}); save the config as UTF-8") from None
-    data = _apply_overrides(data, list(overrides), source)
-    return from_dict(data, source=source)
+    schema = AUDIT if "audit" in data else EXPERIMENT
+    data = _apply_overrides(data, list(overrides), source, schema)
+    return from_dict(data, source=source, schema=schema)
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def to_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """A JSON-ready nested dict of every setting (``None`` included) that :func:`from_dict` reads back."""
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready nested dict of every setting that :func:`from_dict` reads back."""
     out: dict[str, Any] = {}
-    for field in dataclasses.fields(ExperimentConfig):
+    for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if isinstance(value, FinetuneConfig):
             value = value.to_dict()
@@ -587,7 +723,7 @@ def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
-def config_hash(config: ExperimentConfig) -> str:
+def config_hash(config: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of :func:`to_dict`: equal configs, equal hashes."""
     canonical = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                            allow_nan=True)
@@ -614,15 +750,6 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as a TOML value")
 
 
-_SECTION_COMMENTS = {
-    "data": "Where the texts come from: path = a jsonl/csv/txt/parquet file, or generator = \"patients\".",
-    "split": "Disjoint parts of the texts: the target's members and non-members (the candidates), the attacker's pool.",
-    "target": "How the target model is fine-tuned (LoRA; any field of shadow.finetune.FinetuneConfig).",
-    "shadows": "How each shadow model is fine-tuned (the attacker's guess of the target's recipe).",
-    "features": "How the attack's features are computed on every model.",
-}
-
-
 def _table_lines(cls: type, values: Mapping[str, Any]) -> list[str]:
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     lines = []
@@ -635,14 +762,15 @@ def _table_lines(cls: type, values: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def config_toml(config: ExperimentConfig) -> str:
+def config_toml(config: Any) -> str:
     """The config as TOML text that :func:`load_config` reads back to an equal config."""
+    schema = _SCHEMAS[type(config)]
     data = to_dict(config)
     lines = [
         f"# shadowmia experiment config (sha256 of its canonical JSON: {config_hash(config)})",
         "",
-        *_table_lines(ExperimentConfig, {k: data[k] for k in _TOP_LEVEL}),
+        *_table_lines(schema.config, {k: data[k] for k in schema.top_level}),
     ]
-    for section, cls in _SECTIONS.items():
-        lines += ["", f"# {_SECTION_COMMENTS[section]}", f"[{section}]", *_table_lines(cls, data[section])]
+    for section, cls in schema.sections.items():
+        lines += ["", f"# {schema.comments[section]}", f"[{section}]", *_table_lines(cls, data[section])]
     return "\n".join(lines) + "\n"

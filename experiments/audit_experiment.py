@@ -1,0 +1,269 @@
+"""A privacy audit of DP LoRA fine-tuning: ``shadowmia run experiments/configs/audit.toml``.
+
+The experiment of Steinke, Nasr and Jagielski (2023, "Privacy Auditing with One (1) Training
+Run"), one training run per epsilon:
+
+1. ``audit.canaries`` synthetic patient records that the base model has never seen; each is
+   included in the training set with probability 1/2 (seeded by ``audit.canary_seed``), as
+   ``audit.canary_repeats`` copies; ``audit.fillers`` other texts from ``[data]`` complete
+   the training set;
+2. one target per epsilon in ``audit.epsilons``, fine-tuned as ``[target]`` says with
+   DP-SGD at that epsilon (``inf``: without DP), all on the same training set;
+3. the attack statistic fixed in advance (``audit.statistic``; by default ``reference``, the
+   target's log-likelihood over the base model's) scores every canary under each target;
+4. epsilon lower bounds from the scores and the inclusion labels
+   (:mod:`attack_models.privacy_bounds`): the one-run bound, valid for one training run with
+   many canaries, and the classic bound, which treats the canaries as independent trials
+   (a heuristic here; see that module);
+5. ``report/``: ``audit.json``, ``audit.md`` (a table of epsilon_theory, the accountant's
+   epsilon, against the two lower bounds and each feature's AUC) and ``epsilon.png``.
+
+Every target is resumable (skipped when it verifies with the same settings). The true
+epsilon of each training lies in [epsilon_LB, epsilon_theory] with the stated confidence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.config import AuditExperimentConfig, config_hash
+from llm_features.errors import ConfigError
+from llm_features.io import atomic_path, library_versions, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def canary_records(config: AuditExperimentConfig) -> tuple[list[str], np.ndarray]:
+    """The canary texts and whether each is included (a fair coin per canary, seeded)."""
+    from experiments.patients import generate_patient_records
+
+    audit = config.audit
+    texts = [r["text"] for r in generate_patient_records(audit.canaries, seed=audit.canary_seed)]
+    included = np.random.default_rng([audit.canary_seed, 1]).random(audit.canaries) < 0.5
+    return texts, included
+
+
+def filler_texts(config: AuditExperimentConfig, exclude: set[str]) -> list[str]:
+    """``audit.fillers`` texts from ``[data]`` (none of them a canary), drawn with ``seed``."""
+    from llm_features.texts import load_texts
+
+    data = config.data
+    if data.generator == "patients":
+        from experiments.patients import generate_patient_records
+
+        pool = [r["text"] for r in generate_patient_records(data.n_records, seed=config.seed)]
+    else:
+        pool = load_texts(data.path, text_field=data.text_field).texts
+    pool = [t for t in pool if t not in exclude]
+    if len(pool) < config.audit.fillers:
+        raise ConfigError(
+            f"audit.fillers={config.audit.fillers} but [data] gives {len(pool)} texts that are not canaries; "
+            "lower audit.fillers, enlarge the data (data.n_records), or use another seed for the canaries "
+            "(audit.canary_seed) than for generated fillers (seed)")
+    order = np.random.default_rng(config.seed).permutation(len(pool))[:config.audit.fillers]
+    return [pool[i] for i in order]
+
+
+def training_texts(canaries: list[str], included: np.ndarray, fillers: list[str], repeats: int) -> list[str]:
+    """The fillers and ``repeats`` copies of every included canary."""
+    return fillers + [text for text, keep in zip(canaries, included) if keep for _ in range(repeats)]
+
+
+def target_training(config: AuditExperimentConfig, epsilon: float) -> Any:
+    """``[target]`` with DP at ``epsilon`` (and the audit's delta); ``inf`` leaves it non-private."""
+    if math.isinf(epsilon):
+        return config.target
+    return dataclasses.replace(config.target, dp_epsilon=epsilon, dp_delta=config.audit.delta)
+
+
+def epsilon_label(epsilon: float) -> str:
+    """``8.0`` -> ``"eps_8"``, ``inf`` -> ``"eps_inf"``: a directory name."""
+    return "eps_inf" if math.isinf(epsilon) else f"eps_{epsilon:g}"
+
+
+def epsilon_theory(manifest: dict[str, Any]) -> float:
+    """The accountant's epsilon of a trained adapter (``inf`` for a non-private one)."""
+    record = manifest.get("dp")
+    if not record:
+        return math.inf
+    return float(record["epsilon"])
+
+
+def audit_bounds(labels: np.ndarray, scores: np.ndarray, *, delta: float, confidence: float,
+                 seed: int) -> dict[str, Any]:
+    """Both lower bounds of one target's canary scores, as JSON-ready dicts."""
+    from attack_models.privacy_bounds import classic_epsilon_bound, one_run_epsilon_bound
+
+    return {"one-run": one_run_epsilon_bound(labels, scores, delta=delta, confidence=confidence,
+                                             seed=seed).to_dict(),
+            "classic": classic_epsilon_bound(labels, scores, delta=delta, confidence=confidence,
+                                             seed=seed).to_dict()}
+
+
+def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, force: bool = False) -> dict[str, Any]:
+    """Train the targets, score the canaries, bound epsilon; return ``audit.json``'s content."""
+    from attack_models import summarize
+    from experiments.pipeline import claim_run_directory, log_to_file, train_target
+    from llm_features.extract import extract_features
+    from llm_features.models import load_model
+    from llm_features.registry import parse_features
+    from llm_features.scoring import score_texts
+    from llm_features.texts import texts_from_list
+    from shadow.finetune import read_manifest
+
+    out = Path(out)
+    canaries, included = canary_records(config)
+    fillers = filler_texts(config, exclude=set(canaries))
+    training = training_texts(canaries, included, fillers, config.audit.canary_repeats)
+    out.mkdir(parents=True, exist_ok=True)
+    claim_run_directory(out, config, force=force)
+    audit = config.audit
+    requests = parse_features(audit.features)
+    statistic = parse_features(audit.statistic)[0].column
+    started = time.perf_counter()
+    with log_to_file(out / "run.log"):
+        logger.info("audit %s: %d canaries (%d included x %d), %d fillers, epsilons %s", config.name,
+                    len(canaries), int(included.sum()), audit.canary_repeats, len(fillers), list(audit.epsilons))
+        write_text_atomic(out / "data" / "canaries.jsonl", "".join(
+            json.dumps({"text": t, "label": int(k)}) + "\n" for t, k in zip(canaries, included)))
+        candidates = texts_from_list(canaries, label=[int(k) for k in included])
+        base = load_model(config.base_model)
+        max_tokens = config.target.max_tokens
+        base_scores = score_texts(base.model, base.tokenizer, candidates.texts, max_tokens=max_tokens,
+                                  description="canaries, base model")
+        del base
+        rows: list[dict[str, Any]] = []
+        for epsilon in audit.epsilons:
+            stage = time.perf_counter()
+            directory = out / "targets" / epsilon_label(epsilon)
+            train_target(config.base_model, training, directory, target_training(config, epsilon))
+            target = load_model(config.base_model, adapter=directory)
+            table = extract_features(target, candidates, requests, reference_scores=base_scores,
+                                     max_tokens=max_tokens)
+            del target
+            with atomic_path(directory.parent / f"{epsilon_label(epsilon)}_scores.csv") as tmp:
+                table.to_csv(tmp, index=False)
+            scores = table[statistic].to_numpy(dtype=np.float64)
+            rows.append({
+                "epsilon_target": epsilon,
+                "epsilon_theory": epsilon_theory(read_manifest(directory)),
+                "bounds": audit_bounds(included.astype(int), scores, delta=audit.delta,
+                                       confidence=audit.confidence, seed=config.seed),
+                "auc": {r.column: summarize(included.astype(int), table[r.column].to_numpy(),
+                                            seed=config.seed)["auc"] for r in requests},
+                "wall_time_s": round(time.perf_counter() - stage, 1),
+            })
+            logger.info("%s: epsilon_theory %.3g, one-run epsilon_LB %.3f, classic %.3f", epsilon_label(epsilon),
+                        rows[-1]["epsilon_theory"], rows[-1]["bounds"]["one-run"]["epsilon_lb"],
+                        rows[-1]["bounds"]["classic"]["epsilon_lb"])
+        report = {
+            "setting": {"name": config.name, "base_model": config.base_model, "statistic": statistic,
+                        "canaries": len(canaries), "included": int(included.sum()),
+                        "canary_repeats": audit.canary_repeats, "fillers": len(fillers),
+                        "training_texts": len(training), "delta": audit.delta, "confidence": audit.confidence,
+                        "target_training": config.target.to_dict(), "seeds": {"fillers": config.seed,
+                                                                              "canaries": audit.canary_seed},
+                        "wall_time_s": round(time.perf_counter() - started, 1)},
+            "targets": rows,
+        }
+        write_audit_report(out / "report", report)
+        write_json_atomic(out / "run.json", {"config_hash": config_hash(config),
+                                             "library_versions": library_versions()})
+    return report
+
+
+def audit_table(report: dict[str, Any]) -> pd.DataFrame:
+    """One row per target: epsilon_theory, both lower bounds, the statistic's AUC."""
+    statistic = report["setting"]["statistic"]
+    return pd.DataFrame([{
+        "epsilon (target)": row["epsilon_target"],
+        "epsilon_theory": row["epsilon_theory"],
+        "epsilon_LB one-run": row["bounds"]["one-run"]["epsilon_lb"],
+        "epsilon_LB classic": row["bounds"]["classic"]["epsilon_lb"],
+        f"AUC ({statistic})": row["auc"][statistic],
+    } for row in report["targets"]])
+
+
+def audit_markdown(report: dict[str, Any]) -> str:
+    """The audit's table and setting as Markdown."""
+    setting = report["setting"]
+    table = audit_table(report)
+    lines = [f"# Privacy audit: {setting['name']}", "",
+             f"{setting['canaries']} canaries (synthetic patient records), {setting['included']} of them included "
+             f"(a fair coin each) x {setting['canary_repeats']}, among {setting['fillers']} fillers; "
+             f"one LoRA fine-tune of {setting['base_model']} per epsilon; the canaries scored by "
+             f"`{setting['statistic']}`; delta = {setting['delta']:g}, confidence {setting['confidence']:g}.", "",
+             "epsilon_theory is the accountant's epsilon of the training; epsilon_LB the lower bound that the "
+             "attack proves: the one-run bound (Steinke et al. 2023, valid for one run with many canaries) "
+             "and the classic bound (Clopper-Pearson on a held-out threshold, Jagielski et al. 2020; it treats "
+             "the canaries as independent trials, a heuristic for one training run).", "",
+             "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) and not math.isinf(v) else
+                                        ("inf (no DP)" if isinstance(v, float) else str(v)) for v in row) + " |")
+    notes = [f"- {label(row)}: {method} note: {bound['note']}" for row in report["targets"]
+             for method, bound in row["bounds"].items() if bound.get("note")]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def label(row: dict[str, Any]) -> str:
+    return epsilon_label(row["epsilon_target"])
+
+
+def epsilon_figure(report: dict[str, Any]):
+    """epsilon_LB (both bounds) against epsilon_theory; a non-private target sits at the right edge."""
+    from experiments.report import _new_figure
+
+    table = audit_table(report)
+    finite = table["epsilon_theory"][np.isfinite(table["epsilon_theory"])]
+    right = 2.0 * (finite.max() if len(finite) else 10.0)
+    x = table["epsilon_theory"].where(np.isfinite(table["epsilon_theory"]), right)
+    fig = _new_figure(5.0, 4.0)
+    ax = fig.add_subplot()
+    top = max(right, float(table[["epsilon_LB one-run", "epsilon_LB classic"]].max().max()) * 1.1)
+    ax.plot([0, right], [0, right], color="grey", linestyle="--", linewidth=1, label="epsilon_LB = epsilon_theory")
+    ax.plot(x, table["epsilon_LB one-run"], "o-", label="epsilon_LB, one-run")
+    ax.plot(x, table["epsilon_LB classic"], "s-", label="epsilon_LB, classic")
+    ticks = list(finite) + ([right] if len(finite) < len(table) else [])
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in finite] + (["inf (no DP)"] if len(finite) < len(table) else []))
+    ax.set_xlim(0, right * 1.05)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("epsilon_theory (accountant)")
+    ax.set_ylabel("epsilon lower bound (audit)")
+    ax.set_title(f"Audit: {report['setting']['name']} ({report['setting']['statistic']})")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every infinite float (a non-private target's epsilon) as the string ``"inf"``."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def write_audit_report(directory: Path, report: dict[str, Any]) -> None:
+    """``audit.md``, ``epsilon.png``, then ``audit.json`` (last: its presence means complete)."""
+    from experiments.report import _save_png
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(directory / "audit.md", audit_markdown(report))
+    _save_png(epsilon_figure(report), directory / "epsilon.png")
+    write_json_atomic(directory / "audit.json", json_ready(report))
+    logger.info("audit report: %s", directory / "audit.md")

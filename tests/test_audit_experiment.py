@@ -1,0 +1,101 @@
+"""The privacy-audit experiment on a tiny model: DP and non-private targets, bounds, report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from experiments.audit_experiment import canary_records, training_texts
+from experiments.cli import main
+from experiments.config import load_config
+from experiments.patients import generate_patient_records
+from llm_features.errors import ConfigError
+from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
+
+CONFIG = """
+name = "tiny-audit"
+base_model = "{base}"
+seed = 0
+
+[data]
+path = "{fillers}"
+
+[target]
+epochs = 10
+lr = 5e-3
+batch_size = 8
+max_tokens = 48
+max_grad_norm = 1.0
+
+[audit]
+canaries = 48
+canary_repeats = 2
+canary_seed = 3
+fillers = 24
+epsilons = [2.0, inf]
+statistic = "loss"
+features = "loss,reference"
+"""
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    corpus = make_corpus(120, seed=31)
+    canaries = [r["text"] for r in generate_patient_records(8, seed=3)]
+    tokenizer = build_tokenizer(corpus + canaries)
+    base = build_tiny_llama(tokenizer, seed=4)
+    overfit(base, tokenizer, corpus[60:120], steps=30, lr=3e-3)
+    base_dir = save_model(base, tokenizer, root / "base")
+    fillers = root / "fillers.jsonl"
+    fillers.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus[:40]))
+    path = root / "audit.toml"
+    path.write_text(CONFIG.format(base=base_dir, fillers=fillers))
+    return path
+
+
+def test_canaries_are_included_by_a_fair_seeded_coin(config_file):
+    config = load_config(config_file)
+    texts, included = canary_records(config)
+    assert len(set(texts)) == 48 and 14 <= included.sum() <= 34
+    again_texts, again = canary_records(config)
+    assert again_texts == texts and (again == included).all()
+    training = training_texts(texts, included, ["f1", "f2"], repeats=2)
+    assert len(training) == 2 + 2 * int(included.sum())
+    assert all(training.count(t) == 2 for t, k in zip(texts, included) if k)
+    assert not any(t in training for t, k in zip(texts, included) if not k)
+
+
+def test_audit_run_bounds_epsilon_below_the_accountant(config_file, tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(["run", str(config_file), "--out", str(out)]) == 0
+    for name in ("audit.json", "audit.md", "epsilon.png"):
+        assert (out / "report" / name).is_file(), name
+    report = json.loads((out / "report" / "audit.json").read_text())
+    private, public = report["targets"]
+    assert private["epsilon_target"] == 2.0 and 0 < private["epsilon_theory"] <= 2.0 + 1e-9
+    assert public["epsilon_target"] == "inf" and public["epsilon_theory"] == "inf"
+    for method in ("one-run", "classic"):
+        assert 0.0 <= private["bounds"][method]["epsilon_lb"] <= private["epsilon_theory"]
+    # the non-private target memorises its canaries: the attack proves a positive epsilon
+    assert public["auc"]["loss"] > 0.8
+    assert public["bounds"]["one-run"]["epsilon_lb"] > 0.0
+    dp_manifest = json.loads((out / "targets" / "eps_2" / "manifest.json").read_text())
+    assert dp_manifest["dp"]["target_epsilon"] == 2.0
+    assert "epsilon_LB one-run" in capsys.readouterr().out
+    assert "inf (no DP)" in (out / "report" / "audit.md").read_text()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("audit.statistic=min_k", "must be one of the features"),
+    ("audit.epsilons=[0.0]", "distinct positive numbers"),
+    ("audit.delta=1.5", "delta=1.5 is out of range"),
+    ("target.dp_epsilon=4.0", "sets each target's epsilon"),
+    ("audit.canary=3", "unknown key audit.canary"),
+])
+def test_audit_config_errors_name_the_key(config_file, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config_file, overrides=[override])
+    assert math.isinf(load_config(config_file).audit.epsilons[-1])
