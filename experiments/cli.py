@@ -274,6 +274,14 @@ def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_run, config=str(DEMO_CONFIG))
 
 
+def _print_attack_table(rows: list[tuple[str, dict]], *, width: int = 34) -> None:
+    """One line per attack: ROC AUC with its 95% interval, TPR at 1% and 10% FPR."""
+    print(f"{'attack':<{width}}{'ROC AUC':>8}  {'95% CI':<16}{'TPR@1%FPR':>10}{'TPR@10%FPR':>11}")
+    for name, m in rows:
+        print(f"{name:<{width}}{m['auc']:>8.3f}  [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}]"
+              f"{m['tpr_at_1%fpr']:>10.3f}{m['tpr_at_10%fpr']:>11.3f}")
+
+
 def _run_run(args: argparse.Namespace) -> int:
     from experiments.config import AuditExperimentConfig, load_config
     from experiments.pipeline import run_experiment
@@ -288,10 +296,7 @@ def _run_run(args: argparse.Namespace) -> int:
     print(f"{config.name}: {config.base_model}, {config.threat_model.value} threat model, "
           f"{config.split.target_members} members vs {config.split.target_non_members} non-members, "
           f"{config.n_shadows} shadows")
-    print(f"{'attack':<34}{'ROC AUC':>8}  {'95% CI':<16}{'TPR@1%FPR':>10}{'TPR@10%FPR':>11}")
-    for name, m in rows:
-        print(f"{name:<34}{m['auc']:>8.3f}  [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}]"
-              f"{m['tpr_at_1%fpr']:>10.3f}{m['tpr_at_10%fpr']:>11.3f}")
+    _print_attack_table(rows)
     wall = report["setting"]["wall_time_s"]["total_s"]
     print(f"\nreport: {out / 'report' / 'report.md'}  (ROC: {out / 'report' / 'roc.png'})  wall time {wall / 60:.1f} min")
     return 0
@@ -405,10 +410,7 @@ def _run_pretraining(args: argparse.Namespace) -> int:
     print()
     print(f"pretraining-data detection: {setting['model']} on {setting['data']}, "
           f"{setting['n_members']} members vs {setting['n_nonmembers']} non-members")
-    print(f"{'attack':<{width}}{'ROC AUC':>8}  {'95% CI':<16}{'TPR@1%FPR':>10}{'TPR@10%FPR':>11}")
-    for name, m in rows:
-        print(f"{name:<{width}}{m['auc']:>8.3f}  [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}]"
-              f"{m['tpr_at_1%fpr']:>10.3f}{m['tpr_at_10%fpr']:>11.3f}")
+    _print_attack_table(rows, width=width)
     print(f"\nblind baseline (never sees the model): ROC AUC {blind_auc:.3f}; attacks above it: "
           f"{', '.join(above) if above else 'none'}")
     wall = setting["wall_time_s"]["total_s"]
