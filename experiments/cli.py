@@ -133,6 +133,11 @@ def _run_finetune(args: argparse.Namespace) -> int:
           f"{manifest['tokens_per_s']:.0f} tokens/s, wall {manifest['wall_time_s']:.1f} s")
     curve = manifest["loss_curve"]
     print(f"  training loss: {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last step)")
+    privacy = manifest.get("dp")
+    if privacy:
+        print(f"  DP-SGD: epsilon {privacy['epsilon']:.3f} at delta {privacy['delta']:g} ({privacy['accountant']}), "
+              f"noise multiplier {privacy['noise_multiplier']:.4f}, clipping norm {privacy['max_grad_norm']:g}, "
+              f"Poisson sampling rate {privacy['sample_rate']:.4g}, {privacy['steps']} steps")
     return 0
 
 

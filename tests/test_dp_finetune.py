@@ -366,3 +366,5 @@ def test_cli_finetune_end_to_end(tiny_model_dir, corpus, tmp_path, capsys):
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["config"]["dp_epsilon"] == 6.0 and manifest["config"]["max_grad_norm"] == 0.8
     assert manifest["dp"]["delta"] == 1e-6 and manifest["dp"]["epsilon"] <= 6.0
+    printed = capsys.readouterr().out
+    assert f"DP-SGD: epsilon {manifest['dp']['epsilon']:.3f} at delta 1e-06 (rdp)" in printed
