@@ -77,8 +77,12 @@ def test_audit_run_bounds_epsilon_below_the_accountant(config_file, tmp_path, ca
     private, public = report["targets"]
     assert private["epsilon_target"] == 2.0 and 0 < private["epsilon_theory"] <= 2.0 + 1e-9
     assert public["epsilon_target"] == "inf" and public["epsilon_theory"] == "inf"
+    # each included canary is in the training set twice: a group of 2 records
+    assert private["epsilon_theory_canary"] == pytest.approx(2 * private["epsilon_theory"])
+    assert private["delta_canary"] == pytest.approx(2 * math.exp(private["epsilon_theory"]) * 1e-5)
     for method in ("one-run", "classic"):
-        assert 0.0 <= private["bounds"][method]["epsilon_lb"] <= private["epsilon_theory"]
+        assert 0.0 <= private["bounds"][method]["epsilon_lb"] <= private["epsilon_theory_canary"]
+        assert private["bounds"][method]["delta"] == pytest.approx(private["delta_canary"])
     # the non-private target memorises its canaries: the attack proves a positive epsilon
     assert public["auc"]["loss"] > 0.8
     assert public["bounds"]["one-run"]["epsilon_lb"] > 0.0
@@ -99,3 +103,12 @@ def test_audit_config_errors_name_the_key(config_file, override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(config_file, overrides=[override])
     assert math.isinf(load_config(config_file).audit.epsilons[-1])
+
+
+def test_group_privacy_of_a_repeated_canary():
+    from experiments.audit_experiment import group_privacy
+
+    assert group_privacy(2.0, 1e-5, 1) == (2.0, 1e-5)
+    assert group_privacy(2.0, 1e-5, 3) == pytest.approx((6.0, 3 * math.exp(4.0) * 1e-5))
+    assert group_privacy(math.inf, 1e-5, 3) == (math.inf, 1e-5)
+    assert group_privacy(8.0, 1e-2, 4)[1] == 1.0  # capped
