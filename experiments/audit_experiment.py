@@ -260,7 +260,7 @@ def epsilon_figure(report: dict[str, Any]):
     ax.plot(x, table["epsilon_LB classic"], "s-", label="epsilon_LB, classic")
     ticks = list(finite) + ([right] if len(finite) < len(table) else [])
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:g}" for t in finite] + (["inf (no DP)"] if len(finite) < len(table) else []))
+    ax.set_xticklabels([f"{t:.3g}" for t in finite] + (["inf (no DP)"] if len(finite) < len(table) else []))
     ax.set_xlim(0, right * 1.05)
     ax.set_ylim(0, top)
     ax.set_xlabel("epsilon_theory of a canary (accountant, group privacy)")
