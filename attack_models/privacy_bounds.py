@@ -420,12 +420,26 @@ def _perfect_one_run(m: int, pairs: Sequence[tuple[int, int]], *, delta: float, 
     return one_run_epsilon_from_counts(m, r, r, delta=delta, confidence=1.0 - (1.0 - confidence) / len(pairs))
 
 
-def _one_run_needed(delta: float, confidence: float) -> int:
-    """Smallest m for which perfect guesses over the default grid give a positive bound."""
-    m = 2
-    while _perfect_one_run(m, default_guess_grid(m), delta=delta, confidence=confidence) == 0.0 and m < 100_000:
-        m += 1
-    return m
+def _one_run_needed(delta: float, confidence: float) -> int | None:
+    """Smallest m (to within a factor of 2 searched, then exact) for which perfect guesses over
+    the default grid give a positive bound, or None when no m up to 2^20 does (with delta > 0
+    the term 2 m delta grows with m, so a large delta may allow no positive bound at all)."""
+    def positive(m: int) -> bool:
+        return _perfect_one_run(m, default_guess_grid(m), delta=delta, confidence=confidence) > 0.0
+
+    high = 2
+    while not positive(high):
+        if high >= 2**20:
+            return None
+        high *= 2
+    low = max(2, high // 2)
+    while low < high:  # the smallest positive m in (high / 2, high]
+        middle = (low + high) // 2
+        if positive(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 def one_run_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float = 1e-5, confidence: float = 0.95,
@@ -461,9 +475,11 @@ def one_run_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float 
                   n_evaluation=m)
     if _perfect_one_run(m, pairs, delta=delta, confidence=confidence) == 0.0:
         needed = _one_run_needed(delta, confidence)
+        remedy = (f"with the default grid at least {needed} canaries are needed" if needed is not None else
+                  "no number of canaries up to 2^20 gives one at this delta (the 2 m delta term dominates): "
+                  "lower delta")
         note = (f"too few canaries: with {m} canaries even all-correct guesses give no positive bound at "
-                f"confidence {confidence:g}, delta {delta:g}, over {len(pairs)} (k+, k-) pair(s); with the default "
-                f"grid at least {needed} canaries are needed.")
+                f"confidence {confidence:g}, delta {delta:g}, over {len(pairs)} (k+, k-) pair(s); {remedy}.")
         logger.warning(note)
         return OneRunAudit(epsilon_lb=0.0, k_plus=0, k_minus=0, r=0, v=0, in_threshold=float("nan"),
                            out_threshold=float("nan"), note=note, **common)

@@ -252,3 +252,11 @@ def test_results_serialise_to_strict_json(bound):
     for n in (3, 60):  # too few (NaN thresholds become null) and enough
         record = json.loads(json.dumps(bound(*separated(n)).to_dict(), allow_nan=False))
         assert {"method", "epsilon_lb", "confidence", "delta", "seed", "n_selection", "n_evaluation", "note"} <= set(record)
+
+
+def test_one_run_note_when_delta_is_too_large_for_any_number_of_canaries():
+    from attack_models.privacy_bounds import one_run_epsilon_bound
+
+    labels = np.array([1, 0] * 32)
+    result = one_run_epsilon_bound(labels, labels.astype(float), delta=0.06, confidence=0.95)
+    assert result.epsilon_lb == 0.0 and "lower delta" in result.note
