@@ -257,15 +257,20 @@ def _run_score(args: argparse.Namespace) -> int:
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 
 
-def _run_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("run", help="an experiment with known truth, end to end, with a report",
-                                   description="Trains the target and the shadows, fits the attack, scores the "
-                                               "candidates and writes report/ (resumable).")
-    parser.add_argument("config", help="experiment config (.toml), e.g. experiments/configs/demo.toml")
+def _add_experiment_options(parser: argparse.ArgumentParser, *, example: str) -> None:
+    """CONFIG, --out, --set and --force: the options of every command that runs an experiment config."""
+    parser.add_argument("config", help=f"experiment config (.toml), e.g. {example}")
     parser.add_argument("--out", help="run directory (default: runs/NAME)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set target.epochs=6 (repeatable)")
     parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
+
+
+def _run_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="an experiment with known truth, end to end, with a report",
+                                   description="Trains the target and the shadows, fits the attack, scores the "
+                                               "candidates and writes report/ (resumable).")
+    _add_experiment_options(parser, example="experiments/configs/demo.toml")
     parser.set_defaults(handler=_run_run)
 
 
@@ -313,13 +318,9 @@ def _transfer_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Runs CONFIG (a target trained as the shadows are), then targets with twice the epochs, "
                     "twice the LoRA rank, twice the learning rate and all three, each scored by the same "
                     "attack; writes OUT/transfer/report.md (resumable).")
-    parser.add_argument("config", help="experiment config (.toml), e.g. experiments/configs/agnews.toml")
-    parser.add_argument("--out", help="run directory (default: runs/NAME)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set target.epochs=6 (repeatable)")
+    _add_experiment_options(parser, example="experiments/configs/agnews.toml")
     parser.add_argument("--variants", help="comma-separated subset of epochs_x2, rank_x2, lr_x2, all_x2 "
                                            "(default: all)")
-    parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     parser.set_defaults(handler=_run_transfer)
 
 
