@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.jobs import NeighbourOptions, check_output_path, make_neighbours, write_parquet_atomic
+from experiments.jobs import (NeighbourOptions, check_kept_fields, check_output_path, make_neighbours,
+                             write_parquet_atomic)
 from llm_features.errors import ConfigError, IncompatibleArtifactError, InputDataError, IntegrityError
 from llm_features.extract import compute_features, needs_of, score_neighbours
-from llm_features.io import atomic_path, sha256_file, write_json_atomic
+from llm_features.io import atomic_path, check_writable_directory, sha256_file, write_json_atomic
 from llm_features.registry import parse_features
 from llm_features.scoring import score_texts
 from llm_features.texts import TextSet, load_texts
@@ -42,6 +43,11 @@ CALIBRATION_STATISTIC = "loss"
 #: is in the shadow pool) or offline (each shadow is an OUT model for a candidate outside it).
 CALIBRATIONS: dict[str, tuple[str, ...]] = {"none": (), "offline": ("lira_offline",),
                                             "online": ("lira_online", "lira_offline")}
+#: Columns that ``train-shadows`` and ``score`` add to the data's own fields: a data field of
+#: one of these names is refused before any model loads (it would clash with them at the end).
+SHADOW_TABLE_COLUMNS = ("shadow", "n_tokens")
+SCORE_COLUMNS = ("n_tokens", "membership_probability", "lira_online", "lira_offline", "rmia_online",
+                 "rmia_offline")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,19 @@ class FeatureSettings:
     neighbours: NeighbourOptions = NeighbourOptions()
     max_tokens: int = 512
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        parse_features(self.features)
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 2:
+            raise ConfigError(f"--feature-max-tokens {self.max_tokens!r}: must be an integer of at least 2 "
+                              "(a text is scored from its second token on)")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"--feature-batch-size {self.batch_size!r}: must be an integer of at least 1")
+
+    @property
+    def columns(self) -> list[str]:
+        """The feature columns these settings produce."""
+        return [r.column for r in parse_features(self.features)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": self.features, "neighbours": dataclasses.asdict(self.neighbours),
@@ -86,7 +105,9 @@ def train_shadows_job(*, base: str, data: str, out: str, n_shadows: int, config:
     from shadow.shadows import train_shadows
 
     requests = parse_features(settings.features)
+    check_writable_directory(out)
     pool = load_texts(data, text_field=text_field)
+    check_kept_fields(pool, settings.columns + list(SHADOW_TABLE_COLUMNS))
     logger.info("pool: %d texts from %s", len(pool), data)
     shadow_paths = train_shadows(base, pool, out, n_shadows=n_shadows, config=config, seed=seed,
                                  backend=backend, workers=workers, ray_address=ray_address, device=device,
@@ -222,6 +243,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
 
     if classifier != "auto" and classifier not in CLASSIFIERS:
         raise ConfigError(f"--classifier {classifier!r}: allowed are auto, {', '.join(CLASSIFIERS)}")
+    check_writable_directory(Path(out).parent, option=f"--out {out}: its parent directory")
     shadows_dir = Path(shadows)
     table, settings = load_shadow_table(shadows_dir)
     recorded = [r.column for r in parse_features(settings["features"])]
@@ -283,6 +305,8 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
     estimator, manifest = load_attack(attack)
     meta = manifest["metadata"]
     candidates = load_texts(data, text_field=text_field)
+    computed = [r.column for r in parse_features(meta["feature_settings"]["features"])]
+    check_kept_fields(candidates, computed + list(meta["feature_columns"]) + list(SCORE_COLUMNS))
     target_tokenizer_hash = tokenizer_fingerprint(load_tokenizer(model, trust_remote_code=trust_remote_code))
     if target_tokenizer_hash != meta["tokenizer_hash"]:
         raise IncompatibleArtifactError(

@@ -1,8 +1,9 @@
 """shadowmia: shadow-model membership inference for fine-tuned language models.
 
 Every subcommand validates its arguments before loading a model, prints errors from the
-:class:`~llm_features.errors.ShadowMIAError` family as one clear line (exit status 2),
-and logs to stderr.
+:class:`~llm_features.errors.ShadowMIAError` family as one clear line (exit status 2) and
+operating-system errors (disk full, permission denied, a path that is a directory) as one
+line naming the path (exit status 1), and logs to stderr (``-vv`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -514,6 +515,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShadowMIAError as exc:
         print(f"shadowmia {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permission denied, a path that is not what it should be
+        from llm_features.io import describe_os_error
+
+        logger.debug("operating-system error", exc_info=True)
+        print(f"shadowmia {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"shadowmia {args.command}: interrupted; finished artifacts are kept", file=sys.stderr)
         return 130

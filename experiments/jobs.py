@@ -15,7 +15,7 @@ import pandas as pd
 
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.extract import extract_features, needs_of
-from llm_features.io import atomic_path
+from llm_features.io import atomic_path, check_writable_directory
 from llm_features.registry import FeatureRequest, parse_features
 from llm_features.texts import TextSet, load_texts
 
@@ -42,13 +42,13 @@ class NeighbourOptions:
 
 
 def check_output_path(path: str | Path, *, suffix: str) -> Path:
-    """The output path, if its suffix is right and its directory can be made."""
+    """The output path, if its suffix is right and its directory can be made and written to."""
     path = Path(path)
     if path.suffix != suffix:
         raise ConfigError(f"--out {path}: must end in {suffix}")
     if path.exists() and path.is_dir():
         raise ConfigError(f"--out {path}: is a directory; give a file name ending in {suffix}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_directory(path.parent, option=f"--out {path}: its directory")
     return path
 
 

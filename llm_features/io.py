@@ -8,6 +8,7 @@ included -- leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -15,6 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from llm_features.errors import ConfigError
 
 _CHUNK = 1 << 20
 
@@ -39,6 +42,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable_directory(directory: str | os.PathLike, *, option: str = "--out") -> Path:
+    """Create ``directory`` if needed and prove it takes a new file, before any work is done.
+
+    A result that cannot be written should fail in a second, not after the features of
+    every text were computed. Raises :class:`ConfigError` naming ``option`` and the reason.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{option} {directory}: cannot write there ({exc.strerror or exc}); "
+                          "choose a directory you can write to") from None
+    return directory
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and what to do."""
+    path = f" {exc.filename}" if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        path += f" -> {exc.filename2}"
+    if exc.errno == errno.ENOSPC:
+        return (f"no space left on the device{' writing' + path if path else ''}; free some space and rerun "
+                "(finished artifacts are kept and reused)")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{exc.strerror.lower()}:{path or ' (no path given)'}; check its permissions or choose another path"
+    if exc.errno is not None and exc.strerror:
+        return f"{exc.strerror}:{path or ' (no path given)'}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _current_umask() -> int:
