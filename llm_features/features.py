@@ -37,10 +37,15 @@ def mean_nll(scores: TokenScores) -> float:
 
 
 def lowest_fraction_mean(values: np.ndarray, *, k: float) -> float:
-    """Mean of the ceil(k * n) smallest values (at least one); NaN for an empty array."""
+    """Mean of the int(k * n) smallest values (at least one); NaN for an empty array.
+
+    int(k * n) (rounding down) is the count of every peer: mimir, and the Min-K% and
+    Min-K%++ authors' code, so our numbers compare with their published tables. Where
+    they average an empty selection (k * n < 1: NaN), we keep the single lowest value.
+    """
     if values.size == 0:
         return math.nan
-    count = max(1, math.ceil(k * values.size))
+    count = max(1, int(k * values.size))
     return float(np.mean(np.partition(values, count - 1)[:count], dtype=np.float64))
 
 
@@ -139,3 +144,82 @@ def top1_rate(x: FeatureInput) -> float:
     if x.target.n_predicted == 0:
         return math.nan
     return float(np.mean(x.target.token_ranks == 0))
+
+
+def check_quantile(*, q: float) -> None:
+    """Raise ValueError unless 0 <= q <= 1."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q={q} must be in [0, 1]: the quantile of the per-token values")
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    if values.size == 0:
+        return math.nan
+    return float(np.quantile(values.astype(np.float64), q))
+
+
+def token_log_ratios(x: FeatureInput) -> np.ndarray:
+    """Per predicted token: log p_target(x_t | x_<t) - log p_reference(x_t | x_<t)."""
+    if x.reference is None:
+        raise ValueError("this feature needs reference-model scores")
+    if x.reference.n_predicted != x.target.n_predicted:
+        raise ValueError(f"target and reference scored {x.target.n_predicted} and {x.reference.n_predicted} "
+                         "tokens of one text; score both with the same tokenizer and max_tokens")
+    return x.target.token_logprobs.astype(np.float64) - x.reference.token_logprobs.astype(np.float64)
+
+
+#: Quantiles that ``"all"`` requests of each token-level feature: the tails carry the
+#: membership evidence that a mean washes out (LT-MIA, arXiv 2604.03199).
+TOKEN_QUANTILES = ({"q": 0.1}, {"q": 0.25}, {"q": 0.5}, {"q": 0.75}, {"q": 0.9})
+
+
+@register_feature("error_zone", needs=("reference",))
+def error_zone(x: FeatureInput) -> float:
+    """EZ-MIA: target-over-reference log-prob gains against losses where the target errs (arXiv 2601.12104).
+
+    "Error zone" membership inference (2026): sum of the positive over the sum of the
+    negative target-minus-reference token log-probs, on the tokens the target gets wrong.
+
+    With d_t = log p_target(x_t | x_<t) - log p_ref(x_t | x_<t) and the error zone
+    E = {t >= 2 : rank_target(x_t) > 0} (the target's top guess is not x_t),
+
+        EZ(x) = sum_{t in E, d_t > 0} d_t / sum_{t in E, d_t < 0} |d_t|.
+
+    A fine-tune that saw x raises even the tokens it still gets wrong. As in the authors'
+    code, the first predicted token is left out and the score is 0 when E has fewer than
+    two tokens or no negative d_t; it is NaN for a text with nothing to predict.
+    """
+    if x.target.n_predicted == 0:
+        return math.nan
+    deltas = token_log_ratios(x)[1:]
+    wrong = x.target.token_ranks[1:] != 0
+    if int(wrong.sum()) < 2:
+        return 0.0
+    deltas = deltas[wrong]
+    negative = float(-deltas[deltas < 0].sum())
+    if negative == 0.0:
+        return 0.0
+    return float(deltas[deltas > 0].sum()) / negative
+
+
+@register_feature("token_log_ratio", needs=("reference",), validate=check_quantile, presets=TOKEN_QUANTILES)
+def token_log_ratio(x: FeatureInput, *, q: float = 0.5) -> float:
+    """Quantile q of the per-token log-ratio log p_target(x_t) - log p_reference(x_t).
+
+    Token-level evidence for the attack classifier, in the spirit of LT-MIA (arXiv
+    2604.03199) and sequence-aware LiRA (arXiv 2506.05126): the mean of these ratios is
+    ``reference``; their quantiles keep how the fine-tune's gain is spread over the text.
+    """
+    return _quantile(token_log_ratios(x), q)
+
+
+@register_feature("token_min_k_plus_plus", validate=check_quantile, presets=TOKEN_QUANTILES)
+def token_min_k_plus_plus(x: FeatureInput, *, q: float = 0.5) -> float:
+    """Quantile q of the per-token Min-K%++ values (log p(x_t) - mu_t) / sigma_t (Zhang et al. 2024).
+
+    ``min_k_plus_plus`` averages the lowest k% of these; the quantiles describe their
+    whole distribution (token-level evidence for the classifier, as ``token_log_ratio``).
+    """
+    scores = x.target
+    normalised = (scores.token_logprobs.astype(np.float64) - scores.vocab_mean) / np.maximum(scores.vocab_std, 1e-6)
+    return _quantile(normalised, q)

@@ -30,6 +30,12 @@ class Feature:
     needs: frozenset[str]
     defaults: dict[str, Any]
     validate: Callable[..., None] | None = None
+    presets: tuple[dict[str, Any], ...] = ()
+
+    def default_requests(self) -> list["FeatureRequest"]:
+        """What ``"all"`` asks of this feature: each preset, or the defaults when it has none."""
+        settings = self.presets or ({},)
+        return [FeatureRequest(self, tuple(sorted({**self.defaults, **preset}.items()))) for preset in settings]
 
     @property
     def summary(self) -> str:
@@ -68,11 +74,14 @@ def register_feature(
     *,
     needs: tuple[str, ...] = (),
     validate: Callable[..., None] | None = None,
+    presets: tuple[dict[str, Any], ...] = (),
 ) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register ``function`` under ``name``; hyperparameters must be keyword-only with defaults.
 
     ``validate(**hyperparameters)`` raises ValueError for values out of range; it runs when
-    a request is parsed, before any model is loaded.
+    a request is parsed, before any model is loaded. ``presets`` are the hyperparameter
+    settings that ``"all"`` requests (e.g. several quantiles of one token-level statistic);
+    without them ``"all"`` requests the defaults.
     """
     unknown = set(needs) - set(NEEDS)
     if unknown:
@@ -90,8 +99,14 @@ def register_feature(
                     f"feature {name!r}: hyperparameter {parameter.name!r} must be keyword-only with a default"
                 )
             defaults[parameter.name] = parameter.default
+        for preset in presets:
+            unknown_keys = set(preset) - set(defaults)
+            if unknown_keys:
+                raise ValueError(f"feature {name!r}: preset {preset} names unknown hyperparameters {sorted(unknown_keys)}")
+            if validate is not None:
+                validate(**{**defaults, **preset})
         FEATURES[name] = Feature(name=name, function=function, needs=frozenset(needs), defaults=defaults,
-                                 validate=validate)
+                                 validate=validate, presets=tuple(presets))
         return function
 
     return decorator
@@ -106,12 +121,12 @@ def known_features() -> list[str]:
 def parse_features(spec: str | list[str] | None) -> list[FeatureRequest]:
     """Parse ``"loss,min_k:k=0.1,reference"`` (or a list of such items) into requests.
 
-    ``None`` or ``"all"`` means every registered feature with default hyperparameters.
+    ``None`` or ``"all"`` means every registered feature with default hyperparameters (each
+    preset of the features that have presets).
     """
     _ensure_builtin_features()
     if spec is None or spec == "all":
-        return [FeatureRequest(FEATURES[name], tuple(sorted(FEATURES[name].defaults.items())))
-                for name in sorted(FEATURES)]
+        return [request for name in sorted(FEATURES) for request in FEATURES[name].default_requests()]
     items = spec if isinstance(spec, list) else _split_items(spec)
     requests = [_parse_item(item) for item in items]
     columns = [r.column for r in requests]
