@@ -51,6 +51,7 @@ __all__ = [
     "balanced_accuracy",
     "bootstrap_ci",
     "paired_difference",
+    "partial_auc",
     "roc_auc",
     "roc_curve",
     "summarize",
@@ -224,6 +225,34 @@ def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, *, fpr: float) -> float:
         )
     fps, tps, _ = _roc_counts(y, s)
     return _tpr_at_fpr_unchecked(fps, tps, n_pos, n_neg, f)
+
+
+def partial_auc(labels: ArrayLike, scores: ArrayLike, *, max_fpr: float) -> float:
+    """Normalised partial AUC: (1 / max_fpr) * integral_0^max_fpr TPR(f) df, in [0, 1].
+
+    The area under the ROC curve (straight lines between its points, as ``roc_auc``)
+    restricted to the FPR budget ``[0, max_fpr]`` and divided by its width, so a perfect
+    attack scores 1 and a random one ``max_fpr / 2``. Unlike the TPR at one FPR, it
+    averages over the whole low-FPR corner and is less noisy on few non-members; no
+    McClish standardisation (scikit-learn's ``roc_auc_score(max_fpr=...)`` applies it).
+    """
+    y, s = _validate(labels, scores)
+    max_fpr = _check_fpr(max_fpr)
+    return _partial_auc_unchecked(y, s, max_fpr)
+
+
+def _partial_auc_unchecked(y: np.ndarray, s: np.ndarray, max_fpr: float) -> float:
+    fps, tps, _ = _roc_counts(y, s)
+    n_pos = int(y.sum())
+    fpr = np.concatenate([[0.0], fps / (y.size - n_pos)])
+    tpr = np.concatenate([[0.0], tps / n_pos])
+    stop = int(np.searchsorted(fpr, max_fpr, side="right"))
+    xs, ys = fpr[:stop], tpr[:stop]
+    if stop < fpr.size:  # close the area at max_fpr on the segment that crosses it
+        x0, x1, y0, y1 = fpr[stop - 1], fpr[stop], tpr[stop - 1], tpr[stop]
+        xs = np.append(xs, max_fpr)
+        ys = np.append(ys, y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0))
+    return float(np.trapezoid(ys, xs) / max_fpr)
 
 
 def balanced_accuracy(labels: ArrayLike, predictions: ArrayLike) -> float:

@@ -10,24 +10,30 @@ The same texts appear under every shadow (with different labels ``keep[k, i]``),
 as the target's candidate texts are the attacker's pool; so training rows share text ids
 with the held-out rows, as they will at attack time.
 
-One caveat: if the table holds calibrated scores from
-:func:`attack_models.calibrated.leave_one_shadow_out_calibrated`, the training rows'
-scores used shadow ``k`` as a reference, so the held-out labels enter the training
-features in second order. The held-out rows' own features never see ``keep[k]``.
+Calibrated features (scores computed against the other shadows, e.g. LiRA) must not let
+the held-out shadow in through the back door: a training row of shadow ``j`` calibrated
+against all other shadows would use shadow ``k``'s scores and labels. Pass
+``fold_table(k)``, which returns the table with every calibrated column recomputed
+without shadow ``k`` (nested leave-one-shadow-out); the held-out rows' own features never
+see ``keep[k]`` either way.
+
+The classifier is chosen on the low-FPR corner first (:func:`select_best`): the
+normalised partial AUC up to 1% FPR, then the AUC, each with a tolerance inside which
+the simpler classifier wins.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from attack_models.classifiers import CLASSIFIERS, make_classifier
-from attack_models.metrics import roc_auc, tpr_at_fpr
+from attack_models.metrics import partial_auc, roc_auc, tpr_at_fpr
 from llm_features.errors import ConfigError, InputDataError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +41,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["leave_one_shadow_out", "leave_one_shadow_out_folds", "select_best"]
 
 _TPR_FPR = 0.01
+#: Default selection criteria of :func:`select_best`, in order, and the tie tolerance.
+SELECTION_CRITERIA = ("mean_pauc_at_1%fpr", "mean_auc")
+SELECTION_TOLERANCE = 1e-3
 
 
 def _validate_table(table: pd.DataFrame, feature_columns: Sequence[str]) -> None:
@@ -91,15 +100,19 @@ def leave_one_shadow_out_folds(
     random_state: int = 0,
     classifier_params: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
+    fold_table: Callable[[int], pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Per-fold results: one row per (classifier, held-out shadow).
 
     For classifier ``c`` and shadow ``k``: fit ``make_classifier(c, random_state=...)`` on
     the rows with ``shadow != k``, score the rows with ``shadow == k`` by
     ``predict_proba[:, 1]`` and record ``auc`` (:func:`~attack_models.metrics.roc_auc`) and
-    ``tpr_at_1%fpr`` (:func:`~attack_models.metrics.tpr_at_fpr`), plus ``n_train``,
-    ``n_test`` and ``fit_seconds``. ``classifier_params`` overrides hyperparameters per
-    classifier name, e.g. ``{"xgboost": {"n_estimators": 100}}``.
+    ``tpr_at_1%fpr`` (:func:`~attack_models.metrics.tpr_at_fpr`), ``pauc_at_1%fpr``
+    (:func:`~attack_models.metrics.partial_auc`), plus ``n_train``, ``n_test`` and
+    ``fit_seconds``. ``classifier_params`` overrides hyperparameters per classifier name,
+    e.g. ``{"xgboost": {"n_estimators": 100}}``. ``fold_table(k)``, if given, returns the
+    table to use in the fold that holds out shadow ``k`` (same rows, calibrated columns
+    recomputed without shadow ``k``).
     """
     _validate_table(table, feature_columns)
     classifier_params = dict(classifier_params or {})
@@ -108,16 +121,17 @@ def leave_one_shadow_out_folds(
         raise ConfigError(f"unknown classifier(s) {sorted(set(unknown))}; allowed: {', '.join(CLASSIFIERS)}.")
     if len(classifier_names) == 0:
         raise ConfigError(f"classifier_names is empty; choose from {', '.join(CLASSIFIERS)}.")
-    X = table[list(feature_columns)]
     y = table["label"].to_numpy(dtype=np.int64)
     shadow = table["shadow"].to_numpy()
     shadows = np.unique(shadow)
+    fold_features = {int(k): _fold_features(table, feature_columns, fold_table, int(k)) for k in shadows}
     rows = []
     with tqdm(total=len(classifier_names) * shadows.size, desc="leave-one-shadow-out",
               disable=not progress, leave=False) as bar:
         for name in classifier_names:
             for k in shadows:
                 test = shadow == k
+                X = fold_features[int(k)]
                 estimator = make_classifier(name, random_state=random_state, params=classifier_params.get(name))
                 start = time.perf_counter()
                 estimator.fit(X.loc[~test], y[~test])
@@ -128,6 +142,7 @@ def leave_one_shadow_out_folds(
                     "shadow": int(k),
                     "auc": roc_auc(y[test], scores),
                     "tpr_at_1%fpr": tpr_at_fpr(y[test], scores, fpr=_TPR_FPR),
+                    "pauc_at_1%fpr": partial_auc(y[test], scores, max_fpr=_TPR_FPR),
                     "n_train": int((~test).sum()),
                     "n_test": int(test.sum()),
                     "fit_seconds": seconds,
@@ -135,6 +150,19 @@ def leave_one_shadow_out_folds(
                 bar.set_postfix(classifier=name, shadow=int(k), auc=f"{rows[-1]['auc']:.3f}")
                 bar.update(1)
     return pd.DataFrame(rows)
+
+
+def _fold_features(table: pd.DataFrame, feature_columns: Sequence[str],
+                   fold_table: Callable[[int], pd.DataFrame] | None, k: int) -> pd.DataFrame:
+    """The feature matrix of the fold that holds out shadow ``k``, row-aligned with ``table``."""
+    if fold_table is None:
+        return table[list(feature_columns)]
+    fold = fold_table(k)
+    if len(fold) != len(table) or not (fold["shadow"].to_numpy() == table["shadow"].to_numpy()).all() \
+            or not (fold["id"].to_numpy() == table["id"].to_numpy()).all():
+        raise InputDataError(f"fold_table({k}) must return the table's rows in the table's order.")
+    _validate_table(fold, feature_columns)
+    return fold[list(feature_columns)].reset_index(drop=True).set_axis(table.index)
 
 
 def leave_one_shadow_out(
@@ -145,6 +173,7 @@ def leave_one_shadow_out(
     random_state: int = 0,
     classifier_params: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
+    fold_table: Callable[[int], pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Leave-one-shadow-out comparison of attack classifiers, one row per classifier.
 
@@ -152,6 +181,7 @@ def leave_one_shadow_out(
 
         mean_auc = (1/K) sum_k AUC_k,   std_auc = sample std (ddof=1) of AUC_k
         mean_tpr_at_1%fpr, std_tpr_at_1%fpr   likewise for TPR at FPR <= 1%
+        mean_pauc_at_1%fpr, std_pauc_at_1%fpr likewise for the partial AUC up to 1% FPR
 
     plus ``n_folds`` and ``mean_fit_seconds``. Rows keep the order of ``classifier_names``.
     ``table`` has one row per (shadow, text): columns ``shadow`` (int), ``id`` (str),
@@ -166,6 +196,7 @@ def leave_one_shadow_out(
         random_state=random_state,
         classifier_params=classifier_params,
         progress=progress,
+        fold_table=fold_table,
     )
     grouped = folds.groupby("classifier", sort=False)
     out = pd.DataFrame({
@@ -174,21 +205,28 @@ def leave_one_shadow_out(
         "std_auc": grouped["auc"].std(ddof=1).to_numpy(),
         "mean_tpr_at_1%fpr": grouped["tpr_at_1%fpr"].mean().to_numpy(),
         "std_tpr_at_1%fpr": grouped["tpr_at_1%fpr"].std(ddof=1).to_numpy(),
+        "mean_pauc_at_1%fpr": grouped["pauc_at_1%fpr"].mean().to_numpy(),
+        "std_pauc_at_1%fpr": grouped["pauc_at_1%fpr"].std(ddof=1).to_numpy(),
         "n_folds": grouped.size().to_numpy(),
         "mean_fit_seconds": grouped["fit_seconds"].mean().to_numpy(),
     })
-    for row in out.itertuples(index=False):
-        logger.info("leave-one-shadow-out %s: AUC %.4f +- %.4f over %d folds", row.classifier,
-                    row.mean_auc, row.std_auc, row.n_folds)
+    for row in out.to_dict(orient="records"):
+        logger.info("leave-one-shadow-out %s: AUC %.4f +- %.4f, partial AUC to 1%% FPR %.4f over %d folds",
+                    row["classifier"], row["mean_auc"], row["std_auc"], row["mean_pauc_at_1%fpr"], row["n_folds"])
     return out
 
 
-def select_best(results: pd.DataFrame, *, tolerance: float = 0.0) -> str:
-    """Name of the classifier with the highest ``mean_auc`` in ``results``.
+def select_best(results: pd.DataFrame, *, tolerance: float = SELECTION_TOLERANCE,
+                criteria: Sequence[str] = SELECTION_CRITERIA) -> str:
+    """Name of the best classifier in ``results``, by ``criteria`` in order, ties to the simpler.
 
-    Classifiers whose mean AUC is within ``tolerance`` of the best count as tied; a tie goes
-    to the simplest, in the order of ``CLASSIFIERS`` (threshold < logistic < random_forest <
-    xgboost < mlp), so extra flexibility must earn its place.
+    For each criterion in turn (default: the mean partial AUC up to 1% FPR, where a
+    membership attack is used, then the mean AUC), only the classifiers within
+    ``tolerance`` of the best remaining value stay; of those left, the simplest in the
+    order of ``CLASSIFIERS`` (threshold < logistic < random_forest < xgboost < mlp) wins,
+    so extra flexibility must earn its place by more than the tolerance (1e-3: below what
+    K held-out shadows can tell apart). Criteria missing from ``results`` (older tables)
+    are skipped; ``mean_auc`` is required.
     """
     if not isinstance(results, pd.DataFrame) or not {"classifier", "mean_auc"} <= set(results.columns):
         raise InputDataError("results must be the DataFrame returned by leave_one_shadow_out "
@@ -197,13 +235,18 @@ def select_best(results: pd.DataFrame, *, tolerance: float = 0.0) -> str:
         raise InputDataError("results is empty: no classifier was evaluated.")
     if tolerance < 0:
         raise ConfigError(f"tolerance must be >= 0; got {tolerance}.")
-    auc = results["mean_auc"].to_numpy(dtype=np.float64)
-    if np.isnan(auc).all():
+    if np.isnan(results["mean_auc"].to_numpy(dtype=np.float64)).all():
         raise InputDataError("every mean_auc is NaN.")
-    best = np.nanmax(auc)
-    tied = results.loc[auc >= best - tolerance, "classifier"].tolist()
+    remaining = results
+    for criterion in (c for c in criteria if c in results.columns):
+        values = remaining[criterion].to_numpy(dtype=np.float64)
+        if np.isnan(values).all():
+            continue
+        remaining = remaining.loc[values >= np.nanmax(values) - tolerance]
+    tied = remaining["classifier"].tolist()
     order = {name: i for i, name in enumerate(CLASSIFIERS)}
     choice = min(tied, key=lambda name: order.get(name, len(order)))
-    logger.info("select_best: %s (mean AUC %.4f; tied within %.3g: %s)", choice,
-                float(results.loc[results["classifier"] == choice, "mean_auc"].iloc[0]), tolerance, tied)
+    row = results.loc[results["classifier"] == choice].iloc[0]
+    logger.info("select_best: %s (%s; tied within %.3g: %s)", choice,
+                ", ".join(f"{c} {row[c]:.4f}" for c in criteria if c in results.columns), tolerance, tied)
     return choice

@@ -79,6 +79,8 @@ def test_select_best_by_auc_ties_go_to_simpler():
     res = pd.DataFrame({"classifier": ["mlp", "xgboost", "logistic"], "mean_auc": [0.70, 0.80, 0.79]})
     assert select_best(res) == "xgboost"
     assert select_best(res, tolerance=0.02) == "logistic"
+    within_default = pd.DataFrame({"classifier": ["xgboost", "logistic"], "mean_auc": [0.8005, 0.8]})
+    assert select_best(within_default) == "logistic"  # 5e-4 is inside the default tolerance 1e-3
     tie = pd.DataFrame({"classifier": ["mlp", "random_forest"], "mean_auc": [0.8, 0.8]})
     assert select_best(tie) == "random_forest"
     with pytest.raises(InputDataError, match="mean_auc"):
@@ -107,3 +109,46 @@ def test_unknown_names():
         leave_one_shadow_out(table, feature_columns=["signal"], classifier_names=["svm"], progress=False)
     with pytest.raises(ConfigError, match="not in the table"):
         leave_one_shadow_out(table, feature_columns=["loss"], classifier_names=["logistic"], progress=False)
+
+
+def test_select_best_looks_at_the_low_fpr_corner_first():
+    res = pd.DataFrame({"classifier": ["threshold", "logistic", "xgboost"],
+                        "mean_auc": [0.95, 0.90, 0.96],
+                        "mean_pauc_at_1%fpr": [0.30, 0.45, 0.30]})
+    assert select_best(res) == "logistic"  # far better below 1% FPR, though its AUC is lower
+    res["mean_pauc_at_1%fpr"] = [0.3000, 0.2500, 0.3005]
+    assert select_best(res) == "xgboost"  # tied at low FPR: the AUC decides
+    res["mean_auc"] = [0.9600, 0.90, 0.9605]
+    assert select_best(res) == "threshold"  # tied on both: the simpler
+
+
+def test_loso_reports_partial_auc_per_fold():
+    table = shadow_table(K=3, N=200)
+    folds = leave_one_shadow_out_folds(table, feature_columns=["signal"], classifier_names=["threshold"],
+                                       progress=False)
+    test = table[table.shadow == 1]
+    from attack_models.metrics import partial_auc
+
+    row = folds[folds.shadow == 1].iloc[0]
+    assert row["pauc_at_1%fpr"] == pytest.approx(partial_auc(test["label"], test["signal"], max_fpr=0.01))
+
+
+def test_fold_table_recomputes_features_without_the_held_out_shadow():
+    """A feature that copies the held-out shadow's labels into the training rows leaks; the
+    fold table that drops it gives each fold what that fold may see."""
+    table = shadow_table(K=4, N=120, shift=0.0, seed=2)
+    seen: list[int] = []
+
+    def fold_table(k: int) -> pd.DataFrame:
+        seen.append(k)
+        fold = table.copy()
+        fold["signal"] = np.where(fold["shadow"] == k, 0.0, fold["label"])  # labels of the others only
+        return fold
+
+    res = leave_one_shadow_out(table, feature_columns=["signal"], classifier_names=["logistic"],
+                               progress=False, fold_table=fold_table)
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert res["mean_auc"].iloc[0] == pytest.approx(0.5)  # the held-out rows carry no signal
+    with pytest.raises(InputDataError, match="order"):
+        leave_one_shadow_out(table, feature_columns=["signal"], classifier_names=["logistic"], progress=False,
+                             fold_table=lambda k: table.iloc[::-1])

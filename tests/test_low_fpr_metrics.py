@@ -1,4 +1,4 @@
-"""The paired bootstrap of the difference between two attacks on the same candidates."""
+"""Low-FPR metrics: the paired bootstrap of the difference between two attacks, the partial AUC."""
 
 from __future__ import annotations
 
@@ -51,3 +51,22 @@ def test_identical_attacks_differ_by_exactly_zero():
     scores = np.linspace(0, 1, 100)
     result = paired_difference(labels, scores, scores, n_resamples=50)
     assert all(result[k] == 0 for k in result if k.endswith(("_diff", "_ci_low", "_ci_high")))
+
+
+def test_partial_auc_against_sklearn_curve_and_its_limits():
+    from sklearn.metrics import auc, roc_curve
+
+    from attack_models.metrics import partial_auc
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat([1, 0], 300)
+    scores = labels * 1.2 + rng.normal(size=600)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    for budget in (0.01, 0.05, 0.3):
+        stop = np.searchsorted(fpr, budget, side="right")
+        xs = np.r_[fpr[:stop], budget]
+        ys = np.r_[tpr[:stop], np.interp(budget, fpr[stop - 1:stop + 1], tpr[stop - 1:stop + 1])]
+        assert partial_auc(labels, scores, max_fpr=budget) == pytest.approx(auc(xs, ys) / budget)
+    assert partial_auc(labels, scores, max_fpr=1.0) == pytest.approx(roc_auc(labels, scores))
+    assert partial_auc(labels, np.zeros(600), max_fpr=0.01) == pytest.approx(0.005)  # random: max_fpr / 2
+    assert partial_auc(labels, labels.astype(float), max_fpr=0.01) == pytest.approx(1.0)
