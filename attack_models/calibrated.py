@@ -47,12 +47,17 @@ __all__ = [
     "lira_online",
     "lira_statistics",
     "logit_scale",
+    "offline_z",
+    "shadows_excluded_calibrated",
     "rmia",
     "tune_rmia_a",
 ]
 
 #: Methods accepted by :func:`leave_one_shadow_out_calibrated`.
-CALIBRATED_METHODS = ("lira_online", "lira_offline", "rmia_online", "rmia_offline")
+CALIBRATED_METHODS = ("lira_online", "lira_offline", "offline_z", "rmia_online", "rmia_offline")
+#: Standard deviations of :func:`offline_z` are floored here: features live on scales from
+#: 1e-3 (zlib ratio) to 10 (error zone), so the floor is far below any of them.
+Z_MIN_STD = 1e-9
 
 DEFAULT_MIN_STD = 1e-4
 
@@ -299,6 +304,32 @@ def lira_offline(
     return -norm.logsf(x, st.mu_out, st.sd_out)
 
 
+def offline_z(
+    target_scores: ArrayLike,
+    shadow_scores: ArrayLike,
+    keep: ArrayLike,
+    *,
+    fixed_variance: bool = False,
+    min_std: float = Z_MIN_STD,
+) -> np.ndarray:
+    """Where the target's value of a text falls among the OUT shadows' values of that text.
+
+        z(x_i) = (x_i - mu_out[i]) / sd_out[i]
+
+    with the OUT Gaussian of :func:`lira_statistics` (pooled variance with
+    ``fixed_variance``). It is the argument of offline LiRA (:func:`lira_offline` is
+    ``-log Pr[Z > x] = -norm.logsf(z)``, an increasing function of it), kept on a linear
+    scale so that a classifier can combine the calibrated views of many features: the
+    per-text calibration of LiRA (Carlini et al. 2022) applied to every feature of the
+    shadow classifier (Shokri et al. 2017), not only to the loss. Higher = member, for any
+    feature that follows the package's sign convention.
+    """
+    S = _matrix(shadow_scores, "shadow_scores")
+    x = _vector(target_scores, "target_scores", S.shape[1])
+    st = lira_statistics(S, keep, fixed_variance=fixed_variance, min_std=min_std, need_in=False, where="offline_z")
+    return (x - st.mu_out) / st.sd_out
+
+
 # --------------------------------------------------------------------------- RMIA
 
 
@@ -418,10 +449,10 @@ def rmia(
 def leave_one_shadow_out_calibrated(
     shadow_scores: ArrayLike,
     keep: ArrayLike,
-    method: Literal["lira_online", "lira_offline", "rmia_online", "rmia_offline"],
+    method: Literal["lira_online", "lira_offline", "offline_z", "rmia_online", "rmia_offline"],
     *,
     fixed_variance: bool = False,
-    min_std: float = DEFAULT_MIN_STD,
+    min_std: float | None = None,
     population_scores: ArrayLike | None = None,
     gamma: float = 1.0,
     a: float = 1.0,
@@ -438,9 +469,12 @@ def leave_one_shadow_out_calibrated(
     log-likelihood on the population texts (row k is the target's, the others the
     references'). Fewer references per text make the fallbacks of :func:`lira_statistics`
     more frequent: with K shadows, a text is IN for about (K - 1) / 2 of the references.
+    ``min_std`` defaults to :data:`Z_MIN_STD` for ``offline_z``, else :data:`DEFAULT_MIN_STD`.
     """
     if method not in CALIBRATED_METHODS:
         raise ConfigError(f"unknown calibrated method {method!r}; allowed: {', '.join(CALIBRATED_METHODS)}.")
+    if min_std is None:
+        min_std = Z_MIN_STD if method == "offline_z" else DEFAULT_MIN_STD
     S = _matrix(shadow_scores, "shadow_scores")
     K, N = S.shape
     Mk = _keep(keep, (K, N))
@@ -463,10 +497,45 @@ def leave_one_shadow_out_calibrated(
             out[k] = lira_online(S[k], S[others], Mk[others], fixed_variance=fixed_variance, min_std=min_std)
         elif method == "lira_offline":
             out[k] = lira_offline(S[k], S[others], Mk[others], fixed_variance=fixed_variance, min_std=min_std)
+        elif method == "offline_z":
+            out[k] = offline_z(S[k], S[others], Mk[others], fixed_variance=fixed_variance, min_std=min_std)
         else:
             out[k] = rmia(S[k], S[others], Mk[others], population_target_scores=P[k],
                           population_shadow_scores=P[others], gamma=gamma, a=a,
                           online=method == "rmia_online")
+    return out
+
+
+def shadows_excluded_calibrated(
+    shadow_scores: ArrayLike,
+    keep: ArrayLike,
+    method: Literal["lira_online", "lira_offline", "offline_z"],
+    *,
+    held_out: int,
+    fixed_variance: bool = False,
+    min_std: float | None = None,
+) -> np.ndarray:
+    """:func:`leave_one_shadow_out_calibrated` for the fold of leave-one-shadow-out that holds
+    out shadow ``held_out``: array [K, N] in which no row depends on ``keep[held_out]``.
+
+    Row ``held_out`` is calibrated by all other shadows (as at attack time); every other
+    row ``j`` by the shadows other than ``j`` and ``held_out`` (nested leave-one-shadow-out),
+    so the classifier trained on rows ``j != held_out`` never saw the held-out shadow's
+    scores or labels, even in second order.
+    """
+    S = _matrix(shadow_scores, "shadow_scores")
+    K, N = S.shape
+    Mk = _keep(keep, (K, N))
+    if not 0 <= held_out < K:
+        raise ConfigError(f"held_out={held_out} is not a shadow index in [0, {K}).")
+    if K < 3:
+        raise InputDataError(f"nested leave-one-shadow-out needs at least 3 shadows; got {K}.")
+    rest = np.arange(K) != held_out
+    out = np.empty((K, N))
+    out[rest] = leave_one_shadow_out_calibrated(S[rest], Mk[rest], method, fixed_variance=fixed_variance,
+                                                min_std=min_std)
+    out[held_out] = leave_one_shadow_out_calibrated(S, Mk, method, fixed_variance=fixed_variance,
+                                                    min_std=min_std)[held_out]
     return out
 
 

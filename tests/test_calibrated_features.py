@@ -1,0 +1,63 @@
+"""Every feature calibrated per text against the OUT shadows (offline z), and nested
+leave-one-shadow-out that keeps the held-out shadow out of the training rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from attack_models.calibrated import (
+    leave_one_shadow_out_calibrated,
+    lira_offline,
+    offline_z,
+    shadows_excluded_calibrated,
+)
+from attack_models.metrics import roc_auc
+
+
+def synthetic(K=8, N=400, seed=0):
+    """Texts of very different difficulty; members gain a little over their own OUT level."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.normal(scale=3.0, size=N)
+    keep = np.zeros((K, N), dtype=bool)
+    for i in range(N):
+        keep[rng.permutation(K)[: K // 2], i] = True
+    shadows = difficulty + 0.8 * keep + rng.normal(scale=0.3, size=(K, N))
+    target_members = rng.random(N) < 0.5
+    target = difficulty + 0.8 * target_members + rng.normal(scale=0.3, size=N)
+    return shadows, keep, target, target_members
+
+
+def test_offline_z_is_the_slow_per_text_formula_and_ranks_like_lira_offline():
+    shadows, keep, target, _ = synthetic()
+    z = offline_z(target, shadows, keep)
+    for i in (0, 7, 123):
+        out = shadows[~keep[:, i], i]
+        assert z[i] == pytest.approx((target[i] - out.mean()) / out.std(ddof=1))
+    lira = lira_offline(target, shadows, keep)
+    assert np.allclose(lira, -norm.logsf(z))
+
+
+def test_calibration_beats_the_raw_feature_when_texts_differ_in_difficulty():
+    shadows, keep, target, members = synthetic()
+    assert roc_auc(members, offline_z(target, shadows, keep, fixed_variance=True)) > 0.9
+    assert roc_auc(members, target) < 0.65
+
+
+def test_nested_fold_never_reads_the_held_out_shadow():
+    shadows, keep, _, _ = synthetic(K=6, N=50)
+    held_out = 2
+    first = shadows_excluded_calibrated(shadows, keep, "offline_z", held_out=held_out, fixed_variance=True)
+    changed_scores, changed_keep = shadows.copy(), keep.copy()
+    changed_scores[held_out] += 100.0
+    changed_keep[held_out] = ~changed_keep[held_out]
+    second = shadows_excluded_calibrated(changed_scores, changed_keep, "offline_z", held_out=held_out,
+                                         fixed_variance=True)
+    rest = np.arange(6) != held_out
+    assert np.array_equal(first[rest], second[rest])  # training rows: independent of shadow 2
+    plain = leave_one_shadow_out_calibrated(shadows, keep, "offline_z", fixed_variance=True)
+    assert np.allclose(first[held_out], plain[held_out])  # the held-out row: as at attack time
+    # whereas plain leave-one-shadow-out lets shadow 2 into every other row
+    plain_changed = leave_one_shadow_out_calibrated(changed_scores, changed_keep, "offline_z", fixed_variance=True)
+    assert not np.allclose(plain[rest], plain_changed[rest])
