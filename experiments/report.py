@@ -7,7 +7,9 @@ convention) and writes, into one directory (``runs/NAME/report/`` in a full run)
 ``report.json``
     ``{"setting": ..., "attacks": {name: summarize(...)}, "best": name}`` -- every number
     comes from :func:`attack_models.metrics.summarize` (AUC, TPR at 0.1% / 1% / 10% FPR,
-    each with a stratified-bootstrap 95% CI).
+    each with a stratified-bootstrap 95% CI). With ``paired_with=A`` also
+    ``"paired": {"attack": A, "against": {B: paired_difference(A, B)}}``: A minus every
+    other attack B on the same resampled candidates (paired bootstrap intervals).
 ``report.md``
     A human-readable page: the setting as a bullet list and one table row per attack,
     sorted by AUC, with a note where a TPR at low FPR is resolution-limited.
@@ -34,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from attack_models.metrics import roc_curve, summarize, tpr_key
+from attack_models.metrics import paired_difference, roc_curve, summarize, tpr_key
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.io import atomic_path, write_json_atomic, write_text_atomic
 
@@ -139,7 +141,28 @@ def _resolution_limited(summary: Mapping[str, Any], fpr: float) -> bool:
     return fpr * int(summary["n_nonmembers"]) < 1.0
 
 
-def _markdown(setting: Mapping[str, Any], summaries: Mapping[str, dict], order: list[str], best: str) -> str:
+def _paired_lines(paired: Mapping[str, Any], summaries: Mapping[str, dict], conf: str) -> list[str]:
+    """The table of attack A minus every other attack, strongest competitor (by TPR@1%FPR) first."""
+    attack, against = paired["attack"], paired["against"]
+    key = tpr_key(0.01)
+    order = sorted(against, key=lambda b: (-summaries[b][key], -summaries[b]["auc"]))
+    lines = ["", f"## {_cell(attack)} against every other attack", "",
+             f"Differences (A = {_cell(attack)} minus B) on the same candidates; brackets are paired {conf} "
+             "bootstrap intervals (both attacks on each resample). An interval above 0 means A is stronger.", "",
+             "| B | Δ ROC AUC | " + " | ".join(f"Δ TPR@{100 * f:g}%FPR (points)" for f in FPRS) + " |",
+             "|---|---|" + "---|" * len(FPRS)]
+    for b in order:
+        d = against[b]
+        cells = [_cell(b), f"{d['auc_diff']:+.3f} [{d['auc_diff_ci_low']:+.3f}, {d['auc_diff_ci_high']:+.3f}]"]
+        for f in FPRS:
+            k = tpr_key(f) + "_diff"
+            cells.append(f"{100 * d[k]:+.1f} [{100 * d[k + '_ci_low']:+.1f}, {100 * d[k + '_ci_high']:+.1f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _markdown(setting: Mapping[str, Any], summaries: Mapping[str, dict], order: list[str], best: str,
+              paired: Mapping[str, Any] | None = None) -> str:
     first = summaries[order[0]]
     n_neg = int(first["n_nonmembers"])
     conf = f"{100 * float(first['ci_confidence']):g}%"
@@ -175,6 +198,8 @@ def _markdown(setting: Mapping[str, Any], summaries: Mapping[str, dict], order: 
             f"positives (fewer than 1/FPR non-members). Evaluate on at least "
             f"{math.ceil(1 / min(limited))} non-members to measure it.",
         ]
+    if paired:
+        lines += _paired_lines(paired, summaries, conf)
     lines += [
         "",
         "Scores: higher = more likely a member. TPR at FPR is read off the empirical ROC without "
@@ -280,6 +305,7 @@ def write_report(
     seed: int = 0,
     best: str | None = None,
     n_resamples: int = 1000,
+    paired_with: str | None = None,
 ) -> dict:
     """Evaluate every attack and write the report files into ``out_dir`` (created).
 
@@ -304,6 +330,9 @@ def write_report(
         data); default: the highest ROC AUC.
     n_resamples:
         Bootstrap resamples per attack.
+    paired_with:
+        An attack (e.g. the shadow classifier) to compare with every other attack by
+        :func:`attack_models.metrics.paired_difference` (same seed, same resamples).
 
     Returns
     -------
@@ -321,6 +350,8 @@ def write_report(
     y, scores = _check_inputs(labels, attacks)
     if best is not None and best not in scores:
         raise ConfigError(f"best={best!r} is not one of the attacks {sorted(scores)}.")
+    if paired_with is not None and paired_with not in scores:
+        raise ConfigError(f"paired_with={paired_with!r} is not one of the attacks {sorted(scores)}.")
     if not isinstance(setting, Mapping):
         raise ConfigError(f"setting must be a dict; got {type(setting).__name__}.")
 
@@ -334,11 +365,15 @@ def write_report(
     order = sorted(summaries, key=lambda n: -summaries[n]["auc"])
     if best is None:
         best = order[0]
+    content: dict[str, Any] = {"setting": dict(setting), "attacks": summaries, "best": best}
+    if paired_with is not None:
+        content["paired"] = {"attack": paired_with, "against": {
+            other: paired_difference(y, scores[paired_with], scores[other], fprs=FPRS, seed=seed,
+                                     n_resamples=n_resamples)
+            for other in order if other != paired_with}}
     # round-trip through JSON so the returned dict is exactly what report.json holds
-    report = json.loads(json.dumps(
-        {"setting": dict(setting), "attacks": summaries, "best": best}, default=str,
-    ))
-    markdown = _markdown(setting, summaries, order, best)
+    report = json.loads(json.dumps(content, default=str))
+    markdown = _markdown(setting, summaries, order, best, report.get("paired"))
     roc_fig = _roc_figure(y, scores, summaries, order)
     hist_fig = _histogram_figure(y, scores[best], best, summaries[best])
 

@@ -141,3 +141,24 @@ def test_explicit_best_and_unknown_best(tmp_path):
     assert "**loss**" in (tmp_path / "report.md").read_text()
     with pytest.raises(ConfigError, match="nope"):
         write_report(tmp_path / "x", labels=labels, attacks=attacks, setting={}, best="nope")
+
+
+def test_paired_comparison_of_one_attack_with_every_other(tmp_path):
+    from attack_models.metrics import paired_difference
+
+    rng = np.random.default_rng(5)
+    y = np.repeat([1, 0], 200)
+    attacks = {"classifier": y * 2.0 + rng.normal(size=400), "loss": y * 0.5 + rng.normal(size=400),
+               "lira": y * 1.5 + rng.normal(size=400)}
+    report = write_report(tmp_path, labels=y, attacks=attacks, setting={}, seed=3, n_resamples=100,
+                          paired_with="classifier")
+    paired = report["paired"]
+    assert paired["attack"] == "classifier" and set(paired["against"]) == {"loss", "lira"}
+    expected = paired_difference(y, attacks["classifier"], attacks["lira"], seed=3, n_resamples=100)
+    assert paired["against"]["lira"] == pytest.approx(expected)
+    assert paired["against"]["loss"]["auc_diff_ci_low"] > 0
+    markdown = (tmp_path / "report.md").read_text()
+    section = markdown.split("## classifier against every other attack")[1]
+    assert section.index("| lira |") < section.index("| loss |")  # strongest competitor first
+    with pytest.raises(ConfigError, match="paired_with"):
+        write_report(tmp_path / "x", labels=y, attacks=attacks, setting={}, paired_with="nope")
