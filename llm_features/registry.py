@@ -122,12 +122,15 @@ def parse_features(spec: str | list[str] | None) -> list[FeatureRequest]:
     """Parse ``"loss,min_k:k=0.1,reference"`` (or a list of such items) into requests.
 
     ``None`` or ``"all"`` means every registered feature with default hyperparameters (each
-    preset of the features that have presets).
+    preset of the features that have presets); ``"all,-neighbour_gap"`` all but the
+    features named with a leading ``-`` (e.g. to skip the neighbours' extra passes).
     """
     _ensure_builtin_features()
     if spec is None or spec == "all":
         return [request for name in sorted(FEATURES) for request in FEATURES[name].default_requests()]
     items = spec if isinstance(spec, list) else _split_items(spec)
+    if items and items[0] == "all":
+        return _all_but(items[1:])
     requests = [_parse_item(item) for item in items]
     columns = [r.column for r in requests]
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
@@ -136,6 +139,19 @@ def parse_features(spec: str | list[str] | None) -> list[FeatureRequest]:
     if not requests:
         raise ConfigError(f"no features requested; known: {', '.join(known_features())}")
     return requests
+
+
+def _all_but(exclusions: list[str]) -> list[FeatureRequest]:
+    """Every feature's default requests except the ``-name`` items."""
+    excluded = set()
+    for item in exclusions:
+        name = item[1:].strip() if item.startswith("-") else None
+        if name not in FEATURES:
+            raise ConfigError(f"features 'all,{','.join(exclusions)}': after 'all' only '-name' items may follow, "
+                              f"naming known features ({', '.join(known_features())}); got {item!r}")
+        excluded.add(name)
+    return [request for name in sorted(FEATURES) if name not in excluded
+            for request in FEATURES[name].default_requests()]
 
 
 def _split_items(spec: str) -> list[str]:

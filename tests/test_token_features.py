@@ -90,3 +90,12 @@ def test_all_requests_every_preset_quantile():
 def test_min_k_keeps_int_k_n_tokens_like_the_peers(n, k, expected_count):
     values = np.arange(n, dtype=np.float64)  # the lowest c values are 0 .. c-1
     assert lowest_fraction_mean(values, k=k) == pytest.approx((expected_count - 1) / 2)
+
+
+def test_all_but_named_features():
+    columns = [r.column for r in parse_features("all,-neighbour_gap,-error_zone")]
+    assert "neighbour_gap" not in columns and "error_zone" not in columns
+    assert columns == [c for c in (r.column for r in parse_features("all")) if c not in ("neighbour_gap", "error_zone")]
+    for bad in ("all,-nope", "all,loss"):
+        with pytest.raises(ConfigError, match="only '-name' items"):
+            parse_features(bad)
