@@ -1,0 +1,61 @@
+"""A text's scores do not depend on the texts that share its call (issue 10, item 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llm_features.extract import compute_features
+from llm_features.models import load_model
+from llm_features.registry import parse_features
+from llm_features.scoring import bucket_batches, score_texts
+from llm_features.texts import texts_from_list
+
+TOLERANCE = 1e-3
+
+
+def test_bucket_batches_width_depends_on_the_text_alone():
+    lengths = [3, 17, 16, 40, 33, 1, 20, 18]
+    batches = bucket_batches(lengths, batch_size=2, width_multiple=16)
+    assert sorted(i for _, batch in batches for i in batch) == list(range(len(lengths)))
+    for width, batch in batches:
+        assert len(batch) <= 2
+        assert all(width - 16 < max(lengths[i], 1) <= width for i in batch)
+    widths = {i: width for width, batch in batches for i in batch}
+    alone = {i: bucket_batches([lengths[i]], batch_size=2, width_multiple=16)[0][0] for i in range(len(lengths))}
+    assert widths == alone
+
+
+@pytest.fixture(scope="module")
+def bf16_model(tiny_model_dir):
+    return load_model(str(tiny_model_dir), dtype="bfloat16", device="cpu")
+
+
+def feature_table(model, texts, *, batch_size=4):
+    requests = parse_features("all,-neighbour_gap,-reference,-error_zone,-token_log_ratio")
+    text_set = texts_from_list(texts)
+    scores = score_texts(model.model, model.tokenizer, texts, batch_size=batch_size, max_tokens=64, progress=False)
+    return compute_features(text_set, requests, scores).drop(columns=["id"]).to_numpy(dtype=np.float64)
+
+
+def test_scores_are_the_same_at_once_in_halves_and_one_at_a_time(bf16_model, corpus):
+    texts = corpus[:12] + [corpus[20] + " " + corpus[21] + " " + corpus[22], "Alpha bravo."]
+    whole = feature_table(bf16_model, texts)
+    halves = np.vstack([feature_table(bf16_model, texts[:7]), feature_table(bf16_model, texts[7:])])
+    single = np.vstack([feature_table(bf16_model, [text]) for text in texts])
+    shuffled_order = np.random.default_rng(0).permutation(len(texts))
+    shuffled = feature_table(bf16_model, [texts[i] for i in shuffled_order])
+    np.testing.assert_allclose(halves, whole, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(single, whole, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(shuffled, whole[shuffled_order], atol=TOLERANCE, rtol=0)
+
+
+def test_large_compiled_and_small_eager_calls_agree(bf16_model, corpus):
+    texts = corpus[:6]
+    eager = score_texts(bf16_model.model, bf16_model.tokenizer, texts, batch_size=4, progress=False,
+                        compile_statistics="never")
+    compiled = score_texts(bf16_model.model, bf16_model.tokenizer, texts, batch_size=4, progress=False,
+                           compile_statistics="always")
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(a.vocab_std, b.vocab_std, atol=TOLERANCE, rtol=0)
