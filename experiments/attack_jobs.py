@@ -82,17 +82,22 @@ def train_shadows_job(*, base: str, data: str, out: str, n_shadows: int, config:
                       settings: FeatureSettings, text_field: str = "text", backend: str = "local",
                       workers: int | None = None, ray_address: str | None = None, dtype: str = "auto",
                       device: str = "auto", force: bool = False) -> pd.DataFrame:
-    """``shadowmia train-shadows``: K shadows, then every shadow's features on all pool texts."""
-    from shadow.shadows import train_shadows
+    """``shadowmia train-shadows``: K shadows, then every shadow's features on all pool texts.
+
+    The shadow directory's lock is held over both stages, so a second run on ``out`` is
+    refused until the features are written too.
+    """
+    from shadow.shadows import directory_lock, train_shadows
 
     requests = parse_features(settings.features)
     pool = load_texts(data, text_field=text_field)
     logger.info("pool: %d texts from %s", len(pool), data)
-    shadow_paths = train_shadows(base, pool, out, n_shadows=n_shadows, config=config, seed=seed,
-                                 backend=backend, workers=workers, ray_address=ray_address, device=device,
-                                 force=force)
-    return shadow_features(Path(out), pool, shadow_paths, base=base, settings=settings, requests=requests,
-                           dtype=dtype, device=device, force=force)
+    with directory_lock(out):
+        shadow_paths = train_shadows(base, pool, out, n_shadows=n_shadows, config=config, seed=seed,
+                                     backend=backend, workers=workers, ray_address=ray_address, device=device,
+                                     force=force)
+        return shadow_features(Path(out), pool, shadow_paths, base=base, settings=settings, requests=requests,
+                               dtype=dtype, device=device, force=force)
 
 
 def shadow_features(out: Path, pool: TextSet, shadow_paths: list[Path], *, base: str, settings: FeatureSettings,

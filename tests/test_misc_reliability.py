@@ -1,0 +1,155 @@
+"""Issue 9 (no wrong result with exit 0): the shadow-directory lock, zlib_ratio on truncated
+texts, conflicting or ambiguous input records, and texts with nothing to predict."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_features.errors import ConfigError
+from llm_features.texts import texts_from_list
+from shadow.finetune import FinetuneConfig
+
+# ----------------------------------------------------------------------------- lock
+
+
+def _other_live_owner() -> str:
+    """The lock owner of a live process on this host that is not this one (our parent)."""
+    return f"{socket.gethostname()}:{os.getppid()}\n"
+
+
+def _train_shadows_job(tmp_path: Path, out: Path):
+    from experiments.attack_jobs import FeatureSettings, train_shadows_job
+
+    data = tmp_path / "pool.txt"
+    data.write_text("alpha bravo charlie.\ndelta echo foxtrot.\n", encoding="utf-8")
+    return train_shadows_job(base="unused", data=str(data), out=str(out), n_shadows=2, config=None, seed=0,
+                             settings=FeatureSettings(features="loss"))
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """train_shadows and shadow_features replaced by recorders (no model is trained or loaded)."""
+    import experiments.attack_jobs as attack_jobs
+    import shadow.shadows as shadows
+
+    calls: list[tuple[str, str | None]] = []
+
+    def lock_owner(out) -> str | None:
+        path = Path(out) / shadows.LOCK_FILE
+        return path.read_text(encoding="utf-8").strip() if path.exists() else None
+
+    def fake_train(base, pool, out, **kwargs):
+        calls.append(("train_shadows", lock_owner(out)))
+        return []
+
+    def fake_features(out, pool, shadow_paths, **kwargs):
+        calls.append(("shadow_features", lock_owner(out)))
+        return "features"
+
+    monkeypatch.setattr(shadows, "train_shadows", fake_train)
+    monkeypatch.setattr(attack_jobs, "shadow_features", fake_features)
+    return calls
+
+
+def test_train_shadows_job_holds_the_lock_through_the_feature_stage(tmp_path, fake_stages):
+    out = tmp_path / "shadows"
+    assert _train_shadows_job(tmp_path, out) == "features"
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    assert fake_stages == [("train_shadows", me), ("shadow_features", me)]
+    assert not (out / ".lock").exists()  # released at the end, no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_train_shadows_job_refused_while_another_run_holds_the_lock(tmp_path, fake_stages):
+    """A second run arriving while the first computes features is refused before any work."""
+    out = tmp_path / "shadows"
+    out.mkdir()
+    (out / ".lock").write_text(_other_live_owner(), encoding="utf-8")
+    with pytest.raises(ConfigError, match="another train-shadows run"):
+        _train_shadows_job(tmp_path, out)
+    assert fake_stages == []
+    assert (out / ".lock").read_text(encoding="utf-8") == _other_live_owner()  # left alone
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """train_shadows runs up to the training loop, which records instead of training."""
+    import shadow.shadows as shadows
+
+    started: list[int] = []
+    monkeypatch.setattr(shadows, "_run_local", lambda base, out, todo, **kwargs: started.append(len(todo)))
+    return started
+
+
+def _train_shadows(tiny_model_dir, corpus, out):
+    from shadow.shadows import train_shadows
+
+    return train_shadows(str(tiny_model_dir), texts_from_list(corpus[:8]), out, n_shadows=2,
+                         config=FinetuneConfig(epochs=1, batch_size=4, max_tokens=16), seed=0, progress=False)
+
+
+@pytest.mark.parametrize("content", ["", f"{socket.gethostname()}:"])
+def test_a_lock_being_written_is_not_taken_for_stale(tmp_path, tiny_model_dir, corpus, no_training, content):
+    """An empty or partial lock (its owner not fully written yet) is refused, never deleted."""
+    out = tmp_path / "shadows"
+    out.mkdir()
+    (out / ".lock").write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError, match="being written"):
+        _train_shadows(tiny_model_dir, corpus, out)
+    assert no_training == []
+    assert (out / ".lock").read_text(encoding="utf-8") == content
+
+
+def test_old_incomplete_and_dead_locks_are_taken_over(tmp_path, tiny_model_dir, corpus, no_training):
+    import subprocess
+    import sys
+
+    from shadow.shadows import LOCK_WRITE_GRACE_S
+
+    out = tmp_path / "shadows"
+    out.mkdir()
+    lock = out / ".lock"
+    lock.write_text("", encoding="utf-8")  # a writer that died before writing its owner, long ago
+    old = time.time() - LOCK_WRITE_GRACE_S - 5
+    os.utime(lock, (old, old))
+    _train_shadows(tiny_model_dir, corpus, out)
+    assert no_training == [2] and not lock.exists()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    lock.write_text(f"{socket.gethostname()}:{dead.stdout.strip()}\n", encoding="utf-8")
+    _train_shadows(tiny_model_dir, corpus, out)
+    assert not lock.exists()
+
+
+def test_directory_lock_is_reentrant_and_written_whole(tmp_path, tiny_model_dir, corpus, no_training):
+    import threading
+
+    from shadow.shadows import directory_lock
+
+    out = tmp_path / "shadows"
+    with directory_lock(out) as path:
+        assert path.read_text(encoding="utf-8") == f"{socket.gethostname()}:{os.getpid()}\n"
+        _train_shadows(tiny_model_dir, corpus, out)  # train_shadows inside the caller's lock
+        assert path.exists()  # the inner release kept the outer lock
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                with directory_lock(out):
+                    pass
+            except ConfigError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert len(errors) == 1 and "another thread" in str(errors[0])
+        assert path.exists()
+    assert not path.exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
