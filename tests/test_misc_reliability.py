@@ -153,3 +153,34 @@ def test_directory_lock_is_reentrant_and_written_whole(tmp_path, tiny_model_dir,
         assert path.exists()
     assert not path.exists()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+# ----------------------------------------------------------------------------- zlib_ratio
+
+
+def test_zlib_ratio_of_a_truncated_text_compresses_its_scored_prefix(tiny_tokenizer, corpus):
+    import math
+    import zlib
+
+    from llm_features.extract import compute_features
+    from llm_features.registry import parse_features
+    from llm_features.scoring import score_texts
+    from tests.tiny import build_tiny_llama
+
+    model = build_tiny_llama(tiny_tokenizer, seed=0).eval()
+    max_tokens = 12
+    long = " ".join(corpus[:4])
+    longer = long + " " + " ".join(corpus[4:8])  # appended far beyond max_tokens
+    short = "Red green."
+    texts = texts_from_list([long, longer, short])
+    scores = score_texts(model, tiny_tokenizer, texts.texts, max_tokens=max_tokens, progress=False)
+    assert [s.truncated for s in scores] == [True, True, False]
+    table = compute_features(texts, parse_features("loss,zlib_ratio"), scores)
+
+    for row, text in enumerate(texts.texts):  # the slow obvious computation
+        ids = tiny_tokenizer(text)["input_ids"][:max_tokens]
+        prefix = tiny_tokenizer.decode(ids)
+        assert text.startswith(prefix)
+        expected = table["loss"][row] / len(zlib.compress(prefix.encode("utf-8")))
+        assert math.isclose(table["zlib_ratio"][row], expected, rel_tol=1e-9)
+    assert table["zlib_ratio"][0] == table["zlib_ratio"][1]
