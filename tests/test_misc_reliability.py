@@ -184,3 +184,71 @@ def test_zlib_ratio_of_a_truncated_text_compresses_its_scored_prefix(tiny_tokeni
         expected = table["loss"][row] / len(zlib.compress(prefix.encode("utf-8")))
         assert math.isclose(table["zlib_ratio"][row], expected, rel_tol=1e-9)
     assert table["zlib_ratio"][0] == table["zlib_ratio"][1]
+
+
+# ----------------------------------------------------------------------------- input records
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_the_same_text_with_both_labels_is_an_error_naming_both_lines(tmp_path):
+    from llm_features.errors import InputDataError
+    from llm_features.texts import load_texts
+
+    path = _jsonl(tmp_path / "conflict.jsonl", [{"text": "one", "label": 1}, {"text": "two", "label": 0},
+                                                {"text": "one", "label": 0}])
+    with pytest.raises(InputDataError) as info:
+        load_texts(path)
+    message = str(info.value)
+    assert str(path) in message and "line 1 (label 1)" in message and "line 3 (label 0)" in message
+
+
+def test_identical_duplicates_are_still_dropped(tmp_path, caplog):
+    import logging
+
+    from llm_features.texts import load_texts
+
+    path = _jsonl(tmp_path / "dups.jsonl", [{"text": "one", "label": 1}, {"text": "two", "label": 0},
+                                            {"text": "one", "label": 1}])
+    with caplog.at_level(logging.WARNING, logger="llm_features.texts"):
+        loaded = load_texts(path)
+    assert loaded.texts == ["one", "two"] and loaded.labels == [1, 0]
+    assert any("1 duplicate" in r.getMessage() for r in caplog.records)
+
+
+def test_a_users_own_id_survives_as_user_id(tmp_path):
+    from llm_features.errors import InputDataError
+    from llm_features.texts import load_texts, text_id
+
+    path = _jsonl(tmp_path / "ids.jsonl", [{"id": "patient-7", "text": "one"}, {"id": 8, "text": "two"}])
+    loaded = load_texts(path)
+    assert loaded.ids == [text_id("one"), text_id("two")]
+    assert loaded.records["user_id"].tolist() == ["patient-7", 8]
+
+    clash = _jsonl(tmp_path / "clash.jsonl", [{"id": "a", "user_id": "b", "text": "one"}])
+    with pytest.raises(InputDataError, match=r"line 1: .*both 'id' and 'user_id'.*rename") as info:
+        load_texts(clash)
+    assert str(clash) in str(info.value)
+
+
+def test_blank_lines_are_skipped_alike_in_txt_and_jsonl(tmp_path, caplog):
+    import logging
+
+    from llm_features.texts import load_texts
+
+    texts = ["one", "two", "three"]
+    txt = tmp_path / "blank.txt"
+    txt.write_text("one\n\ntwo\n  \nthree\n\n", encoding="utf-8")
+    jsonl = tmp_path / "blank.jsonl"
+    jsonl.write_text('{"text": "one"}\n\n{"text": "two"}\n  \n{"text": "three"}\n\n', encoding="utf-8")
+    for path in (txt, jsonl):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="llm_features.texts"):
+            assert load_texts(path).texts == texts
+        warnings = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+        assert len(warnings) == 1 and "2 blank line(s)" in warnings[0] and "(line(s) 2, 4)" in warnings[0]
