@@ -252,3 +252,18 @@ def test_blank_lines_are_skipped_alike_in_txt_and_jsonl(tmp_path, caplog):
             assert load_texts(path).texts == texts
         warnings = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
         assert len(warnings) == 1 and "2 blank line(s)" in warnings[0] and "(line(s) 2, 4)" in warnings[0]
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+def test_audit_refuses_duplicate_canary_ids_in_the_scores(tmp_path):
+    from experiments.audit_jobs import audit_job
+    from llm_features.errors import InputDataError
+
+    scores = tmp_path / "scores.csv"
+    rows = ["id,label,membership_probability"] + [f"c{i},{i % 2},{0.1 + 0.08 * i}" for i in range(10)]
+    scores.write_text("\n".join(rows + ["c3,1,0.95"]) + "\n", encoding="utf-8")
+    with pytest.raises(InputDataError, match=r"ids must be unique.*'c3'") as info:
+        audit_job(scores=scores, method="classic")
+    assert str(scores) in str(info.value)
