@@ -267,3 +267,74 @@ def test_audit_refuses_duplicate_canary_ids_in_the_scores(tmp_path):
     with pytest.raises(InputDataError, match=r"ids must be unique.*'c3'") as info:
         audit_job(scores=scores, method="classic")
     assert str(scores) in str(info.value)
+
+
+# ----------------------------------------------------------------------------- score: nothing to predict
+
+
+@pytest.fixture
+def loss_attack(monkeypatch, tmp_path, tiny_model_dir):
+    """An attack on the ``loss`` feature of the tiny base (a logistic regression), without shadows on disk."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    import attack_models
+    from experiments.attack_jobs import FeatureSettings
+    from llm_features.models import load_tokenizer, tokenizer_fingerprint
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({"loss": np.concatenate([rng.normal(-4, 0.5, 20), rng.normal(-6, 0.5, 20)])})
+    estimator = LogisticRegression().fit(x, [1] * 20 + [0] * 20)
+    meta = {"tokenizer_hash": tokenizer_fingerprint(load_tokenizer(str(tiny_model_dir))),
+            "base_model": str(tiny_model_dir), "feature_columns": ["loss"], "nan_medians": {"loss": -5.0},
+            "feature_settings": FeatureSettings(features="loss", max_tokens=16, batch_size=8).to_dict(),
+            "calibrated": [], "shadows_dir": str(tmp_path / "no-shadows")}
+    monkeypatch.setattr(attack_models, "load_attack", lambda path: (estimator, {"metadata": meta}))
+    return str(tmp_path / "attack")
+
+
+def _one_token_word(tokenizer) -> str:
+    from tests.tiny import WORDS
+
+    return next(w for w in WORDS if len(tokenizer(w)["input_ids"]) == 1)
+
+
+def test_a_text_with_nothing_to_predict_gets_no_membership_probability(tmp_path, tiny_model_dir, tiny_tokenizer,
+                                                                       corpus, loss_attack, caplog):
+    import logging
+
+    import numpy as np
+    import pandas as pd
+
+    from experiments.attack_jobs import score_job
+
+    single = _one_token_word(tiny_tokenizer)
+    texts = corpus[:6] + [single]
+    data = _jsonl(tmp_path / "candidates.jsonl", [{"text": t, "label": i % 2} for i, t in enumerate(texts)])
+    out = tmp_path / "scores.csv"
+    with caplog.at_level(logging.INFO, logger="experiments.attack_jobs"):
+        summary = score_job(attack=loss_attack, model=str(tiny_model_dir), data=str(data), out=str(out),
+                            dtype="float32", device="cpu")
+    scores = pd.read_csv(out)
+    row = scores["n_tokens"].tolist().index(1)
+    assert np.isnan(scores["membership_probability"][row])  # an empty cell, not the shadows' median's score
+    assert out.read_text(encoding="utf-8").splitlines()[row + 1].split(",")[1] == ""
+    assert scores["membership_probability"].drop(index=row).between(0, 1).all()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("1 candidate(s) have fewer than 2 tokens" in m for m in messages)
+    assert any("attack metrics skip 1 candidate(s)" in m for m in messages)
+    assert summary["metrics"]["attack"]["n"] == 6
+
+
+def test_score_says_why_it_computes_no_metrics_on_one_class(tmp_path, tiny_model_dir, corpus, loss_attack, caplog):
+    import logging
+
+    from experiments.attack_jobs import score_job
+
+    data = _jsonl(tmp_path / "members.jsonl", [{"text": t, "label": 1} for t in corpus[:4]])
+    with caplog.at_level(logging.INFO, logger="experiments.attack_jobs"):
+        summary = score_job(attack=loss_attack, model=str(tiny_model_dir), data=str(data),
+                            out=str(tmp_path / "scores.csv"), dtype="float32", device="cpu")
+    assert "metrics" not in summary
+    assert any(r.getMessage().startswith("labels are all 1: no metrics") for r in caplog.records)
