@@ -101,19 +101,24 @@ def train_shadows_job(*, base: str, data: str, out: str, n_shadows: int, config:
                       settings: FeatureSettings, text_field: str = "text", backend: str = "local",
                       workers: int | None = None, ray_address: str | None = None, dtype: str = "auto",
                       device: str = "auto", force: bool = False) -> pd.DataFrame:
-    """``shadowmia train-shadows``: K shadows, then every shadow's features on all pool texts."""
-    from shadow.shadows import train_shadows
+    """``shadowmia train-shadows``: K shadows, then every shadow's features on all pool texts.
+
+    The shadow directory's lock is held over both stages, so a second run on ``out`` is
+    refused until the features are written too.
+    """
+    from shadow.shadows import directory_lock, train_shadows
 
     requests = parse_features(settings.features)
     check_writable_directory(out)
     pool = load_texts(data, text_field=text_field)
     check_kept_fields(pool, settings.columns + list(SHADOW_TABLE_COLUMNS))
     logger.info("pool: %d texts from %s", len(pool), data)
-    shadow_paths = train_shadows(base, pool, out, n_shadows=n_shadows, config=config, seed=seed,
-                                 backend=backend, workers=workers, ray_address=ray_address, device=device,
-                                 force=force)
-    return shadow_features(Path(out), pool, shadow_paths, base=base, settings=settings, requests=requests,
-                           dtype=dtype, device=device, force=force)
+    with directory_lock(out):
+        shadow_paths = train_shadows(base, pool, out, n_shadows=n_shadows, config=config, seed=seed,
+                                     backend=backend, workers=workers, ray_address=ray_address, device=device,
+                                     force=force)
+        return shadow_features(Path(out), pool, shadow_paths, base=base, settings=settings, requests=requests,
+                               dtype=dtype, device=device, force=force)
 
 
 def shadow_features(out: Path, pool: TextSet, shadow_paths: list[Path], *, base: str, settings: FeatureSettings,
@@ -298,7 +303,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
     the shadows' own scores of the candidates (K more forward passes over the candidates;
     every shadow is an OUT model for a text outside its pool).
     """
-    from attack_models import load_attack, summarize
+    from attack_models import load_attack
     from llm_features.models import load_model, load_tokenizer, tokenizer_fingerprint
 
     out_path = check_output_path(out, suffix=".csv")
@@ -353,24 +358,64 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
     if calibration_inputs is not None:
         table = table.join(_calibrated_scores(table, calibration_inputs))
     columns = meta["feature_columns"]
-    filled = table.copy()
+    unscored = _nothing_to_predict(table, out_path)
+    filled = table.loc[~unscored].copy()
     for column in columns:
         n_missing = int(filled[column].isna().sum())
         if n_missing:
             logger.warning("%s: %d NaN value(s) filled with the shadows' median", column, n_missing)
             filled[column] = filled[column].fillna(meta["nan_medians"].get(column, 0.0))
-    table.insert(1, "membership_probability", estimator.predict_proba(filled[columns])[:, 1])
+    probability = np.full(len(table), np.nan)
+    if len(filled):
+        probability[~unscored] = estimator.predict_proba(filled[columns])[:, 1]
+    table.insert(1, "membership_probability", probability)
+    table.loc[unscored, [c for c in SCORE_COLUMNS if c in table.columns]] = np.nan
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, index=False)
     logger.info("wrote %s (%d candidates)", out_path, len(table))
     summary: dict[str, Any] = {"out": str(out_path), "n": len(table)}
-    if candidates.labels is not None and len(set(candidates.labels)) == 2:
-        labels = np.asarray(candidates.labels)
-        summary["metrics"] = {"attack": summarize(labels, table["membership_probability"].to_numpy(), seed=seed)}
-        for column in ("lira_online", "lira_offline", "rmia_online", "rmia_offline"):
-            if column in table.columns:
-                summary["metrics"][column] = summarize(labels, table[column].to_numpy(), seed=seed)
+    if candidates.labels is not None:
+        metrics = _score_metrics(np.asarray(candidates.labels), table, seed=seed)
+        if metrics:
+            summary["metrics"] = metrics
     return summary
+
+
+#: The score columns of ``shadowmia score``, by the name their metrics have in its summary.
+SCORE_COLUMNS = {"membership_probability": "attack", "lira_online": "lira_online", "lira_offline": "lira_offline",
+                 "rmia_online": "rmia_online", "rmia_offline": "rmia_offline"}
+
+
+def _nothing_to_predict(table: pd.DataFrame, out_path: Path) -> np.ndarray:
+    """Rows of texts with fewer than 2 tokens: their features are NaN, so they get no score (not an imputed one)."""
+    unscored = (table["n_tokens"] < 2).to_numpy()
+    if unscored.any():
+        logger.warning("%d candidate(s) have fewer than 2 tokens, so nothing to predict: their scores are left empty "
+                       "in %s (e.g. %s)", int(unscored.sum()), out_path, table.loc[unscored, "id"].head(3).tolist())
+    return unscored
+
+
+def _score_metrics(labels: np.ndarray, table: pd.DataFrame, *, seed: int) -> dict[str, Any]:
+    """Metrics of each score column on the labelled candidates that have a score; a logged note for what is skipped."""
+    from attack_models import summarize
+
+    if len(set(labels.tolist())) < 2:
+        logger.info("labels are all %d: no metrics (ROC AUC and TPR at low FPR need members and non-members)",
+                    labels[0])
+        return {}
+    metrics: dict[str, Any] = {}
+    for column, name in SCORE_COLUMNS.items():
+        if column not in table.columns:
+            continue
+        scores = table[column].to_numpy(dtype=np.float64)
+        scored = ~np.isnan(scores)
+        if not scored.all():
+            logger.info("%s metrics skip %d candidate(s) without a score", name, int((~scored).sum()))
+        if len(set(labels[scored].tolist())) < 2:
+            logger.info("%s: the labels of the scored candidates are all one class: no metrics", name)
+            continue
+        metrics[name] = summarize(labels[scored], scores[scored], seed=seed)
+    return metrics
 
 
 def calibrated_inputs(meta: dict[str, Any]) -> tuple[str, ...]:

@@ -46,10 +46,12 @@ def _require_columns(table: pd.DataFrame, path: Path, columns: tuple[str, ...], 
 
 
 def _ids(table: pd.DataFrame, path: Path) -> pd.Series:
+    """The table's ``id`` column as strings; InputDataError when an id repeats (a canary counted twice)."""
     ids = table["id"].astype(str)
     duplicated = ids[ids.duplicated()].unique()
     if duplicated.size:
-        raise InputDataError(f"{path}: ids must be unique; {duplicated.size} repeat, e.g. {duplicated[:5].tolist()}.")
+        raise InputDataError(f"{path}: ids must be unique, one row per canary; {duplicated.size} repeat, e.g. "
+                             f"{duplicated[:5].tolist()}. Remove the repeated rows.")
     return ids
 
 
@@ -108,6 +110,8 @@ def audit_job(*, scores: str | Path, score_column: str = "membership_probability
     scores_path = Path(scores)
     table = _read_table(scores_path, what="scores")
     _require_columns(table, scores_path, (score_column,), "; choose one with --score-column")
+    if "id" in table.columns:
+        _ids(table, scores_path)
     if labels is not None:
         y = _check_labels(_labels_from_file(table, scores_path, Path(labels)), Path(labels), "label")
     else:

@@ -66,9 +66,12 @@ def zlib_ratio(x: FeatureInput) -> float:
     """Negated NLL over zlib entropy: -NLL(x) / len(zlib.compress(utf8(x))) (Carlini et al. 2021).
 
     "Extracting Training Data from Large Language Models": dividing by the compressed
-    length discounts texts that are easy for any model (repetitive, formulaic).
+    length discounts texts that are easy for any model (repetitive, formulaic). ``x`` is
+    the scored part of the text: for a text cut to ``max_tokens``, the prefix those tokens
+    cover, so that both terms measure the same characters.
     """
-    compressed = len(zlib.compress(x.text.encode("utf-8")))
+    scored = x.target.scored_text if x.target.scored_text is not None else x.text
+    compressed = len(zlib.compress(scored.encode("utf-8")))
     return -mean_nll(x.target) / compressed
 
 

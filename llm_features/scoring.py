@@ -44,6 +44,8 @@ class TokenScores:
     token_ranks: np.ndarray
     n_tokens: int
     truncated: bool = False
+    #: The part of the text that the scored tokens cover when it was truncated (None: all of it).
+    scored_text: str | None = None
 
     @property
     def n_predicted(self) -> int:
@@ -57,6 +59,21 @@ def tokenize(tokenizer: Any, texts: Sequence[str], *, max_tokens: int) -> tuple[
     encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
     truncated = [len(ids) > max_tokens for ids in encoded]
     return [list(ids[:max_tokens]) for ids in encoded], truncated
+
+
+def scored_prefix(tokenizer: Any, text: str, *, max_tokens: int) -> str:
+    """The part of ``text`` that its first ``max_tokens`` tokens cover.
+
+    By the tokenizer's character offsets (fast tokenizers); a slow tokenizer's prefix is the
+    decoded tokens instead.
+    """
+    try:
+        encoding = tokenizer(text, add_special_tokens=True, truncation=False, return_offsets_mapping=True)
+        offsets = encoding["offset_mapping"][:max_tokens]
+    except (NotImplementedError, KeyError, TypeError, ValueError):
+        ids = tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"][:max_tokens]
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    return text[:max((int(stop) for _, stop in offsets), default=0)]
 
 
 def length_batches(lengths: Sequence[int], *, batch_size: int) -> list[list[int]]:
@@ -172,6 +189,8 @@ def score_texts(
                     *(array[start:start + count] for array in stats),
                     n_tokens=lengths[index],
                     truncated=truncated[index],
+                    scored_text=(scored_prefix(tokenizer, texts[index], max_tokens=max_tokens)
+                                 if truncated[index] else None),
                 )
                 start += count
             done_tokens += sum(lengths[i] for i in batch)

@@ -6,9 +6,19 @@ record are kept; a ``label`` field (0 = non-member, 1 = member) is kept as groun
 
 Bad input fails before anything is computed, with the file and the line: a missing
 file, invalid UTF-8, a malformed record, a missing text field, an empty or
-whitespace-only text, a label that is not 0/1. Duplicate texts are dropped (keeping the
-first) with a warning that counts them: a text that is both a member and a non-member
-would leak the answer.
+whitespace-only text, a label that is not 0/1, and the same text twice with different
+labels (a text cannot be both a member and a non-member; the error names both lines).
+Exact duplicates (same text, same label) are dropped, keeping the first, with a warning
+that counts them.
+
+The ``id`` column is always the text's hash id. A record's own ``id`` field is kept as
+``user_id`` (and a ``text`` field that is not the text field as ``user_text``); a record
+that already has a ``user_id`` (``user_text``) field as well is refused: rename one.
+
+Blank lines (empty or whitespace only) of the line-based formats, ``.jsonl`` and ``.txt``,
+are skipped alike: they are no record. A warning counts those between records (in a
+``.txt`` file they often mean texts that span several lines, which need ``.jsonl``).
+An empty text inside a record (any format) is an error.
 """
 
 from __future__ import annotations
@@ -105,19 +115,20 @@ def load_texts(path: str | os.PathLike, *, text_field: str = "text") -> TextSet:
 
 def _build(rows: Iterator[tuple[str, dict[str, Any]]], *, source: str, text_field: str) -> TextSet:
     records: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: dict[str, tuple[str, Any]] = {}  # id -> where the text first was, and its label
     duplicates = 0
     for where, row in rows:
         text = _check_text(row, where=where, source=source, text_field=text_field)
-        record = {k: v for k, v in row.items() if k != text_field}
+        record = _user_fields({k: v for k, v in row.items() if k != text_field}, where=where, source=source)
         if "label" in record:
             record["label"] = _check_label(record["label"], where=where, source=source)
         identifier = text_id(text)
         if identifier in seen:
+            _check_same_label(seen[identifier], (where, record.get("label")), source=source)
             duplicates += 1
             continue
-        seen.add(identifier)
-        records.append({"id": identifier, "text": text, **{k: v for k, v in record.items() if k not in ("id", "text")}})
+        seen[identifier] = (where, record.get("label"))
+        records.append({"id": identifier, "text": text, **record})
     if duplicates:
         logger.warning("%s: dropped %d duplicate text(s), keeping the first of each", source, duplicates)
     frame = pd.DataFrame.from_records(records)
@@ -128,6 +139,38 @@ def _build(rows: Iterator[tuple[str, dict[str, Any]]], *, source: str, text_fiel
             "label (0 or 1) or none"
         )
     return TextSet(records=frame, source=source)
+
+
+RESERVED_FIELDS = ("id", "text")
+
+
+def _user_fields(record: dict[str, Any], *, where: str, source: str) -> dict[str, Any]:
+    """The record's fields, its own ``id`` / ``text`` renamed ``user_id`` / ``user_text``."""
+    fields = dict(record)
+    for name in RESERVED_FIELDS:
+        if name not in fields:
+            continue
+        renamed = f"user_{name}"
+        if renamed in fields:
+            raise InputDataError(
+                f"{source}, {where}: the record has both {name!r} and {renamed!r}; {name!r} is kept as "
+                f"{renamed!r} (the {name!r} column is the loader's own), so rename one of the two fields"
+            )
+        fields[renamed] = fields.pop(name)
+    return fields
+
+
+def _check_same_label(first: tuple[str, Any], again: tuple[str, Any], *, source: str) -> None:
+    """A repeated text must repeat its label: one text cannot be a member and a non-member."""
+    (first_where, first_label), (where, label) = first, again
+    if first_label != label:
+        def shown(value: Any) -> str:
+            return "no label" if value is None else f"label {value}"
+
+        raise InputDataError(
+            f"{source}: the same text is at {first_where} ({shown(first_label)}) and at {where} "
+            f"({shown(label)}); a text cannot be both a member and a non-member: fix or remove one of them"
+        )
 
 
 def _check_text(row: dict[str, Any], *, where: str, source: str, text_field: str) -> str:
@@ -165,10 +208,29 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from exc
 
 
-def _read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _record_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a line-based file (.jsonl, .txt), numbered; blank ones are skipped.
+
+    A warning counts the blank lines between records (trailing ones are left unmentioned).
+    """
+    pending: list[int] = []  # blank lines since the last record
+    between: list[int] = []
     for number, line in _decoded_lines(path):
         if not line.strip():
+            pending.append(number)
             continue
+        between.extend(pending)
+        pending.clear()
+        yield number, line
+    if between:
+        shown = ", ".join(map(str, between[:10])) + (", ..." if len(between) > 10 else "")
+        logger.warning("%s: skipped %d blank line(s) between records (line(s) %s); each non-blank line is "
+                       "one record, so a text spanning several lines needs a .jsonl file", path, len(between),
+                       shown)
+
+
+def _read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, line in _record_lines(path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -229,7 +291,7 @@ def _csv_value(value: str | None) -> Any:
 
 
 def _read_txt(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for number, line in _decoded_lines(path):
+    for number, line in _record_lines(path):
         yield f"line {number}", {text_field: line.rstrip("\r\n")}
 
 

@@ -17,7 +17,8 @@ Runs are resumable: a shadow whose manifest and files verify (and were made with
 same config and texts) is skipped; a leftover temporary directory of a killed run is
 removed; a shadow that fails verification is retrained. An existing ``out_dir`` made with
 a different config is refused unless ``force=True``, which deletes its shadows first.
-Only one run may work on an ``out_dir`` at a time (a lock file holds the pid).
+Only one run may work on an ``out_dir`` at a time: :func:`directory_lock` (a lock file holding
+``host:pid``), which ``train-shadows`` holds over training and the feature stage.
 
 With ``backend="ray"`` each shadow is one Ray task (1 CPU); the seeds are the same as
 with the local backend, so the adapters are the same (bit for bit on CPU with the same
@@ -26,6 +27,7 @@ torch thread count per shadow: pass ``num_threads`` to pin it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -33,8 +35,16 @@ import logging
 import os
 import shutil
 import socket
+import threading
+import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: stale locks are broken without serialisation
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -56,10 +66,13 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 CONFIG_FORMAT = "shadowmia.shadows/1"
 LOCK_FILE = ".lock"
+#: Seconds a lock file without its complete owner line is taken to be still being written.
+LOCK_WRITE_GRACE_S = 60.0
 BACKENDS = ("local", "ray")
 
 __all__ = [
     "BACKENDS",
+    "directory_lock",
     "load_membership",
     "shadow_dirs",
     "shadow_seed",
@@ -188,7 +201,7 @@ def train_shadows(
     })
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _Lock(out):
+    with directory_lock(out):
         _prepare(out, reproduce=reproduce, force=force)
         write_json_atomic(out / CONFIG_FILE, {
             "format": CONFIG_FORMAT,
@@ -383,48 +396,153 @@ def _run_ray(base_spec: str, out: Path, todo: list[dict[str, Any]], *, total: in
             ray.shutdown()
 
 
-class _Lock:
-    """An exclusive lock file holding ``host:pid``; a stale lock (dead pid) is taken over."""
+def _owner_token() -> str:
+    """This process's lock owner: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
-    def __init__(self, out: Path) -> None:
-        self.path = out / LOCK_FILE
-        self.token = f"{socket.gethostname()}:{os.getpid()}"
 
-    def __enter__(self) -> "_Lock":
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.path.read_text(encoding="utf-8", errors="replace").strip()
-                if self._alive(owner):
-                    raise ConfigError(
-                        f"another train-shadows run ({owner}) is working on {self.path.parent}; "
-                        f"wait for it, or delete {self.path} if that process is gone"
-                    ) from None
-                logger.info("removing stale lock %s (%s)", self.path, owner or "empty")
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self.token)
-            return self
-        raise ConfigError(f"could not take the lock {self.path}; delete it if no run is active")
+#: Lock files held by this process: resolved path -> ids of the threads holding it (with depth).
+_HELD: dict[str, dict[int, int]] = {}
+_HELD_GUARD = threading.Lock()
 
-    @staticmethod
-    def _alive(owner: str) -> bool:
-        host, _, pid = owner.rpartition(":")
-        if host != socket.gethostname() or not pid.isdigit():
-            return bool(owner) and host != socket.gethostname()  # another host: assume alive
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+
+@contextlib.contextmanager
+def directory_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold the exclusive lock of the shadow directory ``out_dir`` (created) for a whole job.
+
+    The lock is the file ``out_dir/.lock`` holding ``host:pid`` and a newline. It is
+    reentrant within one thread: ``train_shadows`` takes it, and a caller that already
+    holds it (``train_shadows_job``, around training *and* the feature stage) keeps it.
+    Another process, or another thread of this one, gets a ConfigError naming the owner.
+
+    The owner is written to a temporary file first and hard-linked to the lock name, so the
+    lock never exists without its owner. A lock whose owner is dead (same host) is taken
+    over; one that is empty or has no final newline (being written by a filesystem
+    without hard links, or by an older version) is left alone for ``LOCK_WRITE_GRACE_S``
+    seconds and judged by its content afterwards. Yields the lock file's path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = (out / LOCK_FILE).resolve()
+    key, thread = str(path), threading.get_ident()
+    with _HELD_GUARD:
+        holders = _HELD.get(key, {})
+        reentrant = thread in holders
+        if reentrant:
+            holders[thread] += 1
+    if not reentrant:
+        _acquire(path, _owner_token(), held_here=bool(holders))
+        with _HELD_GUARD:
+            _HELD.setdefault(key, {})[thread] = 1
+    try:
+        yield path
+    finally:
+        with _HELD_GUARD:
+            holders = _HELD[key]
+            holders[thread] -= 1
+            last = holders[thread] == 0
+            if last:
+                del holders[thread]
+                if not holders:
+                    del _HELD[key]
+        if last:
+            _release(path, _owner_token())
+
+
+def _acquire(path: Path, token: str, *, held_here: bool) -> None:
+    """Create the lock file ``path`` holding ``token``, taking over a stale one; ConfigError if held."""
+    for _ in range(3):
+        if _link_owner(path, token):
+            return
+        content, age = _read_lock(path)
+        if content is None:  # released between our attempt and the read
+            continue
+        owner = content.strip()
+        if not content.endswith("\n") and age < LOCK_WRITE_GRACE_S:
+            raise ConfigError(
+                f"{path} is being written by another train-shadows run (owner {owner or 'not yet written'}); "
+                f"wait for it, or delete {path} if no run is active"
+            )
+        if owner == token and held_here:
+            raise ConfigError(f"another thread of this process ({owner}) holds {path}; wait for it")
+        if owner != token and _alive(owner):
+            raise ConfigError(
+                f"another train-shadows run ({owner}) is working on {path.parent}; "
+                f"wait for it, or delete {path} if that process is gone"
+            )
+        _break_stale(path, content)
+    raise ConfigError(f"could not take the lock {path}; delete it if no run is active")
+
+
+def _link_owner(path: Path, token: str) -> bool:
+    """Atomically create ``path`` holding ``token``; False when it already exists."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(token + "\n", encoding="utf-8")
+    try:
+        os.link(tmp, path)
         return True
-
-    def __exit__(self, *exc: Any) -> None:
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here: exclusive create; readers wait out the write (grace)
         try:
-            if self.path.read_text(encoding="utf-8").strip() == self.token:
-                self.path.unlink()
-        except OSError:
-            pass
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> tuple[str | None, float]:
+    """The lock file's content and age in seconds; (None, 0) when it does not exist."""
+    try:
+        content = path.read_text(encoding="utf-8", errors="replace")
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None, 0.0
+    return content, age
+
+
+def _break_stale(path: Path, content: str) -> None:
+    """Delete the lock ``path`` if it still holds ``content``, serialised with other breakers.
+
+    Without the serialisation a second breaker that read the same stale owner could
+    delete the lock that the first one has taken since.
+    """
+    logger.info("removing stale lock %s (%s)", path, content.strip() or "empty")
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if _read_lock(path)[0] == content:
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _alive(owner: str) -> bool:
+    """Whether the ``host:pid`` owner may still run (a process on another host: assumed so)."""
+    host, _, pid = owner.rpartition(":")
+    if not owner:
+        return False
+    if host != socket.gethostname():
+        return True
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _release(path: Path, token: str) -> None:
+    try:
+        if path.read_text(encoding="utf-8").strip() == token:
+            path.unlink()
+    except OSError:
+        pass

@@ -124,8 +124,8 @@ def test_ids_are_stable_and_independent_of_file_order(tmp_path):
 
 def test_duplicates_are_dropped_with_a_counting_warning(tmp_path, caplog):
     path = tmp_path / "dups.jsonl"
-    rows = [{"text": "one", "label": 1}, {"text": "two", "label": 0}, {"text": "one", "label": 0},
-            {"text": "three", "label": 1}, {"text": "two", "label": 1}, {"text": "one", "label": 1}]
+    rows = [{"text": "one", "label": 1}, {"text": "two", "label": 0}, {"text": "one", "label": 1, "x": 2},
+            {"text": "three", "label": 1}, {"text": "two", "label": 0}, {"text": "one", "label": 1}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="llm_features.texts"):
         loaded = load_texts(path)
@@ -235,12 +235,12 @@ def test_bad_parquet_names_file_and_row(tmp_path):
     assert str(garbage) in str(info.value)
 
 
-def test_txt_with_a_blank_line_names_the_line(tmp_path):
-    path = tmp_path / "bad.txt"
+def test_txt_with_a_blank_line_skips_it_with_a_warning_naming_the_line(tmp_path, caplog):
+    path = tmp_path / "blank.txt"
     path.write_text("one\ntwo\n   \nfour\n", encoding="utf-8")
-    with pytest.raises(InputDataError, match="line 3: the text is empty") as info:
-        load_texts(path)
-    assert str(path) in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="llm_features.texts"):
+        assert load_texts(path).texts == ["one", "two", "four"]
+    assert [r.getMessage() for r in caplog.records if str(path) in r.getMessage() and "line(s) 3)" in r.getMessage()]
 
 
 def test_missing_file(tmp_path):
