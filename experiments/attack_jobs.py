@@ -369,7 +369,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
     if len(filled):
         probability[~unscored] = estimator.predict_proba(filled[columns])[:, 1]
     table.insert(1, "membership_probability", probability)
-    table.loc[unscored, [c for c in SCORE_COLUMNS if c in table.columns]] = np.nan
+    table.loc[unscored, [c for c in SCORE_METRICS if c in table.columns]] = np.nan
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, index=False)
     logger.info("wrote %s (%d candidates)", out_path, len(table))
@@ -382,7 +382,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
 
 
 #: The score columns of ``shadowmia score``, by the name their metrics have in its summary.
-SCORE_COLUMNS = {"membership_probability": "attack", "lira_online": "lira_online", "lira_offline": "lira_offline",
+SCORE_METRICS = {"membership_probability": "attack", "lira_online": "lira_online", "lira_offline": "lira_offline",
                  "rmia_online": "rmia_online", "rmia_offline": "rmia_offline"}
 
 
@@ -404,7 +404,7 @@ def _score_metrics(labels: np.ndarray, table: pd.DataFrame, *, seed: int) -> dic
                     labels[0])
         return {}
     metrics: dict[str, Any] = {}
-    for column, name in SCORE_COLUMNS.items():
+    for column, name in SCORE_METRICS.items():
         if column not in table.columns:
             continue
         scores = table[column].to_numpy(dtype=np.float64)
