@@ -48,6 +48,7 @@ __all__ = [
     "lira_statistics",
     "logit_scale",
     "offline_z",
+    "pooled_out_std",
     "shadows_excluded_calibrated",
     "rmia",
     "tune_rmia_a",
@@ -304,12 +305,31 @@ def lira_offline(
     return -norm.logsf(x, st.mu_out, st.sd_out)
 
 
+def pooled_out_std(shadow_scores: ArrayLike, keep: ArrayLike, *, min_std: float = Z_MIN_STD) -> float:
+    """The pooled within-text standard deviation of the OUT shadows' scores:
+
+        sqrt( sum_i sum_{k in O_i} (s[k, i] - mu_out[i])^2 / sum_i (n_out[i] - 1) )
+
+    over the texts with at least two OUT shadows (the ``fixed_variance`` of
+    :func:`lira_statistics`). Measured once on the attacker's pool and recorded with the
+    attack, it is the fixed variance of offline LiRA at scoring time, so a candidate's
+    score does not depend on the other candidates of the call.
+    """
+    S = _matrix(shadow_scores, "shadow_scores")
+    Mk = _keep(keep, S.shape)
+    _, _, _, pooled = _group_moments(S, ~Mk)
+    if pooled is None:
+        raise InputDataError("pooled_out_std: no text has two OUT shadows; train more shadows.")
+    return max(math.sqrt(pooled), min_std)
+
+
 def offline_z(
     target_scores: ArrayLike,
     shadow_scores: ArrayLike,
     keep: ArrayLike,
     *,
     fixed_variance: bool = False,
+    fixed_std: float | None = None,
     min_std: float = Z_MIN_STD,
 ) -> np.ndarray:
     """Where the target's value of a text falls among the OUT shadows' values of that text.
@@ -322,12 +342,14 @@ def offline_z(
     scale so that a classifier can combine the calibrated views of many features: the
     per-text calibration of LiRA (Carlini et al. 2022) applied to every feature of the
     shadow classifier (Shokri et al. 2017), not only to the loss. Higher = member, for any
-    feature that follows the package's sign convention.
+    feature that follows the package's sign convention. ``fixed_std`` (e.g.
+    :func:`pooled_out_std` of the attacker's pool) replaces every ``sd_out[i]``.
     """
     S = _matrix(shadow_scores, "shadow_scores")
     x = _vector(target_scores, "target_scores", S.shape[1])
     st = lira_statistics(S, keep, fixed_variance=fixed_variance, min_std=min_std, need_in=False, where="offline_z")
-    return (x - st.mu_out) / st.sd_out
+    sd = st.sd_out if fixed_std is None else max(float(fixed_std), min_std)
+    return (x - st.mu_out) / sd
 
 
 # --------------------------------------------------------------------------- RMIA

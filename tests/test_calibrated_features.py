@@ -61,3 +61,41 @@ def test_nested_fold_never_reads_the_held_out_shadow():
     # whereas plain leave-one-shadow-out lets shadow 2 into every other row
     plain_changed = leave_one_shadow_out_calibrated(changed_scores, changed_keep, "offline_z", fixed_variance=True)
     assert not np.allclose(plain[rest], plain_changed[rest])
+
+
+def shadow_frame(shadows: np.ndarray, keep: np.ndarray) -> "pd.DataFrame":
+    import pandas as pd
+
+    K, N = shadows.shape
+    return pd.DataFrame({"shadow": np.repeat(np.arange(K), N), "id": np.tile([f"t{i:03d}" for i in range(N)], K),
+                         "label": keep.reshape(-1).astype(int), "loss": shadows.reshape(-1)})
+
+
+def test_calibrate_shadow_table_matches_the_array_functions_row_by_row():
+    from attack_models.fusion import calibrate_shadow_table
+
+    shadows, keep, _, _ = synthetic(K=6, N=40)
+    table = shadow_frame(shadows, keep).sample(frac=1.0, random_state=0)  # any row order
+    out = calibrate_shadow_table(table, ["loss"])
+    expected = leave_one_shadow_out_calibrated(shadows, keep, "offline_z", fixed_variance=True)
+    got = out["cal_loss"].to_numpy()
+    want = expected[table["shadow"].to_numpy(), table["id"].str[1:].astype(int).to_numpy()]
+    np.testing.assert_allclose(got, want)
+    nested = calibrate_shadow_table(table, ["loss"], held_out=3)["cal_loss"].to_numpy()
+    expected = shadows_excluded_calibrated(shadows, keep, "offline_z", held_out=3, fixed_variance=True)
+    np.testing.assert_allclose(nested, expected[table["shadow"].to_numpy(), table["id"].str[1:].astype(int).to_numpy()])
+
+
+def test_candidates_use_the_pools_std_so_company_does_not_matter():
+    import pandas as pd
+
+    from attack_models.fusion import calibrate_candidates, pooled_out_stds
+
+    shadows, keep, target, members = synthetic(K=8, N=300)
+    stds = pooled_out_stds(shadow_frame(shadows, keep), ["loss"])
+    outside = np.zeros_like(keep)  # candidates outside the pool: every shadow is OUT
+    cands = pd.DataFrame({"loss": target})
+    whole = calibrate_candidates(cands, {"loss": shadows}, outside, stds)["cal_loss"].to_numpy()
+    half = calibrate_candidates(cands.iloc[:10], {"loss": shadows[:, :10]}, outside[:, :10], stds)["cal_loss"]
+    np.testing.assert_allclose(half.to_numpy(), whole[:10])
+    np.testing.assert_allclose(whole, (target - shadows.mean(axis=0)) / stds["loss"])
