@@ -28,7 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from llm_features.errors import ConfigError, ModelLoadError
+from llm_features.errors import ConfigError, IncompatibleArtifactError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,23 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
+def weights_fingerprint(model: Any) -> str:
+    """SHA-256 (first 16 hex digits) of a model's weights, whatever dtype they were loaded in.
+
+    Every tensor of the state dict, in name order, is hashed with its name and shape as
+    bfloat16 bytes: the same base loaded in bfloat16 (to train) or in float32 (to merge an
+    adapter and score) gives the same fingerprint, and another base of the same shapes
+    (another fine-tune, another seed) a different one. About a second for 135M parameters.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode("utf-8"))
+        digest.update(tensor.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a model spec (built-in name, directory, hub id or ``.gguf`` file)."""
     from transformers import AutoTokenizer
@@ -219,6 +236,7 @@ def load_model(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if adapter is not None:
+        check_adapter_base(Path(adapter), spec=str(spec), source=str(source), model=model, tokenizer=tokenizer)
         model = _apply_adapter(model, Path(adapter))
         if merge:
             model = model.merge_and_unload().to(getattr(torch, dtype))
@@ -233,6 +251,56 @@ def load_model(
         dtype=dtype,
         device=device,
     )
+
+
+def check_adapter_base(adapter: Path, *, spec: str, source: str, model: Any, tokenizer: Any) -> None:
+    """Refuse an adapter made for another base model, before it is applied.
+
+    An adapter written by ``shadowmia finetune`` records its base's tokenizer hash and
+    :func:`weights_fingerprint` in ``manifest.json``: both must match the base given. An
+    adapter from plain peft has only ``adapter_config.json``'s ``base_model_name_or_path``:
+    it must name the base given (as its spec, its directory or its ``_name_or_path``,
+    compared by final path component). A LoRA update applied to another base of the same
+    shapes runs without error and silently scores the wrong model.
+    """
+    manifest_file = adapter / "manifest.json"
+    recorded: dict[str, Any] = {}
+    if manifest_file.is_file():
+        try:
+            recorded = json.loads(manifest_file.read_text(encoding="utf-8")).get("base_model") or {}
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            recorded = {}  # verify_adapter reports a damaged manifest; here only the base is checked
+    if recorded.get("tokenizer_hash") and recorded["tokenizer_hash"] != tokenizer_fingerprint(tokenizer):
+        raise IncompatibleArtifactError(
+            f"adapter {adapter} was trained on a base with another tokenizer ({recorded.get('spec')!r}, tokenizer "
+            f"{recorded['tokenizer_hash']}) than {spec!r} ({tokenizer_fingerprint(tokenizer)}); pass the base model "
+            "it was trained from")
+    if recorded.get("weights_fingerprint"):
+        actual = weights_fingerprint(model)
+        if actual != recorded["weights_fingerprint"]:
+            raise IncompatibleArtifactError(
+                f"adapter {adapter} was trained on base {recorded.get('spec')!r} (weights {recorded['weights_fingerprint']}) "
+                f"but {spec!r} has other weights ({actual}); a LoRA update on another base scores the wrong model: "
+                "pass the base model it was trained from")
+        return
+    config_file = adapter / "adapter_config.json"
+    try:
+        named = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    if recorded:
+        logger.warning("adapter %s predates base-weight fingerprints; its base cannot be verified beyond the "
+                       "tokenizer", adapter)
+        return
+    if not named:
+        logger.warning("adapter %s names no base model; applying it to %s unverified", adapter, spec)
+        return
+    given = {spec, source, str(getattr(model.config, "_name_or_path", "") or "")} - {""}
+    if Path(str(named)).name not in {Path(name).name for name in given}:
+        raise IncompatibleArtifactError(
+            f"adapter {adapter} was made for base {named!r} (adapter_config.json base_model_name_or_path) but is "
+            f"applied to {spec!r}; pass that base model, or, if {spec!r} is the same model under another name, "
+            "set base_model_name_or_path in adapter_config.json to it")
 
 
 def _apply_adapter(model: Any, adapter: Path) -> Any:

@@ -282,8 +282,8 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
 def _check_float(name: str, value: Any, low: float, high: float, *,
                  low_open: bool = False, high_open: bool = False) -> None:
     interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{name}={value!r} must be a number in {interval}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} must be a finite number in {interval}")
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
@@ -475,7 +475,8 @@ def finetune(
             )
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists; remove it or pass overwrite=True")
+        raise ConfigError(f"{out} already exists; remove it, choose another --out, or pass --overwrite "
+                          "(overwrite=True) to replace it once the new adapter is complete")
     privacy = dp_plan(config, n_texts=len(texts), description=description) if config.dp else None
 
     previous_threads = torch.get_num_threads()
@@ -505,7 +506,7 @@ def _finetune(base_spec: str, texts: list[str], config: FinetuneConfig, *, devic
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
-    from llm_features.models import load_model, resolve_device, resolve_dtype
+    from llm_features.models import load_model, resolve_device, resolve_dtype, weights_fingerprint
 
     device = resolve_device(device)
     if config.precision == "auto":
@@ -521,6 +522,7 @@ def _finetune(base_spec: str, texts: list[str], config: FinetuneConfig, *, devic
     loaded = load_model(base_spec, dtype=dtype, device=device)
     tokenizer = loaded.tokenizer
     base = loaded.model
+    base_fingerprint = weights_fingerprint(base)  # recorded, so the adapter is never applied to another base
     targets = resolve_target_modules(base, config.target_modules)
     lora = LoraConfig(
         r=config.lora_rank,
@@ -592,7 +594,7 @@ def _finetune(base_spec: str, texts: list[str], config: FinetuneConfig, *, devic
     train_time = time.perf_counter() - train_start
     model.eval()
     training = {
-        "base_model": loaded.describe(),
+        "base_model": {**loaded.describe(), "weights_fingerprint": base_fingerprint},
         "target_modules_resolved": targets,
         "trainable_parameters": n_trainable,
         "total_parameters": n_total,
@@ -649,6 +651,17 @@ class _Loop:
                 _attention_kernel(self.device_type, width=batch["input_ids"].shape[1]):
             return loss_fn(self.model, batch, plain_head=self.plain_head)
 
+    def check_finite(self, value: float, *, what: str, epoch: int) -> None:
+        """Stop training (nothing is saved) when the loss or the gradient norm is NaN or infinite."""
+        if math.isfinite(value):
+            return
+        step = len(self.loss_curve) + 1
+        config = self.config
+        raise ConfigError(
+            f"{self.description}: the {what} became {value} at step {step} of {self.total_steps} (epoch "
+            f"{epoch + 1}); training diverged, so no adapter was saved. Lower --lr ({config.lr:g}) or --lora-alpha "
+            f"({config.lora_alpha:g}), or clip gradients with --max-grad-norm (now {config.max_grad_norm})")
+
     def show(self, bar: Any, *, epoch: int, train_start: float, **extra: Any) -> None:
         elapsed = time.perf_counter() - train_start
         bar.set_postfix(epoch=epoch, loss=f"{self.loss_curve[-1]:.4f}",
@@ -667,9 +680,11 @@ def _train(loop: _Loop, *, bar: Any, train_start: float) -> None:
         for indices in batches:
             batch = loop.batch(indices)
             loss = loop.forward(_loss, batch)
+            loop.check_finite(float(loss.detach()), what="training loss", epoch=epoch)
             loss.backward()
             if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(loop.trainable, config.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(loop.trainable, config.max_grad_norm)
+                loop.check_finite(float(norm), what="gradient norm", epoch=epoch)
             loop.lr_curve.append(loop.scheduler.get_last_lr()[0])
             loop.optimizer.step()
             loop.scheduler.step()
@@ -842,8 +857,9 @@ def _train_dp(loop: _Loop, plan: DPPlan, *, bar: Any, train_start: float) -> dic
                     losses = loop.forward(_example_losses, batch)
                     # loss_reduction="mean": opacus multiplies the backprops by the batch size,
                     # so each grad_sample is the gradient of one text's own loss
-                    losses.mean().backward()
                     loss_value = float(losses.detach().mean())
+                    loop.check_finite(loss_value, what="training loss", epoch=step // loop.steps_per_epoch)
+                    losses.mean().backward()
                 else:
                     loss_value = math.nan
                 for param in loop.trainable:
@@ -897,10 +913,16 @@ def _train_dp(loop: _Loop, plan: DPPlan, *, bar: Any, train_start: float) -> dic
 def _save(model: Any, out: Path, *, config: FinetuneConfig, training: dict[str, Any],
           texts: list[str], started: float, overwrite: bool) -> dict[str, Any]:
     """Write adapter + manifest into a temporary sibling directory, then rename it to ``out``."""
+    bad = [name for name, param in model.named_parameters() if param.requires_grad
+           and not bool(param.detach().isfinite().all())]
+    if bad:
+        raise ConfigError(f"the trained adapter holds NaN or infinite weights ({bad[0]} and {len(bad) - 1} more); "
+                          f"it was not saved to {out}. Lower --lr or --lora-alpha, or clip with --max-grad-norm")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}", dir=out.parent))
     try:
         model.save_pretrained(str(staging), safe_serialization=True)
+        _canonical_adapter_config(staging / "adapter_config.json")
         files = {
             path.relative_to(staging).as_posix(): sha256_file(path)
             for path in sorted(staging.rglob("*")) if path.is_file()
@@ -924,6 +946,15 @@ def _save(model: Any, out: Path, *, config: FinetuneConfig, training: dict[str, 
     return manifest
 
 
+def _canonical_adapter_config(path: Path) -> None:
+    """Rewrite peft's ``adapter_config.json`` byte-reproducibly: peft writes ``target_modules``
+    from a set, whose order changes from one Python process to the next; sort it."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     write_json_atomic(directory / MANIFEST, manifest)
 
@@ -931,7 +962,7 @@ def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 def _move_into_place(staging: Path, out: Path, *, overwrite: bool) -> None:
     if out.exists():
         if not overwrite:
-            raise ConfigError(f"{out} appeared while training; remove it or pass overwrite=True")
+            raise ConfigError(f"{out} appeared while training; remove it or pass --overwrite (overwrite=True)")
         trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, trash / out.name)
         os.replace(staging, out)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llm_features import models
-from llm_features.errors import ConfigError, ModelLoadError
+from llm_features.errors import ConfigError, IncompatibleArtifactError, ModelLoadError
 from llm_features.models import (
     cache_dir,
     cpu_has_fast_bfloat16,
@@ -116,7 +116,7 @@ def test_truncated_adapter_weights_fail_clearly(tmp_path, tiny_model_dir, adapte
 
 
 def test_adapter_for_another_base_fails_clearly(tmp_path, tiny_model_dir, adapter_dir):
-    """An adapter whose shapes do not fit the base is a ModelLoadError, not a raw torch error."""
+    """An adapter made for another base is refused clearly (by its recorded base), not a raw torch error."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
@@ -126,7 +126,7 @@ def test_adapter_for_another_base_fails_clearly(tmp_path, tiny_model_dir, adapte
     other.save_pretrained(other_dir)
     shutil.copy(Path(tiny_model_dir) / "tokenizer.json", other_dir / "tokenizer.json")
     shutil.copy(Path(tiny_model_dir) / "tokenizer_config.json", other_dir / "tokenizer_config.json")
-    with pytest.raises(ModelLoadError, match="another base model"):
+    with pytest.raises(IncompatibleArtifactError, match="was made for base"):
         load_model(str(other_dir), adapter=str(adapter_dir[0]), dtype="float32", device="cpu")
 
 
