@@ -135,6 +135,8 @@ def shadow_features(out: Path, pool: TextSet, shadow_paths: list[Path], *, base:
     base_model = load_model(base, dtype=dtype, device=device)
     recorded = {"base": base, "tokenizer_hash": base_model.tokenizer_hash, **settings.to_dict()}
     _check_or_write_config(features_dir, recorded, force=force)
+    inputs = {"pool_ids": pool.ids, "shadows": [sha256_file(path / "manifest.json") for path in shadow_paths]}
+    _drop_stale_tables(features_dir, inputs)
     needs = needs_of(requests)
 
     reference_scores = None
@@ -183,6 +185,36 @@ def _check_or_write_config(features_dir: Path, recorded: dict[str, Any], *, forc
                 stale.unlink()
             (features_dir / "neighbours.json").unlink(missing_ok=True)
     write_json_atomic(path, recorded)
+
+
+def _drop_stale_tables(features_dir: Path, inputs: dict[str, Any]) -> None:
+    """Delete the per-shadow tables whose inputs changed, then record the current inputs.
+
+    ``inputs`` names the pool (its ids, in order) and each shadow (the SHA-256 of its
+    adapter manifest, which lists the hash of every weight file). A shadow retrained
+    (``--force``, a damaged adapter) or a new pool makes the old tables stale: they are
+    recomputed, never reused. The record is written before any new table, so a table on
+    disk always matches the inputs recorded beside it.
+    """
+    path = features_dir / "inputs.json"
+    previous: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = {}
+    same_pool = previous.get("pool_ids") == inputs["pool_ids"]
+    before = previous.get("shadows") or []
+    for k, manifest_hash in enumerate(inputs["shadows"]):
+        table = features_dir / f"shadow_{k:03d}.parquet"
+        if table.is_file() and not (same_pool and k < len(before) and before[k] == manifest_hash):
+            logger.info("%s was computed from another shadow or pool; recomputing it", table.name)
+            table.unlink()
+    for extra in features_dir.glob("shadow_*.parquet"):  # tables of shadows that no longer exist
+        if int(extra.stem.split("_")[1]) >= len(inputs["shadows"]):
+            extra.unlink()
+    (features_dir / SHADOW_TABLE).unlink(missing_ok=True)
+    write_json_atomic(path, inputs)
 
 
 def cached_neighbours(features_dir: Path, texts: TextSet, *, generator: Any, settings: FeatureSettings,

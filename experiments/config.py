@@ -102,6 +102,10 @@ def _check_str(name: str, value: Any, *, allowed: str = "a non-empty string") ->
 # ----------------------------------------------------------------------------- sections
 
 
+#: The fewest shadows ``run`` accepts: leave-one-shadow-out LiRA, nested once more for model
+#: selection, calibrates each text against K - 2 shadows, which must include OUT ones.
+MIN_RUN_SHADOWS = 4
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Where the texts come from: a file on disk, or a built-in generator.
@@ -270,7 +274,8 @@ class ExperimentConfig:
         target: how the target model is fine-tuned on its members.
         shadows: how each shadow is fine-tuned (may differ from ``target``: the attacker
             rarely knows the target's recipe exactly).
-        n_shadows: shadow models (even, 2..4096), so every text is IN for half of them.
+        n_shadows: shadow models (even, 4..4096), so every text is IN for half of them; at
+            least 4, since nested leave-one-shadow-out calibration leaves K - 2 references.
         features: how features are computed.
         classifier: ``"auto"`` (chosen by leave-one-shadow-out) or a name in
             :data:`attack_models.CLASSIFIERS`.
@@ -309,11 +314,12 @@ class ExperimentConfig:
                 "online: shadows also trained IN/OUT on the candidates)"
             ) from None
         if isinstance(self.n_shadows, bool) or not isinstance(self.n_shadows, int):
-            raise ConfigError(f"n_shadows={self.n_shadows!r} must be an even integer in [2, 4096]")
-        if not (2 <= self.n_shadows <= 4096 and self.n_shadows % 2 == 0):
+            raise ConfigError(f"n_shadows={self.n_shadows!r} must be an even integer in [{MIN_RUN_SHADOWS}, 4096]")
+        if not (MIN_RUN_SHADOWS <= self.n_shadows <= 4096 and self.n_shadows % 2 == 0):
             raise ConfigError(
-                f"n_shadows={self.n_shadows} is out of range; allowed: even integers in [2, 4096] "
-                "(each text is IN for half of the shadows)"
+                f"n_shadows={self.n_shadows} is out of range; allowed: even integers in [{MIN_RUN_SHADOWS}, 4096] "
+                "(each text is IN for half of the shadows, and the attack's leave-one-shadow-out LiRA "
+                "features need OUT shadows for a text after one shadow is held out and another left out)"
             )
         from attack_models.classifiers import CLASSIFIERS
 

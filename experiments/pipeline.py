@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -154,16 +155,38 @@ def log_to_file(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def claim_run_directory(out: Path, config: ExperimentConfig, *, force: bool) -> None:
-    """Write ``config.toml``; refuse a directory made with another config unless ``force``."""
+#: What a run writes at its end from the stages before: removed when a run starts, so a
+#: failed run never leaves a report that describes other inputs than the config beside it.
+RUN_OUTPUTS = ("report", "scores.csv", "run.json", "transfer/report.md", "transfer/report.json")
+#: What holds expensive work: a directory with one of these made under another config is
+#: refused unless ``force`` (a directory with only a config.toml, say after a failed start,
+#: is simply claimed).
+RUN_ARTIFACTS = ("target", "targets", "shadows")
+
+
+def claim_run_directory(out: Path, config: Any, *, force: bool) -> None:
+    """Invalidate the outputs of earlier runs, then write ``config.toml``.
+
+    A directory that holds trained models made with another config is refused unless
+    ``force``. Either way the report, the scores and ``run.json`` of the earlier run are
+    removed first: every stage then verifies and reuses, or recomputes, its own artifacts,
+    and a run that fails on the way leaves no report that disagrees with ``config.toml``.
+    """
     path = out / "config.toml"
-    if path.is_file() and not force:
+    if path.is_file() and not force and any((out / name).exists() for name in RUN_ARTIFACTS):
         existing = load_config(path)
         if config_hash(existing) != config_hash(config):
             before, after = to_dict(existing), to_dict(config)
             changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
             raise ConfigError(f"{out} holds a run of another config (differs in: {', '.join(changed)}); "
-                              "use another --out, or --force to continue it with this config")
+                              "use another --out, or --force to continue it with this config (every stage "
+                              "whose inputs changed is recomputed)")
+    for name in RUN_OUTPUTS:
+        stale = out / name
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
     write_text_atomic(path, config_toml(config))
 
 
@@ -239,17 +262,38 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
 
 def train_target(base_model: str, members: list[str], target_dir: Path, training: Any) -> None:
     """The target's LoRA fine-tune on its members, unless ``target_dir`` holds one that verifies
-    with the same settings."""
-    from shadow.finetune import FinetuneConfig, finetune, read_manifest, verify_adapter
+    and was trained from the same base, with the same settings, on the same texts in the same
+    order (the manifest's ``ids_hash``)."""
+    from shadow.finetune import finetune, ids_hash, read_manifest, verify_adapter
 
     if _adapter_verifies(verify_adapter, target_dir):
-        recorded = read_manifest(target_dir).get("config")
-        if recorded is None or FinetuneConfig.from_dict(recorded) == training:
+        manifest = read_manifest(target_dir)
+        stale = target_staleness(manifest, base_model=base_model, training=training, texts_hash=ids_hash(members))
+        if not stale:
             logger.info("stage: target %s is complete and verified; skipping it", target_dir)
             return
-        logger.info("stage: target %s was trained with other settings; training it again", target_dir)
+        logger.info("stage: target %s was trained on other inputs (%s); training it again", target_dir,
+                    ", ".join(stale))
     logger.info("stage: target fine-tune on %d members -> %s", len(members), target_dir)
     finetune(base_model, members, target_dir, training, overwrite=True)
+
+
+def target_staleness(manifest: dict[str, Any], *, base_model: str, training: Any, texts_hash: str) -> list[str]:
+    """Which inputs of an adapter's manifest differ from those asked for (empty: it can be reused)."""
+    from shadow.finetune import FinetuneConfig
+
+    stale = []
+    recorded = manifest.get("config")
+    try:
+        if recorded is None or FinetuneConfig.from_dict(recorded) != training:
+            stale.append("settings")
+    except ConfigError:
+        stale.append("settings")
+    if manifest.get("ids_hash") != texts_hash:
+        stale.append("training texts")
+    if (manifest.get("base_model") or {}).get("spec") != str(base_model):
+        stale.append("base model")
+    return stale
 
 
 def classifier_label(selected: str) -> str:

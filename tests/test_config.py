@@ -165,7 +165,7 @@ def test_wrong_type_names_key_received_and_expected(tmp_path, demo_text):
 
 def test_out_of_range_names_key_and_range(tmp_path, demo_text):
     message = error_of(DEMO, ["n_shadows=3"])
-    assert str(DEMO) in message and "n_shadows=3" in message and "even integers in [2, 4096]" in message
+    assert str(DEMO) in message and "n_shadows=3" in message and "even integers in [4, 4096]" in message
     path = write(tmp_path, demo_text.replace("epochs = 4", "epochs = 0", 1))
     message = error_of(path)
     assert str(path) in message and "target.epochs=0" in message and "[1, 1000]" in message
