@@ -16,13 +16,23 @@ code. **Load attack models only from sources you trust.** This module narrows th
   which the xgboost documentation recommends over pickled boosters for portability, and
   the wrapper is rebuilt from its recorded hyperparameters;
 * ``manifest.json`` records the SHA-256 of every file; loading recomputes them and raises
-  :class:`~llm_features.errors.IntegrityError` naming the first file that differs.
+  :class:`~llm_features.errors.IntegrityError` naming the first file that differs;
+* the manifest also records ``content_sha256``, the SHA-256 of its own canonical content
+  (classifier, hyperparameters, feature names and order, classes, metadata, file hashes):
+  a hand-edited manifest (another base model, other NaN medians, another shadow
+  directory, reordered features) is refused. (A hash is no signature: whoever can rewrite
+  the manifest can recompute it. It catches edits and corruption, not a forger.)
 
 Layout of an attack directory::
 
     model.skops      the estimator (for XGBoostAttack: the wrapper without its booster)
     booster.json     XGBoostAttack only: xgboost's JSON model
-    manifest.json    written last (atomically): its presence means the directory is complete
+    manifest.json    its presence means the directory is complete
+
+The directory is written whole into a temporary sibling and renamed into place; an
+existing attack is moved aside first and deleted only once the new one is in place, so a
+save that fails or is killed leaves the old attack (or, killed between the two renames,
+the old attack beside the directory, put back by the next save or load).
 
 The manifest records the classifier name and hyperparameters, the feature names in
 column order, the class labels, the caller's ``metadata`` (base model name, tokenizer
@@ -33,9 +43,12 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -59,6 +72,10 @@ MODEL_NAME = "model.skops"
 BOOSTER_NAME = "booster.json"
 FORMAT = "shadowmia.attack"
 FORMAT_VERSION = 1
+#: The manifest entries covered by ``content_sha256``.
+SIGNED_KEYS = ("classifier", "class", "params", "feature_names", "classes", "metadata", "files")
+STAGING_MARK = ".partial-"
+ASIDE_MARK = ".old-"
 _VERSIONED = ("shadowmia", "numpy", "scipy", "pandas", "scikit-learn", "xgboost", "skops")
 
 #: Types a saved attack may contain beyond skops' defaults; anything else is refused.
@@ -122,12 +139,42 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def content_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of the manifest's :data:`SIGNED_KEYS` entries."""
+    signed = {key: manifest.get(key) for key in SIGNED_KEYS}
+    return hashlib.sha256(json.dumps(signed, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def is_attack_directory(directory: Path) -> bool:
+    """True when ``directory`` holds a manifest of a saved attack (whatever its state)."""
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def _recover_interrupted(target: Path) -> None:
+    """Put back an attack moved aside by a save that was killed before the new one was in place,
+    and remove what killed saves left behind."""
+    asides = sorted(target.parent.glob(f".{target.name}{ASIDE_MARK}*"))
+    if not target.exists():
+        for aside in asides:
+            if is_attack_directory(aside / target.name):
+                os.replace(aside / target.name, target)
+                logger.warning("restored %s from %s (a save of the attack was interrupted)", target, aside)
+                break
+    for leftover in [*asides, *target.parent.glob(f".{target.name}{STAGING_MARK}*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def save_attack(
     directory: str | os.PathLike,
     estimator: Any,
     *,
     feature_names: Sequence[str],
     metadata: Mapping[str, Any],
+    overwrite: bool = False,
 ) -> Path:
     """Save a fitted attack classifier to ``directory``; return the manifest's path.
 
@@ -137,10 +184,11 @@ def save_attack(
     ``{"base_model": "smollm2-135m", "tokenizer_hash": "...", "run": "ag_news"}``; pass
     the same keys to :func:`load_attack`'s ``expected_base`` to refuse a mismatched model.
 
-    Every file goes to a temporary name and is renamed into place; an existing manifest is
-    removed first and the new one written last, so a directory interrupted mid-save has no
-    manifest and :func:`load_attack` refuses it. Saving is refused if the estimator would
-    need a type outside :data:`ALLOWED_TYPES` to load.
+    The attack is written whole into a temporary sibling directory and renamed into place
+    (an existing attack is replaced only then), so a save that fails or is killed leaves
+    the previous attack. A non-empty ``directory`` that is not an attack is refused unless
+    ``overwrite``. Saving is refused if the estimator would need a type outside
+    :data:`ALLOWED_TYPES` to load.
     """
     import skops.io as sio
     from sklearn.utils.validation import check_is_fitted
@@ -169,11 +217,39 @@ def save_attack(
         raise ConfigError(f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {exc}.") from exc
 
     target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    manifest_path = target / MANIFEST_NAME
-    manifest_path.unlink(missing_ok=True)  # from here on the directory reads as incomplete
-    for stale in (MODEL_NAME, BOOSTER_NAME):
-        (target / stale).unlink(missing_ok=True)
+    _recover_interrupted(target)
+    if target.is_file() or (target.is_dir() and any(target.iterdir()) and not is_attack_directory(target)
+                            and not overwrite):
+        held = sorted(p.name for p in target.iterdir())[:5] if target.is_dir() else "a file"
+        raise ConfigError(f"--out {target} is not an attack directory (it holds {held}); choose another --out, "
+                          "or pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}", dir=target.parent))
+    try:
+        _write_attack(staging, estimator, name=name, feature_names=feature_names, metadata=metadata_json)
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("saved %s attack (%d features) to %s", name, len(feature_names), target)
+    return target / MANIFEST_NAME
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first, deleted last."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}{ASIDE_MARK}", dir=target.parent))
+    os.replace(target, aside / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _write_attack(target: Path, estimator: Any, *, name: str, feature_names: list[str],
+                  metadata: dict[str, Any]) -> None:
+    """The files of an attack and its manifest (last), in ``target``."""
+    import skops.io as sio
 
     to_dump = estimator
     files = [MODEL_NAME]
@@ -200,17 +276,16 @@ def save_attack(
         "format_version": FORMAT_VERSION,
         "classifier": name,
         "class": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
-        "params": _json_safe(estimator.get_params()),
+        "params": json.loads(json.dumps(_json_safe(estimator.get_params()), sort_keys=True, default=str)),
         "feature_names": feature_names,
         "classes": _json_safe(estimator.classes_.tolist()),
-        "metadata": metadata_json,
+        "metadata": metadata,
         "library_versions": library_versions(_VERSIONED),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "files": {f: {"sha256": sha256_file(target / f), "bytes": (target / f).stat().st_size} for f in files},
     }
-    write_json_atomic(manifest_path, manifest)
-    logger.info("saved %s attack (%d features) to %s", name, len(feature_names), target)
-    return manifest_path
+    manifest["content_sha256"] = content_digest(manifest)
+    write_json_atomic(target / MANIFEST_NAME, manifest)
 
 
 # --------------------------------------------------------------------------- load
@@ -239,9 +314,16 @@ def _read_manifest(target: Path) -> dict[str, Any]:
             f"{str(path)!r} has format_version {version!r}; this shadowmia reads version {FORMAT_VERSION}. "
             "Re-fit the attack with this version."
         )
-    for key in ("classifier", "class", "files", "feature_names", "metadata"):
-        if key not in manifest:
-            raise InputDataError(f"{str(path)!r} lacks the entry {key!r}.")
+    for key, kind in (("classifier", str), ("class", str), ("files", dict), ("feature_names", list),
+                      ("metadata", dict), ("content_sha256", str)):
+        if not isinstance(manifest.get(key), kind):
+            raise IntegrityError(f"{path}: entry {key!r} is {'missing' if key not in manifest else 'not a ' + kind.__name__}; "
+                                 "the manifest was edited or damaged: re-fit the attack")
+    if not all(isinstance(name, str) for name in manifest["feature_names"]):
+        raise IntegrityError(f"{path}: entry 'feature_names' must list strings; re-fit the attack")
+    if content_digest(manifest) != manifest["content_sha256"]:
+        raise IntegrityError(f"{path} was edited after the attack was saved (its content no longer matches "
+                             "content_sha256: metadata, features, classifier or file hashes); re-fit the attack")
     return manifest
 
 
@@ -311,20 +393,29 @@ def load_attack(
     import skops.io as sio
 
     target = Path(directory)
+    _recover_interrupted(target)
     manifest = _read_manifest(target)
     _verify_files(target, manifest)
     _check_base(manifest, expected_base)
     _warn_on_version_drift(manifest)
 
     model_path = target / MODEL_NAME
-    untrusted = sio.get_untrusted_types(file=model_path)
+    try:
+        untrusted = sio.get_untrusted_types(file=model_path)
+    except Exception as exc:  # not a skops zip: zipfile, JSON and key errors
+        raise IntegrityError(f"{model_path} is not a readable skops file ({type(exc).__name__}: {exc}); "
+                             "re-fit the attack") from exc
     refused = sorted(set(untrusted) - ALLOWED_TYPES)
     if refused:
         raise UntrustedArtifactError(
             f"{model_path} would construct types outside the allowlist: {refused}. Refusing to load; "
             "only load attack models from trusted sources."
         )
-    estimator = sio.load(model_path, trusted=list(untrusted))
+    try:
+        estimator = sio.load(model_path, trusted=list(untrusted))
+    except Exception as exc:  # a damaged file whose types were all allowed
+        raise IntegrityError(f"{model_path} could not be loaded ({type(exc).__name__}: {exc}); re-fit the attack") \
+            from exc
 
     expected_class = CLASSIFIERS.get(manifest["classifier"])
     if expected_class is None or type(estimator) is not expected_class:
@@ -338,12 +429,20 @@ def load_attack(
         if BOOSTER_NAME not in manifest["files"]:
             raise IntegrityError(f"the manifest of {str(target)!r} does not list {BOOSTER_NAME} for an XGBoost attack.")
         model = xgboost.XGBClassifier(**estimator.xgb_params())
-        model.load_model(bytearray((target / BOOSTER_NAME).read_bytes()))
+        try:
+            model.load_model(bytearray((target / BOOSTER_NAME).read_bytes()))
+        except Exception as exc:  # xgboost.core.XGBoostError on a damaged booster
+            raise IntegrityError(f"{target / BOOSTER_NAME} could not be loaded ({type(exc).__name__}); "
+                                 "re-fit the attack") from exc
         estimator.model_ = model
     if estimator.n_features_in_ != len(manifest["feature_names"]):
         raise IntegrityError(
             f"the estimator in {str(target)!r} expects {estimator.n_features_in_} features but the "
             f"manifest names {len(manifest['feature_names'])}."
         )
+    fitted_names = getattr(estimator, "feature_names_in_", None)
+    if fitted_names is not None and [str(n) for n in fitted_names] != manifest["feature_names"]:
+        raise IntegrityError(f"the estimator in {target} was fitted on the features {list(fitted_names)} but the "
+                             f"manifest names {manifest['feature_names']} (another order?); re-fit the attack")
     logger.info("loaded %s attack from %s", manifest["classifier"], target)
     return estimator, manifest

@@ -269,7 +269,7 @@ def add_calibrated_columns(table: pd.DataFrame, methods: tuple[str, ...]) -> pd.
 
 
 def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features: str | None = None,
-                   calibration: str = "none", seed: int = 0) -> dict[str, Any]:
+                   calibration: str = "none", seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """``shadowmia fit-attack``: compare classifiers leave-one-shadow-out, fit the best (or the named) one.
 
     ``calibration`` adds LiRA scores (Carlini et al. 2022) of the loss to the features:
@@ -303,6 +303,9 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     chosen = select_best(results) if classifier == "auto" else classifier
     estimator = make_classifier(chosen, random_state=seed).fit(table[columns], table["label"].to_numpy())
     shadow_config = json.loads((shadows_dir / "config.json").read_text(encoding="utf-8"))
+    from shadow.shadows import shadow_dirs
+
+    shadow_manifests = {d.name: sha256_file(d / "manifest.json") for d in shadow_dirs(shadows_dir)}
     metadata = {
         "base_model": settings["base"],
         "tokenizer_hash": settings["tokenizer_hash"],
@@ -312,12 +315,13 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
         "nan_medians": {k: float(v) for k, v in medians.items()},
         "shadows_dir": str(shadows_dir.resolve()),
         "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
+        "shadow_manifests": shadow_manifests,
         "shadow_config": shadow_config.get("reproduce", {}),
         "leave_one_shadow_out": json.loads(results.to_json(orient="records")),
         "selected": chosen,
         "seed": seed,
     }
-    save_attack(out, estimator, feature_names=columns, metadata=metadata)
+    save_attack(out, estimator, feature_names=columns, metadata=metadata, overwrite=overwrite)
     return {"selected": chosen, "results": results, "out": out}
 
 
@@ -340,7 +344,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
 
     out_path = check_output_path(out, suffix=".csv")
     estimator, manifest = load_attack(attack)
-    meta = manifest["metadata"]
+    meta = attack_metadata(manifest, Path(attack))
     candidates = load_texts(data, text_field=text_field)
     computed = [r.column for r in parse_features(meta["feature_settings"]["features"])]
     check_kept_fields(candidates, computed + list(meta["feature_columns"]) + list(SCORE_COLUMNS))
@@ -450,6 +454,41 @@ def _score_metrics(labels: np.ndarray, table: pd.DataFrame, *, seed: int) -> dic
     return metrics
 
 
+#: The metadata that ``score`` reads from an attack manifest, with its types.
+METADATA_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "base_model": str, "tokenizer_hash": str, "feature_settings": dict, "feature_columns": list,
+    "calibrated": (list, bool), "nan_medians": dict, "shadows_dir": str, "shadow_table_sha256": str,
+}
+FEATURE_SETTINGS_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "features": str, "neighbours": dict, "max_tokens": int, "batch_size": int,
+}
+
+
+def attack_metadata(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """The attack's metadata, checked against :data:`METADATA_SCHEMA` (IntegrityError naming the key).
+
+    :func:`attack_models.load_attack` has already refused a manifest edited after it was
+    saved; this refuses one written by another tool or version without what ``score`` needs.
+    """
+    meta = manifest["metadata"]
+    where = directory / "manifest.json"
+    for schema, mapping, prefix in ((METADATA_SCHEMA, meta, "metadata"),
+                                    (FEATURE_SETTINGS_SCHEMA, meta.get("feature_settings"), "metadata.feature_settings")):
+        if not isinstance(mapping, dict):
+            break
+        for key, kind in schema.items():
+            if not isinstance(mapping.get(key), kind) or isinstance(mapping.get(key), bool) and kind is int:
+                state = "missing" if key not in mapping else f"a {type(mapping[key]).__name__}"
+                raise IntegrityError(f"{where}: {prefix}.{key} is {state}, not what shadowmia score needs; "
+                                     "re-fit the attack with shadowmia fit-attack")
+    if meta["feature_columns"] != manifest["feature_names"]:
+        raise IntegrityError(f"{where}: metadata.feature_columns {meta['feature_columns']} differ from the feature "
+                             f"names {manifest['feature_names']}; re-fit the attack")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in meta["nan_medians"].values()):
+        raise IntegrityError(f"{where}: metadata.nan_medians must map features to numbers; re-fit the attack")
+    return meta
+
+
 def calibrated_inputs(meta: dict[str, Any]) -> tuple[str, ...]:
     """The LiRA columns an attack takes as features (older attack directories stored a bool: online)."""
     recorded = meta.get("calibrated", [])
@@ -522,8 +561,15 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
     scores = np.empty(keep.shape, dtype=np.float64)
     logger.info("scoring the %d candidates with each of the %d shadows (for LiRA/RMIA offline)", len(candidates),
                 len(directories))
+    recorded = meta.get("shadow_manifests")
+    if recorded is not None and sorted(recorded) != [d.name for d in directories]:
+        raise IntegrityError(f"{shadows_dir} holds the shadows {[d.name for d in directories]}, but the attack was "
+                             f"fitted on {sorted(recorded)}; refit the attack")
     for k, directory in enumerate(directories):
         verify_adapter(directory)
+        if recorded is not None and sha256_file(directory / "manifest.json") != recorded[directory.name]:
+            raise IntegrityError(f"{directory} changed since the attack was fitted (its manifest's SHA-256 differs: "
+                                 "retrained or edited); its scores would not match the shadow table. Refit the attack")
         shadow = load_model(meta["base_model"], adapter=directory, dtype=dtype, device=device)
         token_scores = score_texts(shadow.model, shadow.tokenizer, candidates.texts, batch_size=settings.batch_size,
                                    max_tokens=settings.max_tokens, description=f"candidates, shadow {k}")

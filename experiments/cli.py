@@ -208,6 +208,9 @@ def _fit_attack_parser(subparsers: argparse._SubParsersAction) -> None:
                              "any candidate can be scored) or online (LiRA online too; candidates must be in the "
                              "shadow pool); --calibrated alone means online")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it holds something other than an attack (an existing attack "
+                             "is always replaced, once the new one is complete)")
     parser.set_defaults(handler=_run_fit_attack)
 
 
@@ -215,7 +218,8 @@ def _run_fit_attack(args: argparse.Namespace) -> int:
     from experiments.attack_jobs import fit_attack_job
 
     result = fit_attack_job(shadows=args.shadows, out=args.out, classifier=args.classifier,
-                            features=args.features, calibration=args.calibrated, seed=args.seed)
+                            features=args.features, calibration=args.calibrated, seed=args.seed,
+                            overwrite=args.overwrite)
     print("leave-one-shadow-out:")
     print(result["results"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"selected: {result['selected']} -> {args.out}")

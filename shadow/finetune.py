@@ -93,6 +93,7 @@ MANIFEST_FORMAT = "shadowmia.lora-adapter/1"
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PRECISIONS = ("auto", "bf16", "fp32")
 PARTIAL_MARK = ".partial-"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 DP_ACCOUNTANTS = ("rdp", "prv")
 DEFAULT_DP_DELTA = 1e-5
 """The delta of a DP fine-tune whose ``dp_delta`` is None (keep it below 1 / number of texts)."""
@@ -1001,8 +1002,12 @@ def verify_adapter(adapter_dir: str | os.PathLike) -> bool:
                 f"recorded in {MANIFEST}; retrain the adapter"
             )
     listed = set(manifest["files"]) | {MANIFEST}
-    extra = [p.relative_to(directory).as_posix() for p in directory.rglob("*")
-             if p.is_file() and p.relative_to(directory).as_posix() not in listed]
+    extra = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                   if p.is_file() and p.relative_to(directory).as_posix() not in listed)
+    weights = [name for name in extra if name.endswith(WEIGHT_SUFFIXES)]
+    if weights:  # peft would load, say, an adapter_model.bin that no checksum covers
+        raise IntegrityError(f"{directory} holds weight files its manifest does not list: {weights}; remove them "
+                             "or retrain the adapter")
     if extra:
-        logger.warning("%s holds files its manifest does not list: %s", directory, sorted(extra))
+        logger.warning("%s holds files its manifest does not list: %s", directory, extra)
     return True

@@ -14,6 +14,7 @@ from attack_models.classifiers import CLASSIFIERS, make_classifier
 from attack_models.persistence import (
     ALLOWED_TYPES,
     UntrustedArtifactError,
+    content_digest,
     load_attack,
     save_attack,
 )
@@ -127,6 +128,7 @@ def test_untrusted_type_refused_at_save_and_at_load(tmp_path):
     sio.dump(est, tmp_path / "b" / "model.skops")
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     manifest["files"]["model.skops"]["sha256"] = sha256_file(tmp_path / "b" / "model.skops")
+    manifest["content_sha256"] = content_digest(manifest)  # a forger re-signs everything
     write_json_atomic(tmp_path / "b" / "manifest.json", manifest)
     with pytest.raises(UntrustedArtifactError, match="NotAllowed"):
         load_attack(tmp_path / "b")
@@ -137,6 +139,7 @@ def test_manifest_cannot_point_outside_the_directory(tmp_path):
     save_attack(tmp_path / "c", est, feature_names=list(X.columns), metadata=META)
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     manifest["files"]["../secret"] = {"sha256": "0"}
+    manifest["content_sha256"] = content_digest(manifest)
     write_json_atomic(tmp_path / "c" / "manifest.json", manifest)
     with pytest.raises(IntegrityError, match="invalid file name"):
         load_attack(tmp_path / "c")

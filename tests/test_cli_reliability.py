@@ -67,8 +67,11 @@ def test_train_shadows_refuses_a_data_field_named_like_an_output_column(tmp_path
 
 def fake_attack(monkeypatch, *, features: str = "loss,zlib_ratio", columns=("loss", "lira_offline")) -> None:
     """An attack whose manifest says which features it computes; loading it loads no model."""
-    manifest = {"metadata": {"feature_settings": {"features": features}, "feature_columns": list(columns),
-                             "tokenizer_hash": "x", "base_model": "some-base"}}
+    settings = {"features": features, "neighbours": {}, "max_tokens": 32, "batch_size": 8}
+    manifest = {"feature_names": list(columns),
+                "metadata": {"feature_settings": settings, "feature_columns": list(columns), "tokenizer_hash": "x",
+                             "base_model": "some-base", "calibrated": [], "nan_medians": {},
+                             "shadows_dir": "nowhere", "shadow_table_sha256": "0" * 64}}
     monkeypatch.setattr(attack_models, "load_attack", lambda path, **kwargs: (object(), manifest))
 
 

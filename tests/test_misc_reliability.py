@@ -289,8 +289,9 @@ def loss_attack(monkeypatch, tmp_path, tiny_model_dir):
     meta = {"tokenizer_hash": tokenizer_fingerprint(load_tokenizer(str(tiny_model_dir))),
             "base_model": str(tiny_model_dir), "feature_columns": ["loss"], "nan_medians": {"loss": -5.0},
             "feature_settings": FeatureSettings(features="loss", max_tokens=16, batch_size=8).to_dict(),
-            "calibrated": [], "shadows_dir": str(tmp_path / "no-shadows")}
-    monkeypatch.setattr(attack_models, "load_attack", lambda path: (estimator, {"metadata": meta}))
+            "calibrated": [], "shadows_dir": str(tmp_path / "no-shadows"), "shadow_table_sha256": "0" * 64}
+    manifest = {"metadata": meta, "feature_names": ["loss"]}
+    monkeypatch.setattr(attack_models, "load_attack", lambda path: (estimator, manifest))
     return str(tmp_path / "attack")
 
 
