@@ -285,6 +285,7 @@ def lira_offline(
     keep: ArrayLike,
     *,
     fixed_variance: bool = False,
+    fixed_std: float | None = None,
     min_std: float = DEFAULT_MIN_STD,
 ) -> np.ndarray:
     """Offline LiRA (Carlini et al. 2022, Sec. 4.3): a one-sided test against the OUT Gaussian.
@@ -296,13 +297,16 @@ def lira_offline(
     function of it (same ranking, same ROC) that keeps its resolution deep in the tail where
     the low-FPR decisions are made. Only the OUT shadows of each text are used (the IN ones
     are ignored), so shadows need not have trained on the candidate texts. (The LiRA
-    repository's ``generate_ours_offline`` uses the two-sided density instead.)
+    repository's ``generate_ours_offline`` uses the two-sided density instead.) ``fixed_std``
+    (e.g. :func:`pooled_out_std` of the attacker's pool) replaces every ``sd_out[i]``, so a
+    text's score does not depend on the other texts scored with it.
     """
     S = _matrix(shadow_scores, "shadow_scores")
     x = _vector(target_scores, "target_scores", S.shape[1])
     st = lira_statistics(S, keep, fixed_variance=fixed_variance, min_std=min_std, need_in=False,
                          where="lira_offline")
-    return -norm.logsf(x, st.mu_out, st.sd_out)
+    sd = st.sd_out if fixed_std is None else max(float(fixed_std), min_std)
+    return -norm.logsf(x, st.mu_out, sd)
 
 
 def pooled_out_std(shadow_scores: ArrayLike, keep: ArrayLike, *, min_std: float = Z_MIN_STD) -> float:

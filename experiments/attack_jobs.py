@@ -41,6 +41,7 @@ SHADOW_TABLE = "shadows.parquet"
 CALIBRATION_STATISTIC = "loss"
 #: The LiRA features an attack may add to its inputs, by threat model: online (every candidate
 #: is in the shadow pool) or offline (each shadow is an OUT model for a candidate outside it).
+#: Either also adds the calibrated view (``cal_<feature>``) of every feature that allows it.
 CALIBRATIONS: dict[str, tuple[str, ...]] = {"none": (), "offline": ("lira_offline",),
                                             "online": ("lira_online", "lira_offline")}
 #: Columns that ``train-shadows`` and ``score`` add to the data's own fields: a data field of
@@ -245,36 +246,66 @@ def load_shadow_table(shadows_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def shadow_score_matrix(table: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``scores[K, N]`` of one feature column, ``keep[K, N]``, and the N text ids in column order."""
-    scores = table.pivot(index="shadow", columns="id", values=column)
-    keep = table.pivot(index="shadow", columns="id", values="label")
-    return scores.to_numpy(dtype=np.float64), keep.to_numpy().astype(bool), [str(c) for c in scores.columns]
+    """``scores[K, N]`` of one feature column (NaN as the median), ``keep[K, N]``, the N text ids."""
+    from attack_models.fusion import shadow_matrix
+
+    scores, keep, ids, _ = shadow_matrix(table, column)
+    return scores, keep, ids
 
 
-def add_calibrated_columns(table: pd.DataFrame, methods: tuple[str, ...]) -> pd.DataFrame:
+def add_calibrated_columns(table: pd.DataFrame, methods: tuple[str, ...], *,
+                           held_out: int | None = None) -> pd.DataFrame:
     """LiRA scores (``methods``: lira_online, lira_offline) of every shadow row, leave-one-shadow-out:
-    a shadow's row is calibrated by the other shadows only (no label leakage)."""
-    from attack_models.calibrated import leave_one_shadow_out_calibrated
+    a shadow's row is calibrated by the other shadows only (no label leakage); with
+    ``held_out = h`` also without shadow ``h`` (the fold of model selection that holds out h)."""
+    from attack_models.calibrated import leave_one_shadow_out_calibrated, shadows_excluded_calibrated
+    from attack_models.fusion import shadow_matrix
 
-    scores, keep, ids = shadow_score_matrix(table, CALIBRATION_STATISTIC)
-    scores = np.nan_to_num(scores, nan=np.nanmedian(scores))
+    scores, keep, ids, shadows = shadow_matrix(table, CALIBRATION_STATISTIC)
+    fixed = keep.shape[0] < 16
+    row = pd.Index(shadows).get_indexer(table["shadow"])
+    col = pd.Index(ids).get_indexer(table["id"].astype(str))
     out = table.copy()
     for method in methods:
-        values = leave_one_shadow_out_calibrated(scores, keep, method, fixed_variance=keep.shape[0] < 16)
-        frame = pd.DataFrame(values, columns=ids).rename_axis(index="shadow", columns="id").stack()
-        frame = frame.rename(method).reset_index()
-        frame["shadow"] = np.asarray(sorted(table["shadow"].unique()))[frame["shadow"].to_numpy()]
-        out = out.merge(frame, on=["shadow", "id"], how="left")
+        if held_out is None:
+            values = leave_one_shadow_out_calibrated(scores, keep, method, fixed_variance=fixed)
+        else:
+            values = shadows_excluded_calibrated(scores, keep, method, held_out=shadows.index(held_out),
+                                                 fixed_variance=fixed)
+        out[method] = values[row, col]
     return out
 
 
+def calibratable_columns(features: str, columns: list[str]) -> list[str]:
+    """The feature columns whose calibrated view a candidate can get at scoring time: those that
+    need nothing but the model and the reference (not the neighbours, which would cost every
+    shadow a pass over every candidate's neighbours)."""
+    needs = {r.column: r.needs for r in parse_features(features)}
+    return [c for c in columns if c in needs and needs[c] <= {"reference"}]
+
+
+def calibrated_training_table(table: pd.DataFrame, *, lira: tuple[str, ...], views: list[str],
+                              held_out: int | None = None) -> pd.DataFrame:
+    """The shadow table with its LiRA columns and the calibrated view of each feature in ``views``
+    (:mod:`attack_models.fusion`), leave-one-shadow-out, or nested without ``held_out``."""
+    from attack_models.fusion import calibrate_shadow_table
+
+    if lira:
+        table = add_calibrated_columns(table, lira, held_out=held_out)
+    return calibrate_shadow_table(table, views, held_out=held_out) if views else table
+
+
 def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features: str | None = None,
-                   calibration: str = "none", seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+                   calibration: str = "offline", seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """``shadowmia fit-attack``: compare classifiers leave-one-shadow-out, fit the best (or the named) one.
 
-    ``calibration`` adds LiRA scores (Carlini et al. 2022) of the loss to the features:
-    ``"offline"`` adds LiRA offline, which any candidate gets at scoring time (the shadows
-    score it); ``"online"`` adds LiRA online too, for candidates that are in the shadow pool.
+    ``calibration`` adds per-text calibrated inputs computed against the shadows: LiRA
+    (Carlini et al. 2022) of the loss and the calibrated view of every other feature
+    (:mod:`attack_models.fusion`). ``"offline"`` (the default) adds what any candidate gets
+    at scoring time (the shadows score it); ``"online"`` adds LiRA online too, for
+    candidates that are in the shadow pool; ``"none"`` only the raw features. In model
+    selection every fold recomputes them without its held-out shadow (nested
+    leave-one-shadow-out), so no fold's training rows saw the held-out shadow's labels.
     """
     from attack_models import CLASSIFIERS, impute_nan, leave_one_shadow_out, make_classifier, save_attack, select_best
 
@@ -292,14 +323,31 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     if calibration not in CALIBRATIONS:
         raise ConfigError(f"--calibrated {calibration!r}: allowed are {', '.join(CALIBRATIONS)}")
     calibrated = CALIBRATIONS[calibration]
+    views: list[str] = []
+    stds: dict[str, float] = {}
+    fold_table = None
     if calibrated:
+        from attack_models.fusion import calibrated_column, pooled_out_stds
+
         if CALIBRATION_STATISTIC not in table.columns:
             raise ConfigError(f"--calibrated {calibration} needs the loss feature in the shadow table")
-        table = add_calibrated_columns(table, calibrated)
-        columns = columns + list(calibrated)
+        if table["shadow"].nunique() < 4:
+            raise ConfigError(f"--calibrated {calibration} needs at least 4 shadows (nested leave-one-shadow-out "
+                              f"calibrates each text against K - 2 of them); these have {table['shadow'].nunique()}. "
+                              "Train more shadows or pass --calibrated none")
+        views = calibratable_columns(settings["features"], columns)
+        stds = pooled_out_stds(table, sorted(set(views) | {CALIBRATION_STATISTIC}))
+        raw = table
+        table = calibrated_training_table(raw, lira=calibrated, views=views)
+        columns = columns + list(calibrated) + [calibrated_column(c) for c in views]
+
+        def fold_table(held_out: int) -> pd.DataFrame:
+            fold = calibrated_training_table(raw, lira=calibrated, views=views, held_out=held_out)
+            return fold.fillna({c: medians[c] for c in medians})
     table, medians = impute_nan(table, columns)
     names = list(CLASSIFIERS) if classifier == "auto" else [classifier]
-    results = leave_one_shadow_out(table, feature_columns=columns, classifier_names=names, random_state=seed)
+    results = leave_one_shadow_out(table, feature_columns=columns, classifier_names=names, random_state=seed,
+                                   fold_table=fold_table)
     chosen = select_best(results) if classifier == "auto" else classifier
     estimator = make_classifier(chosen, random_state=seed).fit(table[columns], table["label"].to_numpy())
     shadow_config = json.loads((shadows_dir / "config.json").read_text(encoding="utf-8"))
@@ -312,6 +360,8 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
         "feature_settings": {k: settings[k] for k in ("features", "neighbours", "max_tokens", "batch_size")},
         "feature_columns": columns,
         "calibrated": list(calibrated),
+        "calibrated_views": views,
+        "pooled_out_std": stds,
         "nan_medians": {k: float(v) for k, v in medians.items()},
         "shadows_dir": str(shadows_dir.resolve()),
         "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
@@ -355,7 +405,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
             f"{meta['base_model']} ({meta['tokenizer_hash']}); the attack's features would not be comparable. "
             "Train shadows from the target's own base model")
     shadow_table = _verified_shadow_table(meta)
-    in_pool = _pool_calibration(shadow_table, candidates)
+    in_pool = _pool_calibration(shadow_table, candidates, list(meta.get("calibrated_views", [])))
     uses = calibrated_inputs(meta)
     if "lira_online" in uses and in_pool is None:
         raise ConfigError(
@@ -387,12 +437,13 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
     if calibration or uses:
         calibration_inputs = in_pool
         if in_pool is None and shadow_table is not None:
-            calibration_inputs = _shadow_calibration(meta, candidates, settings, dtype=dtype, device=device)
+            calibration_inputs = _shadow_calibration(meta, candidates, settings, dtype=dtype, device=device,
+                                                     reference_scores=reference_scores)
     if uses and calibration_inputs is None:
         raise IntegrityError(f"this attack uses {', '.join(uses)}, which needs the shadows in {meta['shadows_dir']}; "
                              "they are gone or incomplete")
     if calibration_inputs is not None:
-        table = table.join(_calibrated_scores(table, calibration_inputs))
+        table = table.join(_calibrated_scores(table, calibration_inputs, stds=meta.get("pooled_out_std")))
     columns = meta["feature_columns"]
     unscored = _nothing_to_predict(table, out_path)
     filled = table.loc[~unscored].copy()
@@ -509,10 +560,11 @@ def _verified_shadow_table(meta: dict[str, Any]) -> pd.DataFrame | None:
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Shadow statistics of the candidates, for LiRA and RMIA."""
+    """Shadow statistics of the candidates, for LiRA, RMIA and the calibrated views."""
 
     scores: np.ndarray  # [K, n] loss statistic of each candidate under each shadow
     keep: np.ndarray    # [K, n] whether shadow k trained on candidate i
+    features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [K, n] per calibrated feature
 
     @property
     def online(self) -> bool:
@@ -520,7 +572,8 @@ class Calibration:
         return bool(self.keep.any(axis=0).all() and (~self.keep).any(axis=0).all())
 
 
-def _pool_calibration(shadow_table: pd.DataFrame | None, candidates: TextSet) -> Calibration | None:
+def _pool_calibration(shadow_table: pd.DataFrame | None, candidates: TextSet,
+                      views: list[str]) -> Calibration | None:
     """The shadows' statistics of the candidates from the shadow table, or None unless all are in the pool."""
     if shadow_table is None or CALIBRATION_STATISTIC not in shadow_table.columns:
         return None
@@ -531,12 +584,14 @@ def _pool_calibration(shadow_table: pd.DataFrame | None, candidates: TextSet) ->
         logger.info("%d of %d candidates are not in the shadow pool", outside, len(candidates))
         return None
     columns = [position[i] for i in candidates.ids]
-    return Calibration(scores=scores[:, columns], keep=keep[:, columns])
+    features = {view: shadow_score_matrix(shadow_table, view)[0][:, columns] for view in views}
+    return Calibration(scores=scores[:, columns], keep=keep[:, columns], features=features)
 
 
 def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: FeatureSettings, *, dtype: str,
-                        device: str) -> Calibration | None:
-    """Each shadow's statistic of each candidate, by scoring the candidates with every shadow.
+                        device: str, reference_scores: Any = None) -> Calibration | None:
+    """Each shadow's statistic (and calibrated features) of each candidate, by scoring the
+    candidates with every shadow (``reference_scores``: the base's, for features that need them).
 
     A candidate outside the pool was trained on by no shadow (keep = False); a candidate in
     the pool keeps its row of the membership matrix.
@@ -557,8 +612,10 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
     for i, identifier in enumerate(candidates.ids):
         if identifier in position:
             keep[:, i] = pool_keep[:, position[identifier]]
-    loss_request = parse_features(CALIBRATION_STATISTIC)
+    views = list(meta.get("calibrated_views", []))
+    requests = [r for r in parse_features(settings.features) if r.column in views or r.column == CALIBRATION_STATISTIC]
     scores = np.empty(keep.shape, dtype=np.float64)
+    features = {view: np.empty(keep.shape, dtype=np.float64) for view in views}
     logger.info("scoring the %d candidates with each of the %d shadows (for LiRA/RMIA offline)", len(candidates),
                 len(directories))
     recorded = meta.get("shadow_manifests")
@@ -573,21 +630,28 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
         shadow = load_model(meta["base_model"], adapter=directory, dtype=dtype, device=device)
         token_scores = score_texts(shadow.model, shadow.tokenizer, candidates.texts, batch_size=settings.batch_size,
                                    max_tokens=settings.max_tokens, description=f"candidates, shadow {k}")
-        scores[k] = compute_features(candidates, loss_request, token_scores)[CALIBRATION_STATISTIC].to_numpy()
+        values = compute_features(candidates, requests, token_scores, reference_scores=reference_scores)
+        scores[k] = values[CALIBRATION_STATISTIC].to_numpy()
+        for view in views:
+            features[view][k] = values[view].to_numpy()
         del shadow
-    return Calibration(scores=scores, keep=keep)
+    return Calibration(scores=scores, keep=keep, features=features)
 
 
-def _calibrated_scores(table: pd.DataFrame, calibration: Calibration) -> pd.DataFrame:
+def _calibrated_scores(table: pd.DataFrame, calibration: Calibration, *,
+                       stds: dict[str, float] | None = None) -> pd.DataFrame:
     """LiRA and RMIA of each candidate against all shadows: online when every candidate has IN
     and OUT shadows, else offline (LiRA offline, Carlini et al. 2022 Sec. 4.3; RMIA offline,
     Zarifzadeh et al. 2024).
 
     RMIA's population z is the other candidates. Online, Pr(z) averages all K shadows (half of
     which trained on each z), which estimates the online (Pr_IN + Pr_OUT) / 2 of the paper;
-    offline, Pr(.) averages the OUT shadows.
+    offline, Pr(.) averages the OUT shadows. ``stds`` (the pooled OUT standard deviations
+    of the attacker's pool, recorded by fit-attack) fix LiRA offline's variance and scale
+    the calibrated views, so a candidate's scores do not depend on the other candidates.
     """
     from attack_models.calibrated import lira_offline, lira_online, rmia
+    from attack_models.fusion import calibrate_candidates
 
     statistic = table[CALIBRATION_STATISTIC].to_numpy(dtype=np.float64)
     statistic = np.nan_to_num(statistic, nan=np.nanmedian(statistic))
@@ -597,8 +661,11 @@ def _calibrated_scores(table: pd.DataFrame, calibration: Calibration) -> pd.Data
     result = pd.DataFrame(index=table.index)
     if online:
         result["lira_online"] = lira_online(statistic, shadows, calibration.keep, fixed_variance=fixed)
-    result["lira_offline"] = lira_offline(statistic, shadows, calibration.keep, fixed_variance=fixed)
+    result["lira_offline"] = lira_offline(statistic, shadows, calibration.keep, fixed_variance=fixed,
+                                          fixed_std=(stds or {}).get(CALIBRATION_STATISTIC))
     result["rmia_online" if online else "rmia_offline"] = rmia(
         statistic, shadows, calibration.keep, population_target_scores=statistic,
         population_shadow_scores=shadows, online=online)
+    if calibration.features:
+        result = result.join(calibrate_candidates(table, calibration.features, calibration.keep, stds or {}))
     return result

@@ -203,10 +203,12 @@ def _fit_attack_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--classifier", default="auto",
                         help="auto, threshold, logistic, random_forest, xgboost or mlp")
     parser.add_argument("--features", help="subset of the shadows' features (default: all of them)")
-    parser.add_argument("--calibrated", nargs="?", const="online", default="none", choices=("none", "offline", "online"),
-                        help="add leave-one-shadow-out LiRA scores of the loss as features: offline (LiRA offline; "
-                             "any candidate can be scored) or online (LiRA online too; candidates must be in the "
-                             "shadow pool); --calibrated alone means online")
+    parser.add_argument("--calibrated", nargs="?", const="online", default="offline",
+                        choices=("none", "offline", "online"),
+                        help="per-text calibrated inputs against the shadows, besides the raw features: offline "
+                             "(default: LiRA offline of the loss and the calibrated view cal_<feature> of every "
+                             "feature; any candidate can be scored), online (LiRA online too; candidates must be in "
+                             "the shadow pool) or none; --calibrated alone means online")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if it holds something other than an attack (an existing attack "

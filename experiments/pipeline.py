@@ -253,7 +253,7 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
             "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
         }
         report = write_report(out / "report", labels=scores["label"].to_numpy(), attacks=attacks, setting=setting,
-                              seed=config.seed, best=classifier_name)
+                              seed=config.seed, best=classifier_name, paired_with=classifier_name)
         write_json_atomic(out / "run.json", {"config_hash": config_hash(config), "timings_s": timings,
                                              "library_versions": library_versions()})
         logger.info("report: %s", out / "report" / "report.md")

@@ -92,16 +92,17 @@ def test_offline_lira_uses_the_shadows_scores_of_each_candidate(experiment):
                                    progress=False)
         shadow_losses.append([float(np.mean(s.token_logprobs)) for s in token_scores])
     shadow_losses = np.asarray(shadow_losses)
+    # the fixed standard deviation is the attacker's pool's (recorded at fit time), not the candidates'
+    meta = json.loads((root / "attack" / "manifest.json").read_text())["metadata"]
     expected = lira_offline(scores["loss"].to_numpy(), shadow_losses, np.zeros_like(shadow_losses, dtype=bool),
-                            fixed_variance=True)
+                            fixed_std=meta["pooled_out_std"]["loss"])
     np.testing.assert_allclose(scores["lira_offline"].to_numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_score_without_calibration_skips_lira(experiment):
     root = experiment["root"]
-    if not (root / "attack").exists():
-        fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack"))
-    assert main(["score", "--attack", str(root / "attack"), "--model", str(experiment["base"]),
+    fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack-raw"), calibration="none")
+    assert main(["score", "--attack", str(root / "attack-raw"), "--model", str(experiment["base"]),
                  "--adapter", str(root / "target"), "--data", str(experiment["candidates"]),
                  "--out", str(root / "plain.csv"), "--dtype", "float32", "--no-calibration"]) == 0
     assert not {"lira_offline", "rmia_offline"} & set(pd.read_csv(root / "plain.csv").columns)
@@ -185,13 +186,18 @@ def test_offline_calibrated_attack_takes_lira_offline_for_candidates_outside_the
                             calibration="offline")
     manifest = json.loads((root / "attack_offline" / "manifest.json").read_text())
     assert manifest["metadata"]["calibrated"] == ["lira_offline"]
-    assert manifest["metadata"]["feature_columns"][-1] == "lira_offline"
+    raw = ["loss", "reference", "min_k", "min_k_plus_plus", "zlib_ratio", "neighbour_gap"]
+    views = [c for c in raw if c != "neighbour_gap"]  # neighbours would cost every shadow a pass per neighbour
+    assert manifest["metadata"]["calibrated_views"] == views
+    assert manifest["metadata"]["feature_columns"] == raw + ["lira_offline"] + [f"cal_{c}" for c in views]
+    assert set(manifest["metadata"]["pooled_out_std"]) == set(views)
     assert result["selected"] == "logistic"
     summary = score_job(attack=str(root / "attack_offline"), model=str(experiment["base"]),
                         adapter=str(root / "target"), data=str(experiment["candidates"]),
                         out=str(root / "offline_calibrated.csv"), dtype="float32", calibration=False)
     scores = pd.read_csv(root / "offline_calibrated.csv")
     assert "lira_offline" in scores.columns and not scores["lira_offline"].isna().any()
+    assert not scores[[f"cal_{c}" for c in views]].isna().any().any()
     assert summary["metrics"]["attack"]["auc"] > 0.8
 
 
@@ -199,3 +205,41 @@ def test_fit_attack_refuses_an_unknown_calibration(experiment):
     with pytest.raises(ConfigError, match="allowed are none, offline, online"):
         fit_attack_job(shadows=str(experiment["root"] / "shadows"), out=str(experiment["root"] / "x"),
                        calibration="both")
+
+
+def test_scores_do_not_depend_on_the_other_candidates_of_the_call(experiment):
+    """Members and non-members scored apart get the scores they get together (issue 10): the
+    scorer is batch-invariant and LiRA's variance and the calibrated views' scale come from the
+    attacker's pool. (RMIA offline still takes its population from the call's candidates.)"""
+    root = experiment["root"]
+    fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_company"), classifier="logistic")
+    lines = experiment["candidates"].read_text().splitlines()
+    halves = [root / "first.jsonl", root / "second.jsonl"]
+    halves[0].write_text("\n".join(lines[:16]) + "\n")
+    halves[1].write_text("\n".join(lines[16:]) + "\n")
+    common = dict(attack=str(root / "attack_company"), model=str(experiment["base"]), adapter=str(root / "target"),
+                  dtype="bfloat16")
+    score_job(data=str(experiment["candidates"]), out=str(root / "together.csv"), **common)
+    for i, half in enumerate(halves):
+        score_job(data=str(half), out=str(root / f"apart_{i}.csv"), **common)
+    together = pd.read_csv(root / "together.csv").set_index("id")
+    apart = pd.concat([pd.read_csv(root / f"apart_{i}.csv") for i in range(2)]).set_index("id").loc[together.index]
+    columns = [c for c in together.columns if c not in ("label", "rmia_offline") and together[c].dtype.kind == "f"]
+    assert "lira_offline" in columns and "membership_probability" in columns and "cal_loss" in columns
+    np.testing.assert_allclose(apart[columns].to_numpy(), together[columns].to_numpy(), atol=1e-3, rtol=0)
+
+
+def test_nested_training_rows_never_see_the_held_out_shadow(experiment):
+    from experiments.attack_jobs import calibrated_training_table
+
+    table = pd.read_parquet(experiment["root"] / "shadows" / "features" / "shadows.parquet")
+    views = ["loss", "min_k"]
+    first = calibrated_training_table(table, lira=("lira_offline",), views=views, held_out=2)
+    changed = table.copy()
+    held = changed["shadow"] == 2
+    changed.loc[held, "label"] = 1 - changed.loc[held, "label"]
+    changed.loc[held, ["loss", "min_k"]] += 5.0
+    second = calibrated_training_table(changed, lira=("lira_offline",), views=views, held_out=2)
+    rest = (table["shadow"] != 2).to_numpy()
+    columns = ["lira_offline", "cal_loss", "cal_min_k"]
+    np.testing.assert_allclose(first.loc[rest, columns].to_numpy(), second.loc[rest, columns].to_numpy())
