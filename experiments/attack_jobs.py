@@ -502,7 +502,21 @@ def _score_metrics(labels: np.ndarray, table: pd.DataFrame, *, seed: int) -> dic
             logger.info("%s: the labels of the scored candidates are all one class: no metrics", name)
             continue
         metrics[name] = summarize(labels[scored], scores[scored], seed=seed)
+    _warn_when_beaten(metrics)
     return metrics
+
+
+def _warn_when_beaten(metrics: dict[str, Any]) -> None:
+    """Say so when a calibrated column beats the membership probability beyond its 95% interval."""
+    attack = metrics.get("attack")
+    if attack is None:
+        return
+    for name, other in metrics.items():
+        if name != "attack" and other["auc_ci_low"] > attack["auc"]:
+            logger.warning("%s (ROC AUC %.3f, 95%% interval from %.3f) beats the membership probability (ROC AUC "
+                           "%.3f) on these candidates; refit with `shadowmia fit-attack --calibrated offline` (the "
+                           "default) so that the classifier takes it as a feature", name, other["auc"],
+                           other["auc_ci_low"], attack["auc"])
 
 
 #: The metadata that ``score`` reads from an attack manifest, with its types.

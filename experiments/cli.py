@@ -323,10 +323,11 @@ def _transfer_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "transfer", help="how much each attack loses when the target is trained unlike the shadows",
         description="Runs CONFIG (a target trained as the shadows are), then targets with twice the epochs, "
-                    "twice the LoRA rank, twice the learning rate and all three, each scored by the same "
-                    "attack; writes OUT/transfer/report.md (resumable).")
+                    "twice the LoRA rank, twice the learning rate, all three, and half the epochs, rank or "
+                    "learning rate, each scored by the same attack; writes OUT/transfer/report.md (resumable).")
     _add_experiment_options(parser, example="experiments/configs/agnews.toml")
-    parser.add_argument("--variants", help="comma-separated subset of epochs_x2, rank_x2, lr_x2, all_x2 "
+    parser.add_argument("--variants", help="comma-separated subset of epochs_x2, rank_x2, lr_x2, all_x2, "
+                                           "epochs_x0.5, rank_x0.5, lr_x0.5 "
                                            "(default: all)")
     parser.set_defaults(handler=_run_transfer)
 

@@ -16,7 +16,14 @@ rank x2         twice the LoRA rank, and twice ``lora_alpha`` so that the update
                 scale ``alpha / r`` is unchanged: only the capacity changes
 lr x2           twice the learning rate
 all x2          all three at once
+epochs x0.5     half the epochs (at least 1): a target trained less than the shadows assume
+rank x0.5       half the LoRA rank (at least 1) and half ``lora_alpha``
+lr x0.5         half the learning rate: the direction that hurts an attack most, since a
+                target that memorised less than the shadows did looks like a non-member
 =============  ==============================================================
+
+A variant whose settings equal the matched target's (``epochs x0.5`` of a one-epoch
+target) is skipped with a note.
 
 Artifacts: ``OUT/`` is a normal run directory; ``OUT/transfer/VARIANT/target/`` and
 ``scores.csv`` per variant; ``OUT/transfer/report.json`` and ``report.md``: every attack's
@@ -59,12 +66,28 @@ def _all_twice(target: Any) -> dict[str, Any]:
     return {**_twice_epochs(target), **_twice_rank(target), **_twice_lr(target)}
 
 
+def _half_epochs(target: Any) -> dict[str, Any]:
+    return {"epochs": max(1, target.epochs // 2)}
+
+
+def _half_rank(target: Any) -> dict[str, Any]:
+    rank = max(1, target.lora_rank // 2)
+    return {"lora_rank": rank, "lora_alpha": target.lora_alpha * rank / target.lora_rank}
+
+
+def _half_lr(target: Any) -> dict[str, Any]:
+    return {"lr": target.lr / 2}
+
+
 #: The variants, in report order; "matched" is the run's own target.
 VARIANTS: dict[str, VariantChange] = {
     "epochs x2": _twice_epochs,
     "rank x2": _twice_rank,
     "lr x2": _twice_lr,
     "all x2": _all_twice,
+    "epochs x0.5": _half_epochs,
+    "rank x0.5": _half_rank,
+    "lr x0.5": _half_lr,
 }
 MATCHED = "matched"
 HEADLINE_METRICS = ("auc", "tpr_at_1%fpr")
@@ -107,6 +130,9 @@ def run_transfer(config: ExperimentConfig, *, out: str | Path, variants: list[st
         for name in names:
             changes = VARIANTS[name](config.target)
             training = dataclasses.replace(config.target, **changes)
+            if training == config.target:
+                logger.info("transfer variant %s: the same settings as the matched target; skipped", name)
+                continue
             directory = out / "transfer" / variant_directory(name)
             logger.info("transfer variant %s: target %s", name, changes)
             train_target(config.base_model, members, directory / "target", training)

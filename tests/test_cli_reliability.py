@@ -154,3 +154,14 @@ def test_check_writable_directory(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match="cannot write there"):
         check_writable_directory(tmp_path / "f" / "sub")
+
+
+def test_score_says_when_a_column_beats_the_membership_probability(caplog):
+    from experiments.attack_jobs import _warn_when_beaten
+
+    metrics = {"attack": {"auc": 0.70, "auc_ci_low": 0.65}, "lira_offline": {"auc": 0.95, "auc_ci_low": 0.90},
+               "rmia_offline": {"auc": 0.72, "auc_ci_low": 0.66}}
+    with caplog.at_level("WARNING"):
+        _warn_when_beaten(metrics)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and warned[0].startswith("lira_offline (ROC AUC 0.950")

@@ -133,6 +133,11 @@ def test_transfer_variants_change_only_what_they_name():
     target = FinetuneConfig(epochs=3, lr=2e-3, lora_rank=16, lora_alpha=32)
     assert VARIANTS["rank x2"](target) == {"lora_rank": 32, "lora_alpha": 64}  # alpha / r unchanged
     assert VARIANTS["all x2"](target) == {"epochs": 6, "lora_rank": 32, "lora_alpha": 64, "lr": 4e-3}
+    assert VARIANTS["lr x0.5"](target) == {"lr": 1e-3}  # the direction that hurts: a less trained target
+    assert VARIANTS["rank x0.5"](target) == {"lora_rank": 8, "lora_alpha": 16}
+    assert VARIANTS["epochs x0.5"](target) == {"epochs": 1}
+    assert VARIANTS["epochs x0.5"](FinetuneConfig(epochs=1)) == {"epochs": 1}  # skipped: same as matched
     assert parse_variants("lr_x2, rank x2") == ["lr x2", "rank x2"]
+    assert parse_variants("lr_x0.5") == ["lr x0.5"]
     with pytest.raises(ConfigError, match="allowed: epochs_x2"):
         parse_variants("depth_x2")
