@@ -386,6 +386,7 @@ def rmia(
     gamma: float = 1.0,
     a: float = 1.0,
     online: bool = False,
+    population_keep: ArrayLike | None = None,
 ) -> np.ndarray:
     """RMIA (Zarifzadeh et al. 2024, "Low-Cost High-Power Membership Inference Attacks").
 
@@ -426,6 +427,12 @@ def rmia(
 
     The ratio is computed in log space, and the count by a sorted search, so the cost is
     O((N + M) log M). Scores take M + 1 values: use a few hundred population texts or more.
+
+    ``population_keep[K, M]`` (offline only) says which reference models trained on each
+    population text, for a population drawn from the shadows' own pool: ``Pr_OUT(z)`` then
+    averages the OUT models of z, as ``Pr_OUT(x)`` does for the candidates. A population
+    fixed in advance (not the other candidates of a call) makes a text's score independent
+    of which texts it is scored with.
     """
     S = _matrix(shadow_scores, "shadow_scores")
     K, N = S.shape
@@ -460,7 +467,13 @@ def rmia(
                            "%d reference models for them.", int(missing.sum()), N, K)
             log_out = np.where(missing, _log_mean_exp(S), log_out)
         log_pr_x = _offline_log_pr(log_out, float(a))
-        log_pr_z = _offline_log_pr(_log_mean_exp(Z), float(a))
+        if population_keep is None:
+            log_pr_z = _offline_log_pr(_log_mean_exp(Z), float(a))
+        else:  # population texts from the shadow pool: each is OUT for about half of the shadows
+            Mz = _keep(population_keep, Z.shape)
+            log_z_out = _log_mean_exp(Z, ~Mz)
+            log_z_out = np.where(np.isnan(log_z_out), _log_mean_exp(Z), log_z_out)
+            log_pr_z = _offline_log_pr(log_z_out, float(a))
 
     log_ratio_x = x - log_pr_x
     log_ratio_z = np.sort(z - log_pr_z)

@@ -32,7 +32,7 @@ from llm_features.extract import compute_features, needs_of, score_neighbours
 from llm_features.io import atomic_path, check_writable_directory, sha256_file, write_json_atomic
 from llm_features.registry import parse_features
 from llm_features.scoring import score_texts
-from llm_features.texts import TextSet, load_texts
+from llm_features.texts import TextSet, load_texts, texts_from_list
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +295,31 @@ def calibrated_training_table(table: pd.DataFrame, *, lira: tuple[str, ...], vie
     return calibrate_shadow_table(table, views, held_out=held_out) if views else table
 
 
+#: Texts of the attacker's pool that form RMIA's population (Zarifzadeh et al. 2024): fixed
+#: when the attack is fitted, so a candidate's RMIA score does not depend on its company.
+RMIA_POPULATION = 500
+
+
+def rmia_population(shadow_config: dict[str, Any], table: pd.DataFrame, *, seed: int) -> dict[str, list[str]] | None:
+    """A seeded sample of the shadow pool's texts (ids and texts), or None when the pool file
+    recorded in the shadows' config.json is gone or holds other texts (RMIA then falls back to
+    the candidates of each call as its population, with a warning at scoring time)."""
+    source = shadow_config.get("text_source")
+    try:
+        pool = load_texts(source) if source else None
+    except (InputDataError, OSError):
+        pool = None
+    ids = sorted(table["id"].astype(str).unique())
+    if pool is None or sorted(pool.ids) != ids:
+        logger.warning("the shadows' pool %s is not readable or holds other texts: RMIA offline will use the "
+                       "candidates of each call as its population", source)
+        return None
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(ids), size=min(RMIA_POPULATION, len(ids)), replace=False).tolist())
+    subset = pool.subset([ids[i] for i in chosen])
+    return {"ids": subset.ids, "texts": subset.texts}
+
+
 def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features: str | None = None,
                    calibration: str = "offline", seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """``shadowmia fit-attack``: compare classifiers leave-one-shadow-out, fit the best (or the named) one.
@@ -351,6 +376,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     chosen = select_best(results) if classifier == "auto" else classifier
     estimator = make_classifier(chosen, random_state=seed).fit(table[columns], table["label"].to_numpy())
     shadow_config = json.loads((shadows_dir / "config.json").read_text(encoding="utf-8"))
+    population = rmia_population(shadow_config, table, seed=seed) if calibrated else None
     from shadow.shadows import shadow_dirs
 
     shadow_manifests = {d.name: sha256_file(d / "manifest.json") for d in shadow_dirs(shadows_dir)}
@@ -362,6 +388,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
         "calibrated": list(calibrated),
         "calibrated_views": views,
         "pooled_out_std": stds,
+        "rmia_population": population,
         "nan_medians": {k: float(v) for k, v in medians.items()},
         "shadows_dir": str(shadows_dir.resolve()),
         "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
@@ -443,7 +470,11 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
         raise IntegrityError(f"this attack uses {', '.join(uses)}, which needs the shadows in {meta['shadows_dir']}; "
                              "they are gone or incomplete")
     if calibration_inputs is not None:
-        table = table.join(_calibrated_scores(table, calibration_inputs, stds=meta.get("pooled_out_std")))
+        population = None
+        if not calibration_inputs.online and meta.get("rmia_population") and shadow_table is not None:
+            population = _rmia_population_scores(meta["rmia_population"], shadow_table, target, settings)
+        table = table.join(_calibrated_scores(table, calibration_inputs, stds=meta.get("pooled_out_std"),
+                                              population=population))
     columns = meta["feature_columns"]
     unscored = _nothing_to_predict(table, out_path)
     filled = table.loc[~unscored].copy()
@@ -652,15 +683,37 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
     return Calibration(scores=scores, keep=keep, features=features)
 
 
+def _rmia_population_scores(population: dict[str, list[str]], shadow_table: pd.DataFrame, target: Any,
+                            settings: FeatureSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RMIA's population: the target's log-likelihood of each population text (one more pass
+    over them), the shadows' from the shadow table, and which shadows trained on each."""
+    texts = texts_from_list(population["texts"])
+    if texts.ids != population["ids"]:
+        raise IntegrityError("the attack's RMIA population texts do not match their ids; refit the attack")
+    token_scores = score_texts(target.model, target.tokenizer, texts.texts, batch_size=settings.batch_size,
+                               max_tokens=settings.max_tokens, description="RMIA population, target")
+    target_ll = compute_features(texts, parse_features(CALIBRATION_STATISTIC), token_scores)[
+        CALIBRATION_STATISTIC].to_numpy(dtype=np.float64)
+    scores, keep, ids = shadow_score_matrix(shadow_table, CALIBRATION_STATISTIC)
+    columns = pd.Index(ids).get_indexer(population["ids"])
+    if (columns < 0).any():
+        raise IntegrityError("the attack's RMIA population is not in the shadow table; refit the attack")
+    target_ll = np.where(np.isnan(target_ll), np.nanmedian(target_ll), target_ll)
+    return target_ll, scores[:, columns], keep[:, columns]
+
+
 def _calibrated_scores(table: pd.DataFrame, calibration: Calibration, *,
-                       stds: dict[str, float] | None = None) -> pd.DataFrame:
+                       stds: dict[str, float] | None = None,
+                       population: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
     """LiRA and RMIA of each candidate against all shadows: online when every candidate has IN
     and OUT shadows, else offline (LiRA offline, Carlini et al. 2022 Sec. 4.3; RMIA offline,
     Zarifzadeh et al. 2024).
 
-    RMIA's population z is the other candidates. Online, Pr(z) averages all K shadows (half of
-    which trained on each z), which estimates the online (Pr_IN + Pr_OUT) / 2 of the paper;
-    offline, Pr(.) averages the OUT shadows. ``stds`` (the pooled OUT standard deviations
+    RMIA's population z: offline, ``population`` (texts of the attacker's pool fixed when the
+    attack was fitted: the target's and the shadows' log-likelihoods and the shadows'
+    membership), Pr(.) averaging the OUT shadows; without it, and online, the other
+    candidates. Online, Pr(z) averages all K shadows (half of which trained on each z), which
+    estimates the online (Pr_IN + Pr_OUT) / 2 of the paper. ``stds`` (the pooled OUT standard deviations
     of the attacker's pool, recorded by fit-attack) fix LiRA offline's variance and scale
     the calibrated views, so a candidate's scores do not depend on the other candidates.
     """
@@ -677,9 +730,19 @@ def _calibrated_scores(table: pd.DataFrame, calibration: Calibration, *,
         result["lira_online"] = lira_online(statistic, shadows, calibration.keep, fixed_variance=fixed)
     result["lira_offline"] = lira_offline(statistic, shadows, calibration.keep, fixed_variance=fixed,
                                           fixed_std=(stds or {}).get(CALIBRATION_STATISTIC))
-    result["rmia_online" if online else "rmia_offline"] = rmia(
-        statistic, shadows, calibration.keep, population_target_scores=statistic,
-        population_shadow_scores=shadows, online=online)
+    if population is not None and not online:
+        population_target, population_shadows, population_keep = population
+        result["rmia_offline"] = rmia(statistic, shadows, calibration.keep,
+                                      population_target_scores=population_target,
+                                      population_shadow_scores=population_shadows,
+                                      population_keep=population_keep)
+    else:
+        if not online:
+            logger.warning("RMIA offline takes the %d candidates of this call as its population (the attack "
+                           "records none): its scores depend on which texts are scored together", len(table))
+        result["rmia_online" if online else "rmia_offline"] = rmia(
+            statistic, shadows, calibration.keep, population_target_scores=statistic,
+            population_shadow_scores=shadows, online=online)
     if calibration.features:
         result = result.join(calibrate_candidates(table, calibration.features, calibration.keep, stds or {}))
     return result

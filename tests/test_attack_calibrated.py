@@ -249,3 +249,30 @@ def test_leave_one_out_argument_errors():
         leave_one_shadow_out_calibrated(scores, keep, "lira_offline", population_scores=scores)
     with pytest.raises(InputDataError, match="at least 2"):
         leave_one_shadow_out_calibrated(scores[:1], keep[:1], "lira_offline")
+
+
+def test_rmia_with_a_pool_population_uses_each_population_texts_out_models():
+    """A population from the shadows' own pool: Pr_OUT(z) averages only the shadows that did
+    not train on z; with every population text OUT everywhere it equals the plain offline RMIA."""
+    rng = np.random.default_rng(11)
+    K, N, M = 6, 30, 40
+    shadows = -rng.gamma(2.0, 1.0, size=(K, N))
+    keep = np.zeros((K, N), dtype=bool)
+    target = -rng.gamma(2.0, 1.0, size=N)
+    population_shadows = -rng.gamma(2.0, 1.0, size=(K, M))
+    population_target = -rng.gamma(2.0, 1.0, size=M)
+    plain = rmia(target, shadows, keep, population_target_scores=population_target,
+                 population_shadow_scores=population_shadows)
+    all_out = rmia(target, shadows, keep, population_target_scores=population_target,
+                   population_shadow_scores=population_shadows, population_keep=np.zeros((K, M), dtype=bool))
+    np.testing.assert_allclose(all_out, plain)
+    population_keep = rng.random((K, M)) < 0.5
+    population_keep[0] = False  # every population text keeps an OUT model
+    masked = rmia(target, shadows, keep, population_target_scores=population_target,
+                  population_shadow_scores=population_shadows, population_keep=population_keep)
+    # by hand: Pr_OUT(z) = mean over the OUT models of z of p(z | model)
+    pr_z = np.array([np.exp(population_shadows[~population_keep[:, j], j]).mean() for j in range(M)])
+    pr_x = np.exp(shadows).mean(axis=0)
+    ratio_x, ratio_z = np.exp(target) / pr_x, np.exp(population_target) / pr_z
+    expected = np.array([(ratio_z <= r * (1 + 1e-12)).mean() for r in ratio_x])
+    np.testing.assert_allclose(masked, expected)
