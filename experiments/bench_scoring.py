@@ -5,8 +5,10 @@ In one run, on the same texts:
 1. the matrix-multiply peak of this machine: a large square matmul in bfloat16 and in
    float32, GFLOP/s = 2 n^3 / seconds;
 2. the naive way: float32 weights, one text at a time, a plain forward per text;
-3. the scorer: ``score_texts`` with length-sorted batches in the automatic dtype, with the
-   vocabulary statistics compiled (``torch.compile``, warm) and eager.
+3. the scorer: ``score_texts`` with batch-invariant length buckets in the automatic dtype,
+   with the vocabulary statistics compiled (``torch.compile``, warm) and eager;
+4. the scorer with plain length-sorted dynamic padding (``batch_invariant=False``), to
+   price batch invariance (``batch_invariance_cost`` = its time over the default's).
 
 All ways compute the same per-token statistics; the run reports how far the scorer's
 mean log-probs are from the naive float32 ones (bfloat16 rounding). The model costs about
@@ -55,16 +57,17 @@ def matmul_gflops(dtype_name: str, *, n: int = 2048, repeats: int = 10) -> float
 
 
 def time_scoring(model, tokenizer, texts, *, batch_size: int, max_tokens: int,
-                 compile_statistics: str) -> tuple[float, int, list]:
+                 compile_statistics: str, batch_invariant: bool = True) -> tuple[float, int, list]:
     """Seconds and real tokens to score ``texts`` (after a warm-up that also compiles), and the scores."""
     from llm_features.scoring import score_texts, tokenize
 
     score_texts(model, tokenizer, texts[:batch_size], batch_size=batch_size, max_tokens=max_tokens, progress=False,
-                compile_statistics=compile_statistics)
+                compile_statistics=compile_statistics, batch_invariant=batch_invariant)
     ids, _ = tokenize(tokenizer, texts, max_tokens=max_tokens)
     started = time.perf_counter()
     scores = score_texts(model, tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens, progress=True,
-                         description=f"batch {batch_size}", compile_statistics=compile_statistics)
+                         description=f"batch {batch_size}", compile_statistics=compile_statistics,
+                         batch_invariant=batch_invariant)
     return time.perf_counter() - started, sum(len(x) for x in ids), scores
 
 
@@ -99,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         compile_statistics="always")
     eager_seconds, _, _ = time_scoring(fast.model, fast.tokenizer, texts, batch_size=args.batch_size,
                                        max_tokens=args.max_tokens, compile_statistics="never")
+    dynamic_seconds, _, _ = time_scoring(fast.model, fast.tokenizer, texts, batch_size=args.batch_size,
+                                         max_tokens=args.max_tokens, compile_statistics="always",
+                                         batch_invariant=False)
     del fast
     naive = load_model(args.model, dtype="float32")
     naive_seconds, _, naive_scores = time_scoring(naive.model, naive.tokenizer, texts, batch_size=1,
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "scorer_dtype": scorer_dtype,
         "scorer_tokens_per_s": round(fast_tps, 1),
         "scorer_eager_statistics_tokens_per_s": round(eager_tps, 1),
+        "scorer_dynamic_padding_tokens_per_s": round(n_tokens / dynamic_seconds, 1),
+        "batch_invariance_cost": round(compiled_seconds / dynamic_seconds, 3),
         "naive_tokens_per_s": round(naive_tps, 1),
         "speedup": round(fast_tps / naive_tps, 2),
         "speedup_eager_statistics": round(eager_tps / naive_tps, 2),
