@@ -353,6 +353,13 @@ def tpr_key(fpr: float) -> str:
     return f"tpr_at_{_check_fpr(fpr) * 100:g}%fpr"
 
 
+def _auc_and_tprs(y: np.ndarray, s: np.ndarray, fprs: Sequence[float]) -> np.ndarray:
+    """[AUC, TPR at each FPR in ``fprs``] of checked labels and scores, from one ROC."""
+    n_pos = int(y.sum())
+    fps, tps, _ = _roc_counts(y, s)
+    return np.array([_auc_unchecked(y, s)] + [_tpr_at_fpr_unchecked(fps, tps, n_pos, y.size - n_pos, f) for f in fprs])
+
+
 def summarize(
     labels: ArrayLike,
     scores: ArrayLike,
@@ -391,16 +398,10 @@ def summarize(
                 "(smallest non-zero FPR is %.3g).", f, n_neg, 1.0 / n_neg,
             )
 
-    def all_stats(yy: np.ndarray, ss: np.ndarray) -> np.ndarray:
-        fps, tps, _ = _roc_counts(yy, ss)
-        return np.array(
-            [_auc_unchecked(yy, ss)] + [_tpr_at_fpr_unchecked(fps, tps, n_pos, n_neg, f) for f in fprs]
-        )
-
-    point = all_stats(y, s)
+    point = _auc_and_tprs(y, s, fprs)
     rng = _rng(seed)
     idx = _stratified_indices(y, n_resamples, rng)
-    boot = np.stack([all_stats(y[row], s[row]) for row in idx])
+    boot = np.stack([_auc_and_tprs(y[row], s[row], fprs) for row in idx])
     low, high = _percentile_interval(boot, confidence)
 
     fps, tps, _ = _roc_counts(y, s)
@@ -451,16 +452,9 @@ def paired_difference(
     _, b = _validate(labels, scores_b)
     _check_bootstrap_params(n_resamples, confidence)
     fprs = tuple(_check_fpr(f) for f in fprs)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-
-    def stats(yy: np.ndarray, ss: np.ndarray) -> np.ndarray:
-        fps, tps, _ = _roc_counts(yy, ss)
-        return np.array([_auc_unchecked(yy, ss)] + [_tpr_at_fpr_unchecked(fps, tps, n_pos, n_neg, f) for f in fprs])
-
-    point = stats(y, a) - stats(y, b)
+    point = _auc_and_tprs(y, a, fprs) - _auc_and_tprs(y, b, fprs)
     idx = _stratified_indices(y, n_resamples, _rng(seed))
-    boot = np.stack([stats(y[row], a[row]) - stats(y[row], b[row]) for row in idx])
+    boot = np.stack([_auc_and_tprs(y[row], a[row], fprs) - _auc_and_tprs(y[row], b[row], fprs) for row in idx])
     low, high = _percentile_interval(boot, confidence)
     out: dict[str, float | int] = {}
     for j, key in enumerate(["auc"] + [tpr_key(f) for f in fprs]):
