@@ -221,9 +221,11 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
         timings["target_s"] = time.perf_counter() - stage
 
         stage = time.perf_counter()
+        # the run directory owns its shadows: once the config is claimed, shadows or features made
+        # from other inputs (another pool after the data changed) are recomputed, never refused or kept
         train_shadows_job(base=config.base_model, data=str(pool), out=str(out / "shadows"),
                           n_shadows=config.n_shadows, config=config.shadows, seed=config.seed,
-                          settings=config.feature_settings(), force=force)
+                          settings=config.feature_settings(), force=True)
         timings["shadows_s"] = time.perf_counter() - stage
 
         stage = time.perf_counter()

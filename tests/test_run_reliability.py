@@ -127,3 +127,23 @@ def test_a_directory_with_trained_models_of_another_config_is_still_refused(conf
 def test_run_refuses_two_shadows_before_any_work(config_file):
     with pytest.raises(ConfigError, match=r"n_shadows=2 .*\[4, 4096\]"):
         load_config(config_file, overrides=["n_shadows=2"])
+
+
+def test_a_rerun_after_the_data_changed_recomputes_every_stage_without_force(config_file, tmp_path):
+    data = tmp_path / "pool.jsonl"
+    original = load_config(config_file).data.path
+    lines = Path(original).read_text().splitlines()
+    data.write_text("\n".join(lines) + "\n")
+    config = load_config(config_file, overrides=[f'data.path="{data}"'])
+    out = tmp_path / "run"
+    run_experiment(config, out=out)
+    data.write_text("\n".join(reversed(lines[:40])) + "\n" + "\n".join(lines[40:]) + "\n")  # other texts per part
+    report = run_experiment(config, out=out)  # same config: no --force needed
+    members = members_of(out)
+    assert read_manifest(out / "target")["ids_hash"] == ids_hash(members)
+    combined = pd.read_parquet(out / "shadows" / "features" / "shadows.parquet")
+    from llm_features.texts import text_id
+
+    pool = [json.loads(line)["text"] for line in (out / "data" / "pool.jsonl").read_text().splitlines()]
+    assert set(combined["id"]) == {text_id(t) for t in pool}
+    assert report["setting"]["sizes"]["target_members"] == 8
