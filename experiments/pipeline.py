@@ -38,7 +38,8 @@ from llm_features.io import library_versions, write_json_atomic, write_text_atom
 
 logger = logging.getLogger(__name__)
 
-NOT_ATTACKS = frozenset({"id", "label", "n_tokens", "membership_probability", "patient_id", "document_id"})
+NOT_ATTACKS = frozenset({"id", "label", "n_tokens", "membership_probability", "patient_id", "document_id",
+                         "user_id"})
 
 
 def pool_texts(config: ExperimentConfig) -> list[dict[str, Any]]:
@@ -304,9 +305,11 @@ def classifier_label(selected: str) -> str:
 
 
 def attack_scores(scores: pd.DataFrame, classifier_name: str) -> dict[str, np.ndarray]:
-    """Every attack's scores in a ``scores.csv``: the classifier, each feature, LiRA and RMIA."""
+    """Every attack's scores in a ``scores.csv``: the classifier, each feature, LiRA and RMIA
+    (the numeric columns that are not bookkeeping; a data file's own text fields are not attacks)."""
     attacks = {classifier_name: scores["membership_probability"].to_numpy()}
-    attacks.update({c: scores[c].to_numpy() for c in scores.columns if c not in NOT_ATTACKS})
+    attacks.update({c: scores[c].to_numpy() for c in scores.columns
+                    if c not in NOT_ATTACKS and pd.api.types.is_numeric_dtype(scores[c])})
     return attacks
 
 

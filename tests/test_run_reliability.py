@@ -147,3 +147,11 @@ def test_a_rerun_after_the_data_changed_recomputes_every_stage_without_force(con
     pool = [json.loads(line)["text"] for line in (out / "data" / "pool.jsonl").read_text().splitlines()]
     assert set(combined["id"]) == {text_id(t) for t in pool}
     assert report["setting"]["sizes"]["target_members"] == 8
+
+
+def test_only_numeric_score_columns_are_attacks():
+    from experiments.pipeline import attack_scores
+
+    scores = pd.DataFrame({"id": ["a", "b"], "label": [1, 0], "membership_probability": [0.9, 0.1],
+                           "loss": [-1.0, -2.0], "user_id": [7, 8], "source": ["x", "y"], "n_tokens": [5, 6]})
+    assert set(attack_scores(scores, "clf")) == {"clf", "loss"}
