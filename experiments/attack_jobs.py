@@ -333,6 +333,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     leave-one-shadow-out), so no fold's training rows saw the held-out shadow's labels.
     """
     from attack_models import CLASSIFIERS, impute_nan, leave_one_shadow_out, make_classifier, save_attack, select_best
+    from shadow.shadows import shadow_dirs
 
     if classifier != "auto" and classifier not in CLASSIFIERS:
         raise ConfigError(f"--classifier {classifier!r}: allowed are auto, {', '.join(CLASSIFIERS)}")
@@ -350,7 +351,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     calibrated = CALIBRATIONS[calibration]
     views: list[str] = []
     stds: dict[str, float] = {}
-    fold_table = None
+    raw = table
     if calibrated:
         from attack_models.fusion import calibrated_column, pooled_out_stds
 
@@ -362,23 +363,22 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
                               "Train more shadows or pass --calibrated none")
         views = calibratable_columns(settings["features"], columns)
         stds = pooled_out_stds(table, sorted(set(views) | {CALIBRATION_STATISTIC}))
-        raw = table
         table = calibrated_training_table(raw, lira=calibrated, views=views)
         columns = columns + list(calibrated) + [calibrated_column(c) for c in views]
-
-        def fold_table(held_out: int) -> pd.DataFrame:
-            fold = calibrated_training_table(raw, lira=calibrated, views=views, held_out=held_out)
-            return fold.fillna({c: medians[c] for c in medians})
     table, medians = impute_nan(table, columns)
+
+    def fold_table(held_out: int) -> pd.DataFrame:
+        """The training table of the fold that holds out ``held_out`` (nested leave-one-shadow-out)."""
+        fold = calibrated_training_table(raw, lira=calibrated, views=views, held_out=held_out)
+        return impute_nan(fold, columns, medians=medians)[0]
+
     names = list(CLASSIFIERS) if classifier == "auto" else [classifier]
     results = leave_one_shadow_out(table, feature_columns=columns, classifier_names=names, random_state=seed,
-                                   fold_table=fold_table)
+                                   fold_table=fold_table if calibrated else None)
     chosen = select_best(results) if classifier == "auto" else classifier
     estimator = make_classifier(chosen, random_state=seed).fit(table[columns], table["label"].to_numpy())
     shadow_config = json.loads((shadows_dir / "config.json").read_text(encoding="utf-8"))
     population = rmia_population(shadow_config, table, seed=seed) if calibrated else None
-    from shadow.shadows import shadow_dirs
-
     shadow_manifests = {d.name: sha256_file(d / "manifest.json") for d in shadow_dirs(shadows_dir)}
     metadata = {
         "base_model": settings["base"],
