@@ -16,6 +16,16 @@ On the shadow table (training rows) the views are computed leave-one-shadow-out 
 out shadow ``h``, no training row is calibrated with shadow ``h``
 (:func:`attack_models.calibrated.shadows_excluded_calibrated`).
 
+A candidate outside the pool is scored by all K shadows, every one of them OUT, while a
+training row was calibrated against the other shadows that did not train on its text
+(K/2 or K/2 - 1 of them in the balanced design): its views are noisier than a
+candidate's. A classifier fitted on the noisier rows and applied to the cleaner ones
+weighs the views wrongly. :func:`reference_subsets` therefore draws subsets of the K
+shadows whose sizes follow the training rows' counts (:func:`out_reference_counts`),
+and the candidate's membership probability is the mean of the classifier's over those
+subsets: each prediction sees inputs distributed as in training, and the mean over
+subsets removes most of the noise a single small subset would add.
+
 Tables here have the shadow table's layout: one row per (``shadow``, ``id``), a 0/1
 ``label`` (= keep[shadow, id]) and the feature columns.
 """
@@ -34,7 +44,7 @@ from attack_models.calibrated import (
 from llm_features.errors import InputDataError
 
 __all__ = ["CALIBRATED_PREFIX", "calibrated_column", "calibrate_candidates", "calibrate_shadow_table",
-           "pooled_out_stds", "shadow_matrix"]
+           "distinct_views", "out_reference_counts", "pooled_out_stds", "reference_subsets", "shadow_matrix"]
 
 CALIBRATED_PREFIX = "cal_"
 
@@ -109,3 +119,55 @@ def calibrate_candidates(target: pd.DataFrame, shadow_values: dict[str, np.ndarr
             values[finite] = offline_z(x[finite], shadows[:, finite], keep[:, finite], fixed_std=stds[column])
         result[calibrated_column(column)] = values
     return result
+
+
+def out_reference_counts(keep: np.ndarray) -> dict[int, int]:
+    """How many OUT references each training row is calibrated with, as ``{count: rows}``.
+
+    Row (k, i) of the shadow table is calibrated leave-one-shadow-out against the shadows
+    other than k that did not train on text i: ``sum_j (1 - keep[j, i]) - (1 - keep[k, i])``.
+    """
+    out = ~np.asarray(keep, dtype=bool)
+    counts = out.sum(axis=0, keepdims=True) - out
+    values, rows = np.unique(counts, return_counts=True)
+    return {int(v): int(n) for v, n in zip(values, rows)}
+
+
+def reference_subsets(counts: dict[int, int] | dict[str, int], n_shadows: int, *, draws: int,
+                      seed: int) -> list[np.ndarray]:
+    """``draws`` sorted subsets of ``range(n_shadows)`` for matched-reference scoring.
+
+    Each subset's size is drawn with the frequencies of ``counts`` (from
+    :func:`out_reference_counts`; sizes are clipped to [1, n_shadows]) and its members
+    uniformly without replacement, from ``numpy.random.default_rng(seed)``: the same
+    subsets for every candidate, so a text's score does not depend on its company.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1; got {draws}")
+    if n_shadows < 1:
+        raise ValueError(f"n_shadows must be >= 1; got {n_shadows}")
+    sizes = np.array([min(max(int(c), 1), n_shadows) for c in counts], dtype=np.int64)
+    weights = np.array([float(n) for n in counts.values()], dtype=np.float64)
+    if not len(sizes) or weights.sum() <= 0:
+        raise ValueError("counts must hold at least one row")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(sizes, size=draws, p=weights / weights.sum())
+    return [np.sort(rng.choice(n_shadows, size=int(m), replace=False)) for m in chosen]
+
+
+def distinct_views(table: pd.DataFrame, views: list[str], *, rtol: float = 1e-9) -> list[str]:
+    """``views`` without those whose calibrated column in ``table`` equals an earlier one's.
+
+    A feature that differs from another by a per-text constant has the same calibrated view:
+    ``reference`` (the loss minus the base model's loss, which is the same under the target
+    and every shadow) calibrates to exactly ``cal_loss``. A duplicate input only splits a
+    tree's choices and a linear model's weights, so the later one is dropped.
+    """
+    kept: list[str] = []
+    for view in views:
+        values = table[calibrated_column(view)].to_numpy(dtype=np.float64)
+        if not any(np.allclose(values, table[calibrated_column(k)].to_numpy(dtype=np.float64), rtol=rtol,
+                               atol=rtol * max(1.0, float(np.nanmax(np.abs(values), initial=0.0))), equal_nan=True)
+                   for k in kept):
+            kept.append(view)
+    return kept

@@ -298,6 +298,9 @@ def calibrated_training_table(table: pd.DataFrame, *, lira: tuple[str, ...], vie
 #: Texts of the attacker's pool that form RMIA's population (Zarifzadeh et al. 2024): fixed
 #: when the attack is fitted, so a candidate's RMIA score does not depend on its company.
 RMIA_POPULATION = 500
+#: Subsets of the shadows over which an offline candidate's membership probability is
+#: averaged (matched-reference scoring, :func:`attack_models.fusion.reference_subsets`).
+REFERENCE_DRAWS = 64
 
 
 def rmia_population(shadow_config: dict[str, Any], table: pd.DataFrame, *, seed: int) -> dict[str, list[str]] | None:
@@ -321,7 +324,8 @@ def rmia_population(shadow_config: dict[str, Any], table: pd.DataFrame, *, seed:
 
 
 def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features: str | None = None,
-                   calibration: str = "offline", seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+                   calibration: str = "offline", seed: int = 0, overwrite: bool = False,
+                   reference_draws: int = REFERENCE_DRAWS) -> dict[str, Any]:
     """``shadowmia fit-attack``: compare classifiers leave-one-shadow-out, fit the best (or the named) one.
 
     ``calibration`` adds per-text calibrated inputs computed against the shadows: LiRA
@@ -331,6 +335,11 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     candidates that are in the shadow pool; ``"none"`` only the raw features. In model
     selection every fold recomputes them without its held-out shadow (nested
     leave-one-shadow-out), so no fold's training rows saw the held-out shadow's labels.
+
+    ``reference_draws`` (> 0, with calibration): a candidate that every shadow left out is
+    scored against that many subsets of the shadows, sized like the training rows'
+    references, and its membership probability is the mean over them (matched-reference
+    scoring, :mod:`attack_models.fusion`); 0 scores it once against all K shadows.
     """
     from attack_models import CLASSIFIERS, impute_nan, leave_one_shadow_out, make_classifier, save_attack, select_best
     from shadow.shadows import shadow_dirs
@@ -348,12 +357,17 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
                           f"(they have: {', '.join(recorded)})")
     if calibration not in CALIBRATIONS:
         raise ConfigError(f"--calibrated {calibration!r}: allowed are {', '.join(CALIBRATIONS)}")
+    if isinstance(reference_draws, bool) or not isinstance(reference_draws, int) or reference_draws < 0:
+        raise ConfigError(f"--reference-draws {reference_draws!r}: must be a whole number >= 0 (0 turns "
+                          "matched-reference scoring off)")
     calibrated = CALIBRATIONS[calibration]
     views: list[str] = []
     stds: dict[str, float] = {}
+    matched = None
     raw = table
     if calibrated:
-        from attack_models.fusion import calibrated_column, pooled_out_stds
+        from attack_models.fusion import (calibrated_column, distinct_views, out_reference_counts, pooled_out_stds,
+                                           shadow_matrix)
 
         if CALIBRATION_STATISTIC not in table.columns:
             raise ConfigError(f"--calibrated {calibration} needs the loss feature in the shadow table")
@@ -362,9 +376,17 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
                               f"calibrates each text against K - 2 of them); these have {table['shadow'].nunique()}. "
                               "Train more shadows or pass --calibrated none")
         views = calibratable_columns(settings["features"], columns)
-        stds = pooled_out_stds(table, sorted(set(views) | {CALIBRATION_STATISTIC}))
         table = calibrated_training_table(raw, lira=calibrated, views=views)
+        duplicates = [v for v in views if v not in distinct_views(table, views)]
+        if duplicates:
+            logger.info("calibrated views left out, equal to another's: %s", ", ".join(duplicates))
+            views = [v for v in views if v not in duplicates]
+            table = table.drop(columns=[calibrated_column(v) for v in duplicates])
+        stds = pooled_out_stds(raw, sorted(set(views) | {CALIBRATION_STATISTIC}))
         columns = columns + list(calibrated) + [calibrated_column(c) for c in views]
+        if reference_draws:
+            counts = out_reference_counts(shadow_matrix(raw, CALIBRATION_STATISTIC)[1])
+            matched = {"draws": reference_draws, "out_reference_counts": {str(k): v for k, v in counts.items()}}
     table, medians = impute_nan(table, columns)
 
     def fold_table(held_out: int) -> pd.DataFrame:
@@ -389,6 +411,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
         "calibrated_views": views,
         "pooled_out_std": stds,
         "rmia_population": population,
+        "matched_references": matched,
         "nan_medians": {k: float(v) for k, v in medians.items()},
         "shadows_dir": str(shadows_dir.resolve()),
         "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
@@ -475,17 +498,23 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
             population = _rmia_population_scores(meta["rmia_population"], shadow_table, target, settings)
         table = table.join(_calibrated_scores(table, calibration_inputs, stds=meta.get("pooled_out_std"),
                                               population=population))
-    columns = meta["feature_columns"]
     unscored = _nothing_to_predict(table, out_path)
-    filled = table.loc[~unscored].copy()
-    for column in columns:
-        n_missing = int(filled[column].isna().sum())
-        if n_missing:
-            logger.warning("%s: %d NaN value(s) filled with the shadows' median", column, n_missing)
-            filled[column] = filled[column].fillna(meta["nan_medians"].get(column, 0.0))
     probability = np.full(len(table), np.nan)
-    if len(filled):
-        probability[~unscored] = estimator.predict_proba(filled[columns])[:, 1]
+    if (~unscored).any():
+        rows = table.loc[~unscored]
+        subsets = _matched_subsets(meta, calibration_inputs)
+        if subsets is None:
+            probability[~unscored] = _predict(estimator, rows, meta)
+        else:
+            logger.info("membership probability: the mean over %d subsets of the %d shadows, sized like the "
+                        "training rows' references (matched-reference scoring)", len(subsets),
+                        calibration_inputs.keep.shape[0])
+            fixed = calibration_inputs.keep.shape[0] < 16
+            probability[~unscored] = np.mean([
+                _predict(estimator, rows.drop(columns=list(inputs.columns)).join(inputs), meta, quiet=True)
+                for inputs in (_classifier_calibrated_inputs(rows, _subset(calibration_inputs, subset),
+                                                             stds=meta.get("pooled_out_std"), fixed_variance=fixed)
+                               for subset in subsets)], axis=0)
     table.insert(1, "membership_probability", probability)
     table.loc[unscored, [c for c in SCORE_METRICS if c in table.columns]] = np.nan
     with atomic_path(out_path) as tmp:
@@ -502,6 +531,37 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
 #: The score columns of ``shadowmia score``, by the name their metrics have in its summary.
 SCORE_METRICS = {"membership_probability": "attack", "lira_online": "lira_online", "lira_offline": "lira_offline",
                  "rmia_online": "rmia_online", "rmia_offline": "rmia_offline"}
+
+
+def _predict(estimator: Any, rows: pd.DataFrame, meta: dict[str, Any], *, quiet: bool = False) -> np.ndarray:
+    """The estimator's membership probability of ``rows``, NaN inputs filled with the shadows' medians."""
+    filled = rows[meta["feature_columns"]].copy()
+    for column in filled.columns:
+        n_missing = int(filled[column].isna().sum())
+        if n_missing:
+            if not quiet:
+                logger.warning("%s: %d NaN value(s) filled with the shadows' median", column, n_missing)
+            filled[column] = filled[column].fillna(meta["nan_medians"].get(column, 0.0))
+    return estimator.predict_proba(filled)[:, 1]
+
+
+def _matched_subsets(meta: dict[str, Any], calibration: "Calibration | None") -> list[np.ndarray] | None:
+    """The shadow subsets of matched-reference scoring, or None to predict once: for an attack
+    with calibrated inputs fitted with ``reference_draws`` > 0, on offline candidates."""
+    from attack_models.fusion import reference_subsets
+
+    matched = meta.get("matched_references")
+    if not matched or calibration is None or calibration.online or not calibrated_inputs(meta):
+        return None
+    counts = {int(k): int(v) for k, v in matched["out_reference_counts"].items()}
+    return reference_subsets(counts, calibration.keep.shape[0], draws=int(matched["draws"]),
+                             seed=int(meta.get("seed", 0)))
+
+
+def _subset(calibration: "Calibration", shadows: np.ndarray) -> "Calibration":
+    """The calibration inputs of the shadows ``shadows`` only."""
+    return Calibration(scores=calibration.scores[shadows], keep=calibration.keep[shadows],
+                       features={k: v[shadows] for k, v in calibration.features.items()})
 
 
 def _nothing_to_predict(table: pd.DataFrame, out_path: Path) -> np.ndarray:
@@ -717,19 +777,15 @@ def _calibrated_scores(table: pd.DataFrame, calibration: Calibration, *,
     of the attacker's pool, recorded by fit-attack) fix LiRA offline's variance and scale
     the calibrated views, so a candidate's scores do not depend on the other candidates.
     """
-    from attack_models.calibrated import lira_offline, lira_online, rmia
-    from attack_models.fusion import calibrate_candidates
+    from attack_models.calibrated import lira_online, rmia
 
-    statistic = table[CALIBRATION_STATISTIC].to_numpy(dtype=np.float64)
-    statistic = np.nan_to_num(statistic, nan=np.nanmedian(statistic))
-    shadows = np.nan_to_num(calibration.scores, nan=np.nanmedian(calibration.scores))
+    statistic, shadows = _loss_statistics(table, calibration)
     fixed = calibration.keep.shape[0] < 16
     online = calibration.online
     result = pd.DataFrame(index=table.index)
     if online:
         result["lira_online"] = lira_online(statistic, shadows, calibration.keep, fixed_variance=fixed)
-    result["lira_offline"] = lira_offline(statistic, shadows, calibration.keep, fixed_variance=fixed,
-                                          fixed_std=(stds or {}).get(CALIBRATION_STATISTIC))
+    result = result.join(_classifier_calibrated_inputs(table, calibration, stds=stds, fixed_variance=fixed))
     if population is not None and not online:
         population_target, population_shadows, population_keep = population
         result["rmia_offline"] = rmia(statistic, shadows, calibration.keep,
@@ -743,6 +799,28 @@ def _calibrated_scores(table: pd.DataFrame, calibration: Calibration, *,
         result["rmia_online" if online else "rmia_offline"] = rmia(
             statistic, shadows, calibration.keep, population_target_scores=statistic,
             population_shadow_scores=shadows, online=online)
+    return result[[c for c in ("lira_online", "lira_offline", "rmia_online", "rmia_offline") if c in result]
+                  + [c for c in result.columns if c.startswith("cal_")]]
+
+
+def _loss_statistics(table: pd.DataFrame, calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
+    """The target's and the shadows' loss statistic of the candidates, NaN as the median."""
+    statistic = table[CALIBRATION_STATISTIC].to_numpy(dtype=np.float64)
+    statistic = np.nan_to_num(statistic, nan=np.nanmedian(statistic))
+    return statistic, np.nan_to_num(calibration.scores, nan=np.nanmedian(calibration.scores))
+
+
+def _classifier_calibrated_inputs(table: pd.DataFrame, calibration: Calibration, *, stds: dict[str, float] | None,
+                                  fixed_variance: bool) -> pd.DataFrame:
+    """LiRA offline and the calibrated views ``cal_<feature>`` of each candidate against the
+    shadows of ``calibration``: the calibrated inputs of an offline attack classifier."""
+    from attack_models.calibrated import lira_offline
+    from attack_models.fusion import calibrate_candidates
+
+    statistic, shadows = _loss_statistics(table, calibration)
+    result = pd.DataFrame(index=table.index)
+    result["lira_offline"] = lira_offline(statistic, shadows, calibration.keep, fixed_variance=fixed_variance,
+                                          fixed_std=(stds or {}).get(CALIBRATION_STATISTIC))
     if calibration.features:
         result = result.join(calibrate_candidates(table, calibration.features, calibration.keep, stds or {}))
     return result

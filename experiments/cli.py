@@ -209,6 +209,10 @@ def _fit_attack_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(default: LiRA offline of the loss and the calibrated view cal_<feature> of every "
                              "feature; any candidate can be scored), online (LiRA online too; candidates must be in "
                              "the shadow pool) or none; --calibrated alone means online")
+    parser.add_argument("--reference-draws", type=int, default=None,
+                        help="score a candidate outside the shadow pool against this many subsets of the shadows, "
+                             "sized like the training rows' references, and average the classifier's probability "
+                             "(matched-reference scoring; default 64, 0: once against all shadows)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if it holds something other than an attack (an existing attack "
@@ -221,7 +225,8 @@ def _run_fit_attack(args: argparse.Namespace) -> int:
 
     result = fit_attack_job(shadows=args.shadows, out=args.out, classifier=args.classifier,
                             features=args.features, calibration=args.calibrated, seed=args.seed,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite,
+                            **({} if args.reference_draws is None else {"reference_draws": args.reference_draws}))
     print("leave-one-shadow-out:")
     print(result["results"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"selected: {result['selected']} -> {args.out}")

@@ -99,3 +99,49 @@ def test_candidates_use_the_pools_std_so_company_does_not_matter():
     half = calibrate_candidates(cands.iloc[:10], {"loss": shadows[:, :10]}, outside[:, :10], stds)["cal_loss"]
     np.testing.assert_allclose(half.to_numpy(), whole[:10])
     np.testing.assert_allclose(whole, (target - shadows.mean(axis=0)) / stds["loss"])
+
+
+def test_out_reference_counts_match_the_slow_count_row_by_row():
+    from attack_models.fusion import out_reference_counts
+
+    rng = np.random.default_rng(3)
+    keep = rng.random((6, 50)) < 0.5
+    slow: dict[int, int] = {}
+    for k in range(6):
+        for i in range(50):
+            n = sum(not keep[j, i] for j in range(6) if j != k)
+            slow[n] = slow.get(n, 0) + 1
+    assert out_reference_counts(keep) == slow
+    _, balanced, _, _ = synthetic(K=8, N=40)  # each text IN for K/2 shadows
+    assert out_reference_counts(balanced) == {3: 160, 4: 160}
+
+
+def test_reference_subsets_are_seeded_sized_like_the_training_rows_and_clipped():
+    from attack_models.fusion import reference_subsets
+
+    subsets = reference_subsets({3: 100, 4: 300}, 8, draws=400, seed=5)
+    assert [s.tolist() for s in subsets] == [s.tolist() for s in reference_subsets({3: 100, 4: 300}, 8, draws=400,
+                                                                                 seed=5)]
+    assert all(len(set(s.tolist())) == len(s) and s.min() >= 0 and s.max() < 8 for s in subsets)
+    sizes = np.array([len(s) for s in subsets])
+    assert set(sizes.tolist()) == {3, 4}
+    assert 0.65 < (sizes == 4).mean() < 0.85  # drawn with the rows' frequencies (3/4)
+    assert {len(s) for s in reference_subsets({0: 5, 12: 5}, 8, draws=50, seed=0)} == {1, 8}
+    with pytest.raises(ValueError, match="draws"):
+        reference_subsets({3: 1}, 8, draws=0, seed=0)
+
+
+def test_distinct_views_drop_a_feature_that_differs_from_another_by_a_per_text_constant():
+    import pandas as pd
+
+    from attack_models.fusion import calibrate_shadow_table, distinct_views
+
+    shadows, keep, _, _ = synthetic(K=6, N=80)
+    frame = shadow_frame(shadows, keep)
+    per_text = np.random.default_rng(0).normal(size=80)
+    frame["reference"] = frame["loss"] - np.tile(per_text, 6)  # minus the base model's value, as `reference`
+    frame["other"] = frame["loss"] + np.random.default_rng(1).normal(scale=0.5, size=len(frame))
+    table = calibrate_shadow_table(frame, ["loss", "reference", "other"])
+    np.testing.assert_allclose(table["cal_reference"], table["cal_loss"])
+    assert distinct_views(table, ["loss", "reference", "other"]) == ["loss", "other"]
+    assert distinct_views(pd.DataFrame({"cal_a": [1.0, np.nan], "cal_b": [1.0, 2.0]}), ["a", "b"]) == ["a", "b"]

@@ -187,7 +187,9 @@ def test_offline_calibrated_attack_takes_lira_offline_for_candidates_outside_the
     manifest = json.loads((root / "attack_offline" / "manifest.json").read_text())
     assert manifest["metadata"]["calibrated"] == ["lira_offline"]
     raw = ["loss", "reference", "min_k", "min_k_plus_plus", "zlib_ratio", "neighbour_gap"]
-    views = [c for c in raw if c != "neighbour_gap"]  # neighbours would cost every shadow a pass per neighbour
+    # neighbours would cost every shadow a pass per neighbour; cal_reference is exactly cal_loss
+    # (the base model's loss is the same under the target and every shadow)
+    views = [c for c in raw if c not in ("neighbour_gap", "reference")]
     assert manifest["metadata"]["calibrated_views"] == views
     assert manifest["metadata"]["feature_columns"] == raw + ["lira_offline"] + [f"cal_{c}" for c in views]
     assert set(manifest["metadata"]["pooled_out_std"]) == set(views)
@@ -243,3 +245,40 @@ def test_nested_training_rows_never_see_the_held_out_shadow(experiment):
     rest = (table["shadow"] != 2).to_numpy()
     columns = ["lira_offline", "cal_loss", "cal_min_k"]
     np.testing.assert_allclose(first.loc[rest, columns].to_numpy(), second.loc[rest, columns].to_numpy())
+
+
+def test_matched_reference_scoring_averages_over_subsets_and_zero_draws_predicts_once(experiment):
+    """An offline candidate's probability is the mean over subsets of the shadows sized like the
+    training rows' references; with --reference-draws 0 it is the classifier's on the written
+    (all-shadow) columns."""
+    from attack_models import load_attack
+
+    root = experiment["root"]
+    common = dict(model=str(experiment["base"]), adapter=str(root / "target"), data=str(experiment["candidates"]),
+                  dtype="float32")
+    probabilities = {}
+    for draws in (0, 16):
+        attack = root / f"attack_draws_{draws}"
+        fit_attack_job(shadows=str(root / "shadows"), out=str(attack), classifier="random_forest",
+                       reference_draws=draws)
+        meta = json.loads((attack / "manifest.json").read_text())["metadata"]
+        score_job(attack=str(attack), out=str(root / f"draws_{draws}.csv"), **common)
+        scores = pd.read_csv(root / f"draws_{draws}.csv")
+        probabilities[draws] = scores["membership_probability"].to_numpy()
+        estimator, _ = load_attack(attack)
+        once = estimator.predict_proba(scores[meta["feature_columns"]])[:, 1]
+        if draws == 0:
+            assert meta["matched_references"] is None
+            np.testing.assert_allclose(probabilities[0], once)
+        else:
+            # 4 shadows, each text IN for 2: an OUT row has 1 other OUT shadow, an IN row 2
+            assert meta["matched_references"] == {"draws": 16, "out_reference_counts": {"1": 64, "2": 64}}
+            assert not np.allclose(probabilities[draws], once)
+    # the same forest: only the calibrated inputs differ
+    assert np.corrcoef(probabilities[0], probabilities[16])[0, 1] > 0.5
+
+
+def test_fit_attack_refuses_negative_reference_draws(experiment):
+    with pytest.raises(ConfigError, match="--reference-draws -1"):
+        fit_attack_job(shadows=str(experiment["root"] / "shadows"), out=str(experiment["root"] / "x"),
+                       reference_draws=-1)
