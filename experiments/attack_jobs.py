@@ -29,7 +29,7 @@ from experiments.jobs import (NeighbourOptions, check_kept_fields, check_output_
                              write_parquet_atomic)
 from llm_features.errors import ConfigError, IncompatibleArtifactError, InputDataError, IntegrityError
 from llm_features.extract import compute_features, needs_of, score_neighbours
-from llm_features.io import atomic_path, check_writable_directory, sha256_file, write_json_atomic
+from llm_features.io import atomic_path, check_writable_directory, sha256_file, sha256_text, write_json_atomic
 from llm_features.registry import parse_features
 from llm_features.scoring import score_texts
 from llm_features.texts import TextSet, load_texts, texts_from_list
@@ -719,19 +719,28 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
             keep[:, i] = pool_keep[:, position[identifier]]
     views = list(meta.get("calibrated_views", []))
     requests = [r for r in parse_features(settings.features) if r.column in views or r.column == CALIBRATION_STATISTIC]
-    scores = np.empty(keep.shape, dtype=np.float64)
-    features = {view: np.empty(keep.shape, dtype=np.float64) for view in views}
-    logger.info("scoring the %d candidates with each of the %d shadows (for LiRA/RMIA offline)", len(candidates),
-                len(directories))
     recorded = meta.get("shadow_manifests")
     if recorded is not None and sorted(recorded) != [d.name for d in directories]:
         raise IntegrityError(f"{shadows_dir} holds the shadows {[d.name for d in directories]}, but the attack was "
                              f"fitted on {sorted(recorded)}; refit the attack")
-    for k, directory in enumerate(directories):
+    manifests = []
+    for directory in directories:
         verify_adapter(directory)
-        if recorded is not None and sha256_file(directory / "manifest.json") != recorded[directory.name]:
+        manifests.append(sha256_file(directory / "manifest.json"))
+        if recorded is not None and manifests[-1] != recorded[directory.name]:
             raise IntegrityError(f"{directory} changed since the attack was fitted (its manifest's SHA-256 differs: "
                                  "retrained or edited); its scores would not match the shadow table. Refit the attack")
+    key = (meta["base_model"], tuple(manifests), sha256_text(json.dumps([candidates.ids, candidates.texts])),
+           json.dumps(settings.to_dict(), sort_keys=True), tuple(views), dtype, device)
+    if key in _SHADOW_CALIBRATIONS:
+        logger.info("the %d shadows' scores of these %d candidates were computed earlier in this process; reused",
+                    len(directories), len(candidates))
+        return _SHADOW_CALIBRATIONS[key]
+    scores = np.empty(keep.shape, dtype=np.float64)
+    features = {view: np.empty(keep.shape, dtype=np.float64) for view in views}
+    logger.info("scoring the %d candidates with each of the %d shadows (for LiRA/RMIA offline)", len(candidates),
+                len(directories))
+    for k, directory in enumerate(directories):
         shadow = load_model(meta["base_model"], adapter=directory, dtype=dtype, device=device)
         token_scores = score_texts(shadow.model, shadow.tokenizer, candidates.texts, batch_size=settings.batch_size,
                                    max_tokens=settings.max_tokens, description=f"candidates, shadow {k}")
@@ -740,7 +749,18 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
         for view in views:
             features[view][k] = values[view].to_numpy()
         del shadow
-    return Calibration(scores=scores, keep=keep, features=features)
+    _SHADOW_CALIBRATIONS.clear()  # one entry: the candidates of the latest call
+    for array in (scores, keep, *features.values()):
+        array.setflags(write=False)
+    _SHADOW_CALIBRATIONS[key] = Calibration(scores=scores, keep=keep, features=features)
+    return _SHADOW_CALIBRATIONS[key]
+
+
+#: The shadows' scores of the latest candidates scored in this process, keyed by everything
+#: that determines them (base, shadow manifests, candidate ids and texts, feature settings,
+#: views, dtype, device): ``transfer`` scores the same candidates with the same shadows once
+#: per target variant and pays the K shadow passes once. The arrays are never modified.
+_SHADOW_CALIBRATIONS: dict[tuple[Any, ...], Calibration] = {}
 
 
 def _rmia_population_scores(population: dict[str, list[str]], shadow_table: pd.DataFrame, target: Any,

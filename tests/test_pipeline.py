@@ -282,3 +282,23 @@ def test_fit_attack_refuses_negative_reference_draws(experiment):
     with pytest.raises(ConfigError, match="--reference-draws -1"):
         fit_attack_job(shadows=str(experiment["root"] / "shadows"), out=str(experiment["root"] / "x"),
                        reference_draws=-1)
+
+
+def test_a_second_score_of_the_same_candidates_reuses_the_shadows_passes(experiment, monkeypatch):
+    """transfer scores the same candidates once per target variant: the K shadow passes are paid once."""
+    import experiments.attack_jobs as jobs
+
+    root = experiment["root"]
+    fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_reuse"), classifier="logistic")
+    calls = []
+    real = jobs.score_texts
+    monkeypatch.setattr(jobs, "score_texts", lambda *a, **k: calls.append(k.get("description")) or real(*a, **k))
+    common = dict(attack=str(root / "attack_reuse"), model=str(experiment["base"]), data=str(experiment["candidates"]),
+                  dtype="float32")
+    jobs._SHADOW_CALIBRATIONS.clear()
+    score_job(adapter=str(root / "target"), out=str(root / "reuse_1.csv"), **common)
+    first = [c for c in calls if c.startswith("candidates, shadow")]
+    calls.clear()
+    score_job(adapter=str(root / "target"), out=str(root / "reuse_2.csv"), **common)
+    assert len(first) == 4 and not [c for c in calls if c.startswith("candidates, shadow")]
+    pd.testing.assert_frame_equal(pd.read_csv(root / "reuse_1.csv"), pd.read_csv(root / "reuse_2.csv"))
