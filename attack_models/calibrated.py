@@ -351,6 +351,12 @@ def offline_z(
     """
     S = _matrix(shadow_scores, "shadow_scores")
     x = _vector(target_scores, "target_scores", S.shape[1])
+    out = ~np.asarray(keep, dtype=bool)
+    if fixed_std is not None and out.shape == S.shape and out.any(axis=0).all():
+        # every text has an OUT shadow and the scale is given: only the OUT mean is needed
+        # (no per-text variance to compute, nor to warn about when a text has one OUT shadow)
+        mu_out = np.where(out, S, 0.0).sum(axis=0) / out.sum(axis=0)
+        return (x - mu_out) / max(float(fixed_std), min_std)
     st = lira_statistics(S, keep, fixed_variance=fixed_variance, min_std=min_std, need_in=False, where="offline_z")
     sd = st.sd_out if fixed_std is None else max(float(fixed_std), min_std)
     return (x - st.mu_out) / sd

@@ -48,7 +48,10 @@ CALIBRATIONS: dict[str, tuple[str, ...]] = {"none": (), "offline": ("lira_offlin
 #: one of these names is refused before any model loads (it would clash with them at the end).
 SHADOW_TABLE_COLUMNS = ("shadow", "n_tokens")
 SCORE_COLUMNS = ("n_tokens", "membership_probability", "lira_online", "lira_offline", "rmia_online",
-                 "rmia_offline")
+                 "rmia_offline", "token_lira")
+#: The token-level calibrated attack (:mod:`attack_models.token_calibration`), added beside
+#: LiRA offline whenever the shadows' token log-probabilities are recorded.
+TOKEN_LIRA = "token_lira"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +145,8 @@ def shadow_features(out: Path, pool: TextSet, shadow_paths: list[Path], *, base:
 
     reference_scores = None
     neighbour_texts = None
-    pending = [k for k in range(len(shadow_paths)) if not (features_dir / f"shadow_{k:03d}.parquet").is_file()]
+    pending = [k for k in range(len(shadow_paths))
+               if not (features_dir / f"shadow_{k:03d}.parquet").is_file() or not token_path(features_dir, k).is_file()]
     if pending and "reference" in needs:
         reference_scores = score_texts(base_model.model, base_model.tokenizer, pool.texts,
                                        batch_size=settings.batch_size, max_tokens=settings.max_tokens,
@@ -163,6 +167,7 @@ def shadow_features(out: Path, pool: TextSet, shadow_paths: list[Path], *, base:
         table = table.drop(columns=[c for c in ("label",) if c in table.columns])
         table.insert(0, "shadow", k)
         table.insert(2, "label", keep[k].astype(int))
+        write_token_logprobs(token_path(features_dir, k), pool.ids, [s.token_logprobs for s in target_scores])
         write_parquet_atomic(table, features_dir / f"shadow_{k:03d}.parquet")
         del shadow
     tables = [pd.read_parquet(features_dir / f"shadow_{k:03d}.parquet") for k in range(len(shadow_paths))]
@@ -182,7 +187,7 @@ def _check_or_write_config(features_dir: Path, recorded: dict[str, Any], *, forc
                 changed = sorted(k for k in set(existing) | set(recorded) if existing.get(k) != recorded.get(k))
                 raise ConfigError(f"{features_dir} holds features made with other settings ({', '.join(changed)}); "
                                   "use another --out or pass --force to recompute them")
-            for stale in features_dir.glob("*.parquet"):
+            for stale in [*features_dir.glob("*.parquet"), *features_dir.glob("tokens_*.npz")]:
                 stale.unlink()
             (features_dir / "neighbours.json").unlink(missing_ok=True)
     write_json_atomic(path, recorded)
@@ -211,11 +216,38 @@ def _drop_stale_tables(features_dir: Path, inputs: dict[str, Any]) -> None:
         if table.is_file() and not (same_pool and k < len(before) and before[k] == manifest_hash):
             logger.info("%s was computed from another shadow or pool; recomputing it", table.name)
             table.unlink()
-    for extra in features_dir.glob("shadow_*.parquet"):  # tables of shadows that no longer exist
-        if int(extra.stem.split("_")[1]) >= len(inputs["shadows"]):
+            token_path(features_dir, k).unlink(missing_ok=True)
+    for extra in [*features_dir.glob("shadow_*.parquet"), *features_dir.glob("tokens_*.npz")]:
+        if int(extra.stem.split("_")[1]) >= len(inputs["shadows"]):  # of shadows that no longer exist
             extra.unlink()
     (features_dir / SHADOW_TABLE).unlink(missing_ok=True)
     write_json_atomic(path, inputs)
+
+
+def token_path(features_dir: Path, shadow: int) -> Path:
+    """Where shadow ``shadow``'s token log-probabilities of the pool texts are kept."""
+    return features_dir / f"tokens_{shadow:03d}.npz"
+
+
+def write_token_logprobs(path: Path, ids: list[str], logprobs: list[np.ndarray]) -> None:
+    """Ragged token log-probabilities as one float32 array, offsets and the text ids (atomic)."""
+    lengths = np.array([len(x) for x in logprobs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = np.concatenate([np.asarray(x, dtype=np.float32) for x in logprobs]) if len(logprobs) else np.empty(0)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, values=values.astype(np.float32), offsets=offsets, ids=np.array(ids, dtype=str))
+
+
+def read_token_logprobs(path: Path, ids: list[str]) -> list[np.ndarray]:
+    """The arrays of :func:`write_token_logprobs`, in the order of ``ids`` (IntegrityError if it holds others)."""
+    with np.load(path, allow_pickle=False) as data:
+        values, offsets, recorded = data["values"], data["offsets"], data["ids"].tolist()
+    position = {identifier: i for i, identifier in enumerate(recorded)}
+    if len(offsets) != len(recorded) + 1 or any(i not in position for i in ids):
+        raise IntegrityError(f"{path} holds the token log-probabilities of other texts; rerun train-shadows "
+                             "with --force to recompute the features")
+    return [values[offsets[position[i]]:offsets[position[i] + 1]].astype(np.float64) for i in ids]
 
 
 def cached_neighbours(features_dir: Path, texts: TextSet, *, generator: Any, settings: FeatureSettings,
@@ -284,14 +316,50 @@ def calibratable_columns(features: str, columns: list[str]) -> list[str]:
     return [c for c in columns if c in needs and needs[c] <= {"reference"}]
 
 
+@dataclasses.dataclass(frozen=True)
+class ShadowTokens:
+    """The shadows' token log-probabilities of the pool texts, for ``token_lira``."""
+
+    logprobs: list[list[np.ndarray]]  # [K][N], texts in the order of ``ids``
+    keep: np.ndarray                  # [K, N]
+    ids: list[str]
+    shadows: list[int]
+    pooled_variance: float
+
+
+def load_shadow_tokens(shadows_dir: Path, table: pd.DataFrame) -> ShadowTokens | None:
+    """The shadows' token log-probabilities (``features/tokens_*.npz``), or None when features
+    were computed before they were recorded (the attack then goes without ``token_lira``)."""
+    from attack_models.fusion import shadow_matrix
+    from attack_models.token_calibration import pooled_token_variance
+
+    _, keep, ids, shadows = shadow_matrix(table, CALIBRATION_STATISTIC)
+    paths = [token_path(shadows_dir / FEATURES_DIR, k) for k in shadows]
+    if not all(p.is_file() for p in paths):
+        logger.warning("%s has no token log-probabilities (features computed by an older version): the attack goes "
+                       "without token_lira; rerun train-shadows with --force to add them", shadows_dir / FEATURES_DIR)
+        return None
+    logprobs = [read_token_logprobs(p, ids) for p in paths]
+    return ShadowTokens(logprobs=logprobs, keep=keep, ids=ids, shadows=shadows,
+                        pooled_variance=pooled_token_variance(logprobs, keep))
+
+
 def calibrated_training_table(table: pd.DataFrame, *, lira: tuple[str, ...], views: list[str],
-                              held_out: int | None = None) -> pd.DataFrame:
-    """The shadow table with its LiRA columns and the calibrated view of each feature in ``views``
-    (:mod:`attack_models.fusion`), leave-one-shadow-out, or nested without ``held_out``."""
+                              held_out: int | None = None, tokens: ShadowTokens | None = None) -> pd.DataFrame:
+    """The shadow table with its LiRA columns, ``token_lira`` (with ``tokens``) and the calibrated
+    view of each feature in ``views`` (:mod:`attack_models.fusion`), leave-one-shadow-out, or
+    nested without ``held_out``."""
     from attack_models.fusion import calibrate_shadow_table
+    from attack_models.token_calibration import token_lira_rows
 
     if lira:
         table = add_calibrated_columns(table, lira, held_out=held_out)
+    if tokens is not None:
+        values = token_lira_rows(tokens.logprobs, tokens.keep, pooled_variance=tokens.pooled_variance,
+                                 held_out=None if held_out is None else tokens.shadows.index(held_out))
+        row = pd.Index(tokens.shadows).get_indexer(table["shadow"])
+        col = pd.Index(tokens.ids).get_indexer(table["id"].astype(str))
+        table = table.assign(**{TOKEN_LIRA: values[row, col]})
     return calibrate_shadow_table(table, views, held_out=held_out) if views else table
 
 
@@ -336,6 +404,10 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     selection every fold recomputes them without its held-out shadow (nested
     leave-one-shadow-out), so no fold's training rows saw the held-out shadow's labels.
 
+    When the shadows' token log-probabilities are recorded (``features/tokens_*.npz``), the
+    calibrated inputs also hold ``token_lira`` (:mod:`attack_models.token_calibration`),
+    leave-one-shadow-out like LiRA.
+
     ``reference_draws`` (> 0, with calibration): a candidate that every shadow left out is
     scored against that many subsets of the shadows, sized like the training rows'
     references, and its membership probability is the mean over them (matched-reference
@@ -364,6 +436,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     views: list[str] = []
     stds: dict[str, float] = {}
     matched = None
+    tokens = None
     raw = table
     if calibrated:
         from attack_models.fusion import (calibrated_column, distinct_views, out_reference_counts, pooled_out_stds,
@@ -376,14 +449,16 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
                               f"calibrates each text against K - 2 of them); these have {table['shadow'].nunique()}. "
                               "Train more shadows or pass --calibrated none")
         views = calibratable_columns(settings["features"], columns)
-        table = calibrated_training_table(raw, lira=calibrated, views=views)
+        tokens = load_shadow_tokens(shadows_dir, raw)
+        table = calibrated_training_table(raw, lira=calibrated, views=views, tokens=tokens)
         duplicates = [v for v in views if v not in distinct_views(table, views)]
         if duplicates:
             logger.info("calibrated views left out, equal to another's: %s", ", ".join(duplicates))
             views = [v for v in views if v not in duplicates]
             table = table.drop(columns=[calibrated_column(v) for v in duplicates])
         stds = pooled_out_stds(raw, sorted(set(views) | {CALIBRATION_STATISTIC}))
-        columns = columns + list(calibrated) + [calibrated_column(c) for c in views]
+        columns = (columns + list(calibrated) + ([TOKEN_LIRA] if tokens is not None else [])
+                   + [calibrated_column(c) for c in views])
         if reference_draws:
             counts = out_reference_counts(shadow_matrix(raw, CALIBRATION_STATISTIC)[1])
             matched = {"draws": reference_draws, "out_reference_counts": {str(k): v for k, v in counts.items()}}
@@ -391,7 +466,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
 
     def fold_table(held_out: int) -> pd.DataFrame:
         """The training table of the fold that holds out ``held_out`` (nested leave-one-shadow-out)."""
-        fold = calibrated_training_table(raw, lira=calibrated, views=views, held_out=held_out)
+        fold = calibrated_training_table(raw, lira=calibrated, views=views, held_out=held_out, tokens=tokens)
         return impute_nan(fold, columns, medians=medians)[0]
 
     names = list(CLASSIFIERS) if classifier == "auto" else [classifier]
@@ -412,6 +487,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
         "pooled_out_std": stds,
         "rmia_population": population,
         "matched_references": matched,
+        "token_lira": None if tokens is None else {"pooled_variance": tokens.pooled_variance},
         "nan_medians": {k: float(v) for k, v in medians.items()},
         "shadows_dir": str(shadows_dir.resolve()),
         "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
@@ -455,7 +531,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
             f"{meta['base_model']} ({meta['tokenizer_hash']}); the attack's features would not be comparable. "
             "Train shadows from the target's own base model")
     shadow_table = _verified_shadow_table(meta)
-    in_pool = _pool_calibration(shadow_table, candidates, list(meta.get("calibrated_views", [])))
+    in_pool = _pool_calibration(shadow_table, candidates, list(meta.get("calibrated_views", [])), meta)
     uses = calibrated_inputs(meta)
     if "lira_online" in uses and in_pool is None:
         raise ConfigError(
@@ -484,6 +560,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
     table = compute_features(candidates, requests, target_scores, reference_scores=reference_scores,
                              neighbour_scores=neighbour_scores)
     calibration_inputs = None
+    target_tokens = None
     if calibration or uses:
         calibration_inputs = in_pool
         if in_pool is None and shadow_table is not None:
@@ -496,8 +573,12 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
         population = None
         if not calibration_inputs.online and meta.get("rmia_population") and shadow_table is not None:
             population = _rmia_population_scores(meta["rmia_population"], shadow_table, target, settings)
+        if meta.get("token_lira") and calibration_inputs.token_logprobs is not None:
+            target_tokens = TargetTokens(logprobs=[np.asarray(t.token_logprobs, dtype=np.float64)
+                                                   for t in target_scores],
+                                         pooled_variance=float(meta["token_lira"]["pooled_variance"]))
         table = table.join(_calibrated_scores(table, calibration_inputs, stds=meta.get("pooled_out_std"),
-                                              population=population))
+                                              population=population, target_tokens=target_tokens))
     unscored = _nothing_to_predict(table, out_path)
     probability = np.full(len(table), np.nan)
     if (~unscored).any():
@@ -511,9 +592,11 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
                         calibration_inputs.keep.shape[0])
             fixed = calibration_inputs.keep.shape[0] < 16
             probability[~unscored] = np.mean([
-                _predict(estimator, rows.drop(columns=list(inputs.columns)).join(inputs), meta, quiet=True)
-                for inputs in (_classifier_calibrated_inputs(rows, _subset(calibration_inputs, subset),
-                                                             stds=meta.get("pooled_out_std"), fixed_variance=fixed)
+                _predict(estimator, rows.drop(columns=list(inputs.columns)).join(inputs.loc[~unscored]), meta,
+                         quiet=True)
+                for inputs in (_classifier_calibrated_inputs(table, _subset(calibration_inputs, subset),
+                                                             stds=meta.get("pooled_out_std"), fixed_variance=fixed,
+                                                             target_tokens=target_tokens)
                                for subset in subsets)], axis=0)
     table.insert(1, "membership_probability", probability)
     table.loc[unscored, [c for c in SCORE_METRICS if c in table.columns]] = np.nan
@@ -530,7 +613,7 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
 
 #: The score columns of ``shadowmia score``, by the name their metrics have in its summary.
 SCORE_METRICS = {"membership_probability": "attack", "lira_online": "lira_online", "lira_offline": "lira_offline",
-                 "rmia_online": "rmia_online", "rmia_offline": "rmia_offline"}
+                 "rmia_online": "rmia_online", "rmia_offline": "rmia_offline", TOKEN_LIRA: TOKEN_LIRA}
 
 
 def _predict(estimator: Any, rows: pd.DataFrame, meta: dict[str, Any], *, quiet: bool = False) -> np.ndarray:
@@ -560,8 +643,10 @@ def _matched_subsets(meta: dict[str, Any], calibration: "Calibration | None") ->
 
 def _subset(calibration: "Calibration", shadows: np.ndarray) -> "Calibration":
     """The calibration inputs of the shadows ``shadows`` only."""
+    tokens = calibration.token_logprobs
     return Calibration(scores=calibration.scores[shadows], keep=calibration.keep[shadows],
-                       features={k: v[shadows] for k, v in calibration.features.items()})
+                       features={k: v[shadows] for k, v in calibration.features.items()},
+                       token_logprobs=None if tokens is None else [tokens[k] for k in shadows])
 
 
 def _nothing_to_predict(table: pd.DataFrame, out_path: Path) -> np.ndarray:
@@ -670,6 +755,7 @@ class Calibration:
     scores: np.ndarray  # [K, n] loss statistic of each candidate under each shadow
     keep: np.ndarray    # [K, n] whether shadow k trained on candidate i
     features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [K, n] per calibrated feature
+    token_logprobs: list[list[np.ndarray]] | None = None  # [K][n] token log-probs, for token_lira
 
     @property
     def online(self) -> bool:
@@ -678,7 +764,7 @@ class Calibration:
 
 
 def _pool_calibration(shadow_table: pd.DataFrame | None, candidates: TextSet,
-                      views: list[str]) -> Calibration | None:
+                      views: list[str], meta: dict[str, Any]) -> Calibration | None:
     """The shadows' statistics of the candidates from the shadow table, or None unless all are in the pool."""
     if shadow_table is None or CALIBRATION_STATISTIC not in shadow_table.columns:
         return None
@@ -690,7 +776,12 @@ def _pool_calibration(shadow_table: pd.DataFrame | None, candidates: TextSet,
         return None
     columns = [position[i] for i in candidates.ids]
     features = {view: shadow_score_matrix(shadow_table, view)[0][:, columns] for view in views}
-    return Calibration(scores=scores[:, columns], keep=keep[:, columns], features=features)
+    tokens = None
+    if meta.get("token_lira"):
+        features_dir = Path(meta["shadows_dir"]) / FEATURES_DIR
+        tokens = [read_token_logprobs(token_path(features_dir, k), candidates.ids)
+                  for k in sorted(shadow_table["shadow"].unique())]
+    return Calibration(scores=scores[:, columns], keep=keep[:, columns], features=features, token_logprobs=tokens)
 
 
 def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: FeatureSettings, *, dtype: str,
@@ -731,13 +822,14 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
             raise IntegrityError(f"{directory} changed since the attack was fitted (its manifest's SHA-256 differs: "
                                  "retrained or edited); its scores would not match the shadow table. Refit the attack")
     key = (meta["base_model"], tuple(manifests), sha256_text(json.dumps([candidates.ids, candidates.texts])),
-           json.dumps(settings.to_dict(), sort_keys=True), tuple(views), dtype, device)
+           json.dumps(settings.to_dict(), sort_keys=True), tuple(views), dtype, device, bool(meta.get("token_lira")))
     if key in _SHADOW_CALIBRATIONS:
         logger.info("the %d shadows' scores of these %d candidates were computed earlier in this process; reused",
                     len(directories), len(candidates))
         return _SHADOW_CALIBRATIONS[key]
     scores = np.empty(keep.shape, dtype=np.float64)
     features = {view: np.empty(keep.shape, dtype=np.float64) for view in views}
+    tokens: list[list[np.ndarray]] | None = [] if meta.get("token_lira") else None
     logger.info("scoring the %d candidates with each of the %d shadows (for LiRA/RMIA offline)", len(candidates),
                 len(directories))
     for k, directory in enumerate(directories):
@@ -748,11 +840,13 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
         scores[k] = values[CALIBRATION_STATISTIC].to_numpy()
         for view in views:
             features[view][k] = values[view].to_numpy()
+        if tokens is not None:
+            tokens.append([np.asarray(t.token_logprobs, dtype=np.float64) for t in token_scores])
         del shadow
     _SHADOW_CALIBRATIONS.clear()  # one entry: the candidates of the latest call
     for array in (scores, keep, *features.values()):
         array.setflags(write=False)
-    _SHADOW_CALIBRATIONS[key] = Calibration(scores=scores, keep=keep, features=features)
+    _SHADOW_CALIBRATIONS[key] = Calibration(scores=scores, keep=keep, features=features, token_logprobs=tokens)
     return _SHADOW_CALIBRATIONS[key]
 
 
@@ -784,7 +878,8 @@ def _rmia_population_scores(population: dict[str, list[str]], shadow_table: pd.D
 
 def _calibrated_scores(table: pd.DataFrame, calibration: Calibration, *,
                        stds: dict[str, float] | None = None,
-                       population: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+                       population: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                       target_tokens: TargetTokens | None = None) -> pd.DataFrame:
     """LiRA and RMIA of each candidate against all shadows: online when every candidate has IN
     and OUT shadows, else offline (LiRA offline, Carlini et al. 2022 Sec. 4.3; RMIA offline,
     Zarifzadeh et al. 2024).
@@ -805,7 +900,8 @@ def _calibrated_scores(table: pd.DataFrame, calibration: Calibration, *,
     result = pd.DataFrame(index=table.index)
     if online:
         result["lira_online"] = lira_online(statistic, shadows, calibration.keep, fixed_variance=fixed)
-    result = result.join(_classifier_calibrated_inputs(table, calibration, stds=stds, fixed_variance=fixed))
+    result = result.join(_classifier_calibrated_inputs(table, calibration, stds=stds, fixed_variance=fixed,
+                                                       target_tokens=target_tokens))
     if population is not None and not online:
         population_target, population_shadows, population_keep = population
         result["rmia_offline"] = rmia(statistic, shadows, calibration.keep,
@@ -819,7 +915,7 @@ def _calibrated_scores(table: pd.DataFrame, calibration: Calibration, *,
         result["rmia_online" if online else "rmia_offline"] = rmia(
             statistic, shadows, calibration.keep, population_target_scores=statistic,
             population_shadow_scores=shadows, online=online)
-    return result[[c for c in ("lira_online", "lira_offline", "rmia_online", "rmia_offline") if c in result]
+    return result[[c for c in ("lira_online", "lira_offline", "rmia_online", "rmia_offline", TOKEN_LIRA) if c in result]
                   + [c for c in result.columns if c.startswith("cal_")]]
 
 
@@ -830,10 +926,32 @@ def _loss_statistics(table: pd.DataFrame, calibration: Calibration) -> tuple[np.
     return statistic, np.nan_to_num(calibration.scores, nan=np.nanmedian(calibration.scores))
 
 
+@dataclasses.dataclass(frozen=True)
+class TargetTokens:
+    """The target's token log-probabilities of the candidates and the pool's token variance."""
+
+    logprobs: list[np.ndarray]
+    pooled_variance: float
+
+
+def _token_lira(calibration: Calibration, target: TargetTokens) -> np.ndarray:
+    """``token_lira`` of each candidate against the shadows of ``calibration`` OUT of it."""
+    from attack_models.token_calibration import token_lira
+
+    tokens = calibration.token_logprobs
+    result = np.full(len(target.logprobs), np.nan)
+    for i, x in enumerate(target.logprobs):
+        out = np.flatnonzero(~calibration.keep[:, i])
+        if len(out):
+            result[i] = token_lira(x, np.stack([tokens[k][i] for k in out]), pooled_variance=target.pooled_variance)
+    return result
+
+
 def _classifier_calibrated_inputs(table: pd.DataFrame, calibration: Calibration, *, stds: dict[str, float] | None,
-                                  fixed_variance: bool) -> pd.DataFrame:
-    """LiRA offline and the calibrated views ``cal_<feature>`` of each candidate against the
-    shadows of ``calibration``: the calibrated inputs of an offline attack classifier."""
+                                  fixed_variance: bool, target_tokens: TargetTokens | None = None) -> pd.DataFrame:
+    """LiRA offline, ``token_lira`` (with ``target_tokens``) and the calibrated views
+    ``cal_<feature>`` of each candidate against the shadows of ``calibration``: the calibrated
+    inputs of an offline attack classifier."""
     from attack_models.calibrated import lira_offline
     from attack_models.fusion import calibrate_candidates
 
@@ -841,6 +959,8 @@ def _classifier_calibrated_inputs(table: pd.DataFrame, calibration: Calibration,
     result = pd.DataFrame(index=table.index)
     result["lira_offline"] = lira_offline(statistic, shadows, calibration.keep, fixed_variance=fixed_variance,
                                           fixed_std=(stds or {}).get(CALIBRATION_STATISTIC))
+    if target_tokens is not None and calibration.token_logprobs is not None:
+        result[TOKEN_LIRA] = _token_lira(calibration, target_tokens)
     if calibration.features:
         result = result.join(calibrate_candidates(table, calibration.features, calibration.keep, stds or {}))
     return result

@@ -87,7 +87,7 @@ def test_offline_lira_uses_the_shadows_scores_of_each_candidate(experiment):
     texts = [json.loads(line)["text"] for line in experiment["candidates"].read_text().splitlines()]
     shadow_losses = []
     for k in range(4):
-        shadow = load_model(str(experiment["base"]), adapter=root / "shadows" / f"shadow_{k:03d}", dtype="float32")
+        shadow = load_model(str(experiment["base"]), adapter=str(root / "shadows" / f"shadow_{k:03d}"), dtype="float32")
         token_scores = score_texts(shadow.model, shadow.tokenizer, texts, batch_size=16, max_tokens=64,
                                    progress=False)
         shadow_losses.append([float(np.mean(s.token_logprobs)) for s in token_scores])
@@ -191,7 +191,8 @@ def test_offline_calibrated_attack_takes_lira_offline_for_candidates_outside_the
     # (the base model's loss is the same under the target and every shadow)
     views = [c for c in raw if c not in ("neighbour_gap", "reference")]
     assert manifest["metadata"]["calibrated_views"] == views
-    assert manifest["metadata"]["feature_columns"] == raw + ["lira_offline"] + [f"cal_{c}" for c in views]
+    assert manifest["metadata"]["feature_columns"] == raw + ["lira_offline", "token_lira"] + [f"cal_{c}" for c in views]
+    assert manifest["metadata"]["token_lira"]["pooled_variance"] > 0
     assert set(manifest["metadata"]["pooled_out_std"]) == set(views)
     assert result["selected"] == "logistic"
     summary = score_job(attack=str(root / "attack_offline"), model=str(experiment["base"]),
@@ -227,7 +228,7 @@ def test_scores_do_not_depend_on_the_other_candidates_of_the_call(experiment):
     together = pd.read_csv(root / "together.csv").set_index("id")
     apart = pd.concat([pd.read_csv(root / f"apart_{i}.csv") for i in range(2)]).set_index("id").loc[together.index]
     columns = [c for c in together.columns if c != "label" and together[c].dtype.kind == "f"]
-    assert {"lira_offline", "rmia_offline", "membership_probability", "cal_loss"} <= set(columns)
+    assert {"lira_offline", "rmia_offline", "membership_probability", "cal_loss", "token_lira"} <= set(columns)
     np.testing.assert_allclose(apart[columns].to_numpy(), together[columns].to_numpy(), atol=1e-3, rtol=0)
 
 
@@ -302,3 +303,46 @@ def test_a_second_score_of_the_same_candidates_reuses_the_shadows_passes(experim
     score_job(adapter=str(root / "target"), out=str(root / "reuse_2.csv"), **common)
     assert len(first) == 4 and not [c for c in calls if c.startswith("candidates, shadow")]
     pd.testing.assert_frame_equal(pd.read_csv(root / "reuse_1.csv"), pd.read_csv(root / "reuse_2.csv"))
+
+
+def test_token_lira_of_a_candidate_is_computed_against_every_shadow(experiment):
+    """score's token_lira column: the target's token log-probs of a candidate against all K
+    shadows' (every one OUT of a text outside the pool), with the pool's token variance."""
+    from attack_models.token_calibration import token_lira
+    from llm_features.models import load_model
+    from llm_features.scoring import score_texts
+
+    root = experiment["root"]
+    fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_tokens"), classifier="logistic")
+    meta = json.loads((root / "attack_tokens" / "manifest.json").read_text())["metadata"]
+    score_job(attack=str(root / "attack_tokens"), model=str(experiment["base"]), adapter=str(root / "target"),
+              data=str(experiment["candidates"]), out=str(root / "tokens.csv"), dtype="float32")
+    scores = pd.read_csv(root / "tokens.csv")
+    text = experiment["corpus"][32]  # the first candidate
+    target = load_model(str(experiment["base"]), adapter=str(root / "target"), dtype="float32")
+    x = score_texts(target.model, target.tokenizer, [text], max_tokens=64, progress=False)[0].token_logprobs
+    references = []
+    for k in range(4):
+        shadow = load_model(str(experiment["base"]), adapter=str(root / "shadows" / f"shadow_{k:03d}"), dtype="float32")
+        references.append(score_texts(shadow.model, shadow.tokenizer, [text], max_tokens=64,
+                                      progress=False)[0].token_logprobs)
+    expected = token_lira(x, np.stack(references), pooled_variance=meta["token_lira"]["pooled_variance"])
+    assert scores["token_lira"].iloc[0] == pytest.approx(expected, abs=1e-4)
+    assert scores["token_lira"].notna().all()
+
+
+def test_shadows_without_token_logprobs_are_refit_without_token_lira_and_recomputed_by_train_shadows(
+        experiment, tmp_path, caplog):
+    import shutil
+
+    old = tmp_path / "shadows"
+    shutil.copytree(experiment["root"] / "shadows", old)
+    for path in (old / "features").glob("tokens_*.npz"):
+        path.unlink()  # features computed by an older version
+    fit_attack_job(shadows=str(old), out=str(tmp_path / "attack"), classifier="logistic")
+    meta = json.loads((tmp_path / "attack" / "manifest.json").read_text())["metadata"]
+    assert meta["token_lira"] is None and "token_lira" not in meta["feature_columns"]
+    assert "no token log-probabilities" in caplog.text
+    train_shadows_job(base=str(experiment["base"]), data=str(experiment["pool"]), out=str(old), n_shadows=4,
+                      config=TRAINING, seed=0, settings=SETTINGS, dtype="float32")
+    assert len(list((old / "features").glob("tokens_*.npz"))) == 4
