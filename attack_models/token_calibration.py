@@ -46,7 +46,8 @@ def _stack(logprobs: Ragged, shadows: Sequence[int], text: int) -> np.ndarray:
     rows = [np.asarray(logprobs[k][text], dtype=np.float64) for k in shadows]
     if len({len(r) for r in rows}) > 1:
         raise InputDataError(f"text {text}: the shadows scored different numbers of tokens "
-                             f"({sorted({len(r) for r in rows})}); were they scored with another tokenizer or max_tokens?")
+                             f"({sorted({len(r) for r in rows})}); were they scored with another tokenizer or "
+                             "max_tokens?")
     return np.stack(rows) if rows else np.empty((0, 0))
 
 

@@ -6,6 +6,7 @@ Artifacts of a shadow directory (``shadowmia train-shadows --out DIR``)::
     DIR/features/config.json      features, neighbour options, base model and tokenizer hash
     DIR/features/neighbours.json  the neighbour texts of every pool text (made once, by the base)
     DIR/features/shadow_003.parquet   one table per shadow (resumable)
+    DIR/features/tokens_003.npz   that shadow's token log-probs of every pool text (for token_lira)
     DIR/features/shadows.parquet  all shadows: columns shadow, id, label (= keep[k, i]), features
 
 An attack directory (``shadowmia fit-attack --out DIR``) holds the classifier and a manifest
@@ -487,7 +488,10 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
         "pooled_out_std": stds,
         "rmia_population": population,
         "matched_references": matched,
-        "token_lira": None if tokens is None else {"pooled_variance": tokens.pooled_variance},
+        "token_lira": None if tokens is None else {
+            "pooled_variance": tokens.pooled_variance,
+            "files_sha256": {path.name: sha256_file(path)
+                             for path in sorted((shadows_dir / FEATURES_DIR).glob("tokens_*.npz"))}},
         "nan_medians": {k: float(v) for k, v in medians.items()},
         "shadows_dir": str(shadows_dir.resolve()),
         "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
@@ -779,8 +783,12 @@ def _pool_calibration(shadow_table: pd.DataFrame | None, candidates: TextSet,
     tokens = None
     if meta.get("token_lira"):
         features_dir = Path(meta["shadows_dir"]) / FEATURES_DIR
-        tokens = [read_token_logprobs(token_path(features_dir, k), candidates.ids)
-                  for k in sorted(shadow_table["shadow"].unique())]
+        paths = [token_path(features_dir, k) for k in sorted(shadow_table["shadow"].unique())]
+        recorded = meta["token_lira"].get("files_sha256", {})
+        for path in paths:
+            if not path.is_file() or sha256_file(path) != recorded.get(path.name):
+                raise IntegrityError(f"{path} is gone or changed since the attack was fitted; refit the attack")
+        tokens = [read_token_logprobs(path, candidates.ids) for path in paths]
     return Calibration(scores=scores[:, columns], keep=keep[:, columns], features=features, token_logprobs=tokens)
 
 

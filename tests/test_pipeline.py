@@ -346,3 +346,20 @@ def test_shadows_without_token_logprobs_are_refit_without_token_lira_and_recompu
     train_shadows_job(base=str(experiment["base"]), data=str(experiment["pool"]), out=str(old), n_shadows=4,
                       config=TRAINING, seed=0, settings=SETTINGS, dtype="float32")
     assert len(list((old / "features").glob("tokens_*.npz"))) == 4
+
+
+def test_pool_candidates_refuse_token_logprobs_changed_after_the_fit(experiment, tmp_path):
+    import shutil
+
+    shadows = tmp_path / "shadows"
+    shutil.copytree(experiment["root"] / "shadows", shadows)
+    fit_attack_job(shadows=str(shadows), out=str(tmp_path / "attack"), classifier="logistic")
+    pool_candidates = write_jsonl(tmp_path / "pool_candidates.jsonl", experiment["corpus"][:8], [1, 0] * 4)
+    common = dict(attack=str(tmp_path / "attack"), model=str(experiment["base"]), data=str(pool_candidates),
+                  dtype="float32")
+    score_job(out=str(tmp_path / "before.csv"), **common)
+    assert pd.read_csv(tmp_path / "before.csv")["token_lira"].notna().all()
+    path = shadows / "features" / "tokens_001.npz"
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(IntegrityError, match="tokens_001.npz is gone or changed"):
+        score_job(out=str(tmp_path / "after.csv"), **common)
