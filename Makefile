@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.shadowmia-installed
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test lint test-slow bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# pyflakes errors and syntax errors (pyproject.toml [tool.ruff]); CI runs it beside the tests
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

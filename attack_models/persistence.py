@@ -190,7 +190,6 @@ def save_attack(
     ``overwrite``. Saving is refused if the estimator would need a type outside
     :data:`ALLOWED_TYPES` to load.
     """
-    import skops.io as sio
     from sklearn.utils.validation import check_is_fitted
 
     name = _classifier_name(estimator)

@@ -4,6 +4,7 @@ leave-one-shadow-out that keeps the held-out shadow out of the training rows."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import norm
 
@@ -63,9 +64,7 @@ def test_nested_fold_never_reads_the_held_out_shadow():
     assert not np.allclose(plain[rest], plain_changed[rest])
 
 
-def shadow_frame(shadows: np.ndarray, keep: np.ndarray) -> "pd.DataFrame":
-    import pandas as pd
-
+def shadow_frame(shadows: np.ndarray, keep: np.ndarray) -> pd.DataFrame:
     K, N = shadows.shape
     return pd.DataFrame({"shadow": np.repeat(np.arange(K), N), "id": np.tile([f"t{i:03d}" for i in range(N)], K),
                          "label": keep.reshape(-1).astype(int), "loss": shadows.reshape(-1)})
@@ -87,8 +86,6 @@ def test_calibrate_shadow_table_matches_the_array_functions_row_by_row():
 
 
 def test_candidates_use_the_pools_std_so_company_does_not_matter():
-    import pandas as pd
-
     from attack_models.fusion import calibrate_candidates, pooled_out_stds
 
     shadows, keep, target, members = synthetic(K=8, N=300)
@@ -132,8 +129,6 @@ def test_reference_subsets_are_seeded_sized_like_the_training_rows_and_clipped()
 
 
 def test_distinct_views_drop_a_feature_that_differs_from_another_by_a_per_text_constant():
-    import pandas as pd
-
     from attack_models.fusion import calibrate_shadow_table, distinct_views
 
     shadows, keep, _, _ = synthetic(K=6, N=80)
