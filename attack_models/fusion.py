@@ -44,7 +44,8 @@ from attack_models.calibrated import (
 from llm_features.errors import InputDataError
 
 __all__ = ["CALIBRATED_PREFIX", "calibrated_column", "calibrate_candidates", "calibrate_shadow_table",
-           "distinct_views", "out_reference_counts", "pooled_out_stds", "reference_subsets", "shadow_matrix"]
+           "distinct_views", "out_reference_counts", "pooled_out_stds", "reference_subsets", "shadow_matrix",
+           "table_column"]
 
 CALIBRATED_PREFIX = "cal_"
 
@@ -64,6 +65,14 @@ def shadow_matrix(table: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndar
     values = scores.to_numpy(dtype=np.float64)
     values = np.where(np.isnan(values), np.nanmedian(values), values)
     return values, keep.to_numpy().astype(bool), [str(c) for c in scores.columns], [int(k) for k in scores.index]
+
+
+def table_column(table: pd.DataFrame, values: np.ndarray, ids: list[str], shadows: list[int]) -> np.ndarray:
+    """``values[K, N]`` (in :func:`shadow_matrix`'s order of ``shadows`` and ``ids``) as a column
+    of ``table``: row (shadow k, id i) gets ``values[k, i]``."""
+    row = pd.Index(shadows).get_indexer(table["shadow"])
+    col = pd.Index(ids).get_indexer(table["id"].astype(str))
+    return values[row, col]
 
 
 def pooled_out_stds(table: pd.DataFrame, columns: list[str]) -> dict[str, float]:
@@ -92,9 +101,7 @@ def calibrate_shadow_table(table: pd.DataFrame, columns: list[str], *, held_out:
         else:
             values = shadows_excluded_calibrated(scores, keep, "offline_z", held_out=shadows.index(held_out),
                                                  fixed_variance=True)
-        row = pd.Index(shadows).get_indexer(table["shadow"])
-        col = pd.Index(ids).get_indexer(table["id"].astype(str))
-        out[calibrated_column(column)] = values[row, col]
+        out[calibrated_column(column)] = table_column(table, values, ids, shadows)
     return out
 
 

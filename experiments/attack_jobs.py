@@ -234,10 +234,10 @@ def write_token_logprobs(path: Path, ids: list[str], logprobs: list[np.ndarray])
     """Ragged token log-probabilities as one float32 array, offsets and the text ids (atomic)."""
     lengths = np.array([len(x) for x in logprobs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    values = np.concatenate([np.asarray(x, dtype=np.float32) for x in logprobs]) if len(logprobs) else np.empty(0)
+    values = np.concatenate([np.asarray(x, dtype=np.float32) for x in logprobs] or [np.empty(0, dtype=np.float32)])
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, values=values.astype(np.float32), offsets=offsets, ids=np.array(ids, dtype=str))
+            np.savez(handle, values=values, offsets=offsets, ids=np.array(ids, dtype=str))
 
 
 def read_token_logprobs(path: Path, ids: list[str]) -> list[np.ndarray]:
@@ -292,12 +292,10 @@ def add_calibrated_columns(table: pd.DataFrame, methods: tuple[str, ...], *,
     a shadow's row is calibrated by the other shadows only (no label leakage); with
     ``held_out = h`` also without shadow ``h`` (the fold of model selection that holds out h)."""
     from attack_models.calibrated import leave_one_shadow_out_calibrated, shadows_excluded_calibrated
-    from attack_models.fusion import shadow_matrix
+    from attack_models.fusion import shadow_matrix, table_column
 
     scores, keep, ids, shadows = shadow_matrix(table, CALIBRATION_STATISTIC)
     fixed = keep.shape[0] < 16
-    row = pd.Index(shadows).get_indexer(table["shadow"])
-    col = pd.Index(ids).get_indexer(table["id"].astype(str))
     out = table.copy()
     for method in methods:
         if held_out is None:
@@ -305,7 +303,7 @@ def add_calibrated_columns(table: pd.DataFrame, methods: tuple[str, ...], *,
         else:
             values = shadows_excluded_calibrated(scores, keep, method, held_out=shadows.index(held_out),
                                                  fixed_variance=fixed)
-        out[method] = values[row, col]
+        out[method] = table_column(table, values, ids, shadows)
     return out
 
 
@@ -326,6 +324,7 @@ class ShadowTokens:
     ids: list[str]
     shadows: list[int]
     pooled_variance: float
+    files_sha256: dict[str, str]      # file name -> SHA-256, recorded in the attack
 
 
 def load_shadow_tokens(shadows_dir: Path, table: pd.DataFrame) -> ShadowTokens | None:
@@ -342,7 +341,8 @@ def load_shadow_tokens(shadows_dir: Path, table: pd.DataFrame) -> ShadowTokens |
         return None
     logprobs = [read_token_logprobs(p, ids) for p in paths]
     return ShadowTokens(logprobs=logprobs, keep=keep, ids=ids, shadows=shadows,
-                        pooled_variance=pooled_token_variance(logprobs, keep))
+                        pooled_variance=pooled_token_variance(logprobs, keep),
+                        files_sha256={p.name: sha256_file(p) for p in paths})
 
 
 def calibrated_training_table(table: pd.DataFrame, *, lira: tuple[str, ...], views: list[str],
@@ -350,7 +350,7 @@ def calibrated_training_table(table: pd.DataFrame, *, lira: tuple[str, ...], vie
     """The shadow table with its LiRA columns, ``token_lira`` (with ``tokens``) and the calibrated
     view of each feature in ``views`` (:mod:`attack_models.fusion`), leave-one-shadow-out, or
     nested without ``held_out``."""
-    from attack_models.fusion import calibrate_shadow_table
+    from attack_models.fusion import calibrate_shadow_table, table_column
     from attack_models.token_calibration import token_lira_rows
 
     if lira:
@@ -358,9 +358,7 @@ def calibrated_training_table(table: pd.DataFrame, *, lira: tuple[str, ...], vie
     if tokens is not None:
         values = token_lira_rows(tokens.logprobs, tokens.keep, pooled_variance=tokens.pooled_variance,
                                  held_out=None if held_out is None else tokens.shadows.index(held_out))
-        row = pd.Index(tokens.shadows).get_indexer(table["shadow"])
-        col = pd.Index(tokens.ids).get_indexer(table["id"].astype(str))
-        table = table.assign(**{TOKEN_LIRA: values[row, col]})
+        table = table.assign(**{TOKEN_LIRA: table_column(table, values, tokens.ids, tokens.shadows)})
     return calibrate_shadow_table(table, views, held_out=held_out) if views else table
 
 
@@ -488,10 +486,8 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
         "pooled_out_std": stds,
         "rmia_population": population,
         "matched_references": matched,
-        "token_lira": None if tokens is None else {
-            "pooled_variance": tokens.pooled_variance,
-            "files_sha256": {path.name: sha256_file(path)
-                             for path in sorted((shadows_dir / FEATURES_DIR).glob("tokens_*.npz"))}},
+        "token_lira": None if tokens is None else {"pooled_variance": tokens.pooled_variance,
+                                                   "files_sha256": tokens.files_sha256},
         "nan_medians": {k: float(v) for k, v in medians.items()},
         "shadows_dir": str(shadows_dir.resolve()),
         "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
