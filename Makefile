@@ -31,8 +31,10 @@ lint: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# the texts to measure on: BENCH_DATA=path/to/texts.jsonl make bench
+BENCH_DATA ?= ../shared/data/ag_news_test/data.jsonl
 bench: $(STAMP)
-	$(BIN)/python -m experiments.bench_scoring
+	$(BIN)/python -m experiments.bench.scoring --data $(BENCH_DATA)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -471,6 +471,7 @@ def impute_nan(
     columns: Sequence[str],
     *,
     medians: Mapping[str, float] | None = None,
+    quiet: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Fill NaN in ``columns`` with per-column medians; return ``(filled copy, medians)``.
 
@@ -478,7 +479,7 @@ def impute_nan(
     non-NaN rows is computed and returned. On the table to score (the target model's rows)
     pass the training ``medians`` so both are filled alike and nothing is learnt from the
     data being attacked. The input table is not modified. The number of cells filled per
-    column is logged at INFO (WARNING above 5% of rows). Infinities are not touched (the
+    column is logged at INFO (WARNING above 5% of rows) unless ``quiet``. Infinities are not touched (the
     classifiers reject them with the column named).
     """
     missing = [c for c in columns if c not in table.columns]
@@ -500,9 +501,10 @@ def impute_nan(
             if math.isnan(fill):
                 raise ConfigError(f"impute_nan: the training median for {col!r} is NaN.")
         learnt[col] = fill
-        if n_nan:
+        if n_nan and not quiet:
             level = logging.WARNING if n_nan > 0.05 * len(values) else logging.INFO
             logger.log(level, "impute_nan: filled %d of %d rows of %r with the median %.6g",
                        n_nan, len(values), col, fill)
+        if n_nan:
             out[col] = values.fillna(fill)
     return out, learnt

@@ -14,9 +14,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from llm_features.errors import ShadowMIAError
+from llm_features.errors import ConfigError, ShadowMIAError
+
+if TYPE_CHECKING:
+    from experiments.studies.config import AuditExperimentConfig
+    from llm_features.settings import FeatureSettings
+    from shadow.finetune import FinetuneConfig
 
 logger = logging.getLogger("shadowmia")
 
@@ -46,6 +51,7 @@ def _features_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated feature names with optional hyperparameters, e.g. loss,min_k:k=0.1")
     parser.add_argument("--neighbours", type=int, default=5, help="neighbours per text for neighbour_gap")
     parser.add_argument("--neighbour-fraction", type=float, default=0.15, help="fraction of tokens resampled")
+    parser.add_argument("--neighbour-top-k", type=int, default=20, help="neighbours resample among the top-k tokens")
     parser.add_argument("--neighbour-model", help="masked LM (name or path) to make neighbours instead of the reference LM")
     parser.add_argument("--seed", type=int, default=0, help="seed of the neighbour generator")
     parser.add_argument("--out", required=True, help="output .parquet file")
@@ -54,14 +60,11 @@ def _features_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    from experiments.jobs import NeighbourOptions, feature_summary, features_job
+    from experiments.jobs.features import feature_summary, features_job
     from llm_features.registry import parse_features
 
-    neighbours = NeighbourOptions(n=args.neighbours, fraction=args.neighbour_fraction, seed=args.seed,
-                                  masked_lm=args.neighbour_model)
     table = features_job(model=args.model, adapter=args.adapter, reference=args.reference, data=args.data,
-                         text_field=args.text_field, features=args.features, neighbours=neighbours,
-                         max_tokens=args.max_tokens, batch_size=args.batch_size, dtype=args.dtype,
+                         text_field=args.text_field, settings=_feature_settings(args), dtype=args.dtype,
                          device=args.device, out=args.out, trust_remote_code=args.trust_remote_code)
     columns = [r.column for r in parse_features(args.features)]
     summary = feature_summary(table, columns)
@@ -103,7 +106,7 @@ def _add_finetune_options(parser: argparse.ArgumentParser) -> None:
                          help="privacy accountant (default: rdp)")
 
 
-def _finetune_config(args: argparse.Namespace) -> "object":
+def _finetune_config(args: argparse.Namespace) -> "FinetuneConfig":
     from shadow.finetune import FinetuneConfig
 
     return FinetuneConfig(epochs=args.epochs, lr=args.lr, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
@@ -125,7 +128,7 @@ def _finetune_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from experiments.attack_jobs import finetune_job
+    from experiments.jobs.finetune import finetune_job
 
     manifest = finetune_job(base=args.base, data=args.data, out=args.out, config=_finetune_config(args),
                             text_field=args.text_field, device=args.device, overwrite=args.overwrite)
@@ -146,7 +149,8 @@ def _add_feature_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("features")
     group.add_argument("--features", default="all", help="comma-separated feature names (default: all)")
     group.add_argument("--neighbours", type=int, default=5, help="neighbours per text for neighbour_gap")
-    group.add_argument("--neighbour-fraction", type=float, default=0.15)
+    group.add_argument("--neighbour-fraction", type=float, default=0.15, help="fraction of tokens resampled")
+    group.add_argument("--neighbour-top-k", type=int, default=20, help="neighbours resample among the top-k tokens")
     group.add_argument("--neighbour-model", help="masked LM for neighbours instead of the base LM")
     group.add_argument("--feature-max-tokens", type=int, default=512, help="texts are scored up to this many tokens")
     group.add_argument("--feature-batch-size", type=int, default=32, help="texts per scoring pass")
@@ -171,23 +175,34 @@ def _train_shadows_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_train_shadows)
 
 
-def _feature_settings(args: argparse.Namespace) -> "object":
-    from experiments.attack_jobs import FeatureSettings
-    from experiments.jobs import NeighbourOptions
+#: The flag of each FeatureSettings field, by command (train-shadows prefixes the scoring
+#: sizes with "feature-": its --max-tokens and --batch-size are the fine-tune's).
+_SETTINGS_FLAGS = {"features": "--features", "neighbours": "--neighbours", "neighbour_fraction": "--neighbour-fraction",
+                   "neighbour_top_k": "--neighbour-top-k", "masked_lm": "--neighbour-model", "neighbour_seed": "--seed"}
 
-    neighbours = NeighbourOptions(n=args.neighbours, fraction=args.neighbour_fraction, seed=args.seed,
-                                  masked_lm=args.neighbour_model)
-    return FeatureSettings(features=args.features, neighbours=neighbours, max_tokens=args.feature_max_tokens,
-                           batch_size=args.feature_batch_size)
+
+def _feature_settings(args: argparse.Namespace, *, prefix: str = "") -> "FeatureSettings":
+    """The one :class:`~llm_features.settings.FeatureSettings` of a command's flags; a bad value
+    is reported under the flag the user typed."""
+    from llm_features.settings import FeatureSettings, SettingsError
+
+    sizes = {"max_tokens": getattr(args, f"{prefix}max_tokens"), "batch_size": getattr(args, f"{prefix}batch_size")}
+    flags = {**_SETTINGS_FLAGS, "max_tokens": f"--{prefix.replace('_', '-')}max-tokens",
+             "batch_size": f"--{prefix.replace('_', '-')}batch-size"}
+    try:
+        return FeatureSettings(features=args.features, neighbours=args.neighbours,
+                               neighbour_fraction=args.neighbour_fraction, neighbour_top_k=args.neighbour_top_k,
+                               masked_lm=args.neighbour_model, neighbour_seed=args.seed, **sizes)
+    except SettingsError as exc:
+        raise ConfigError(f"{flags[exc.field]} {exc.value!r}: {exc.reason}") from None
 
 
 def _run_train_shadows(args: argparse.Namespace) -> int:
-    from experiments.attack_jobs import train_shadows_job
-    from llm_features.registry import parse_features
+    from experiments.jobs.shadows import train_shadows_job
 
-    parse_features(args.features)
+    settings = _feature_settings(args, prefix="feature_")
     table = train_shadows_job(base=args.base, data=args.data, out=args.out, n_shadows=args.n_shadows,
-                              config=_finetune_config(args), seed=args.seed, settings=_feature_settings(args),
+                              config=_finetune_config(args), seed=args.seed, settings=settings,
                               text_field=args.text_field, backend=args.backend, workers=args.workers,
                               ray_address=args.ray_address, dtype=args.dtype, device=args.device, force=args.force)
     print(f"{args.n_shadows} shadows, {table['id'].nunique()} texts -> {args.out}")
@@ -221,7 +236,7 @@ def _fit_attack_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_fit_attack(args: argparse.Namespace) -> int:
-    from experiments.attack_jobs import fit_attack_job
+    from experiments.jobs.attack import fit_attack_job
 
     result = fit_attack_job(shadows=args.shadows, out=args.out, classifier=args.classifier,
                             features=args.features, calibration=args.calibrated, seed=args.seed,
@@ -253,7 +268,7 @@ def _score_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from experiments.attack_jobs import score_job
+    from experiments.jobs.score import score_job
 
     summary = score_job(attack=args.attack, model=args.model, adapter=args.adapter, data=args.data, out=args.out,
                         text_field=args.text_field, dtype=args.dtype, device=args.device, seed=args.seed,
@@ -305,8 +320,8 @@ def _print_attack_table(rows: list[tuple[str, dict]], *, width: int = 34) -> Non
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from experiments.config import AuditExperimentConfig, load_config
-    from experiments.pipeline import run_experiment
+    from experiments.studies.config import AuditExperimentConfig, load_config
+    from experiments.studies.run import run_experiment
 
     config = load_config(args.config, overrides=args.overrides)
     out = Path(args.out) if args.out else Path("runs") / config.name
@@ -338,8 +353,8 @@ def _transfer_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_transfer(args: argparse.Namespace) -> int:
-    from experiments.config import load_config
-    from experiments.transfer import HEADLINE_METRICS, MATCHED, parse_variants, run_transfer, transfer_table
+    from experiments.studies.config import load_config
+    from experiments.studies.transfer import HEADLINE_METRICS, MATCHED, parse_variants, run_transfer, transfer_table
 
     variants = parse_variants(args.variants)
     config = load_config(args.config, overrides=args.overrides)
@@ -356,8 +371,8 @@ def _run_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_audit_experiment(config: "object", out: Path, *, force: bool) -> int:
-    from experiments.audit_experiment import audit_table, run_audit_experiment
+def _print_audit_experiment(config: "AuditExperimentConfig", out: Path, *, force: bool) -> int:
+    from experiments.studies.audit import audit_table, run_audit_experiment
 
     report = run_audit_experiment(config, out=out, force=force)
     print()
@@ -400,6 +415,7 @@ def _pretraining_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated feature names with optional hyperparameters (default: all)")
     parser.add_argument("--neighbours", type=int, default=5, help="neighbours per text for neighbour_gap")
     parser.add_argument("--neighbour-fraction", type=float, default=0.15, help="fraction of tokens resampled")
+    parser.add_argument("--neighbour-top-k", type=int, default=20, help="neighbours resample among the top-k tokens")
     parser.add_argument("--neighbour-model", help="masked LM (name or path) to make neighbours instead of an LM")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of the blind baseline")
     parser.add_argument("--seed", type=int, default=0,
@@ -409,15 +425,11 @@ def _pretraining_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_pretraining(args: argparse.Namespace) -> int:
-    from experiments.jobs import NeighbourOptions
-    from experiments.pretraining import blind_baseline_name, run_pretraining_detection
+    from experiments.studies.pretraining import blind_baseline_name, run_pretraining_detection
 
-    neighbours = NeighbourOptions(n=args.neighbours, fraction=args.neighbour_fraction, seed=args.seed,
-                                  masked_lm=args.neighbour_model)
     report = run_pretraining_detection(
-        model=args.model, data=args.data, out=args.out, features=args.features, reference=args.reference,
-        text_field=args.text_field, neighbours=neighbours, max_tokens=args.max_tokens, batch_size=args.batch_size,
-        dtype=args.dtype, device=args.device, seed=args.seed, folds=args.folds,
+        model=args.model, data=args.data, out=args.out, reference=args.reference, text_field=args.text_field,
+        settings=_feature_settings(args), dtype=args.dtype, device=args.device, seed=args.seed, folds=args.folds,
         trust_remote_code=args.trust_remote_code)
     setting = report["setting"]
     rows = sorted(report["attacks"].items(), key=lambda item: -item[1]["auc"])
@@ -456,7 +468,7 @@ def _audit_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from experiments.audit_jobs import audit_job
+    from experiments.jobs.audit import audit_job
 
     report = audit_job(scores=args.scores, score_column=args.score_column, labels=args.labels,
                        label_column=args.label_column, delta=args.delta, confidence=args.confidence,

@@ -159,7 +159,8 @@ def shadows(tmp_path_factory, tiny_model_dir, corpus):
 
 
 def test_a_shadow_changed_after_the_fit_is_refused(shadows, tiny_model_dir, corpus):
-    from experiments.attack_jobs import FeatureSettings, _shadow_calibration
+    from experiments.jobs.score import _shadow_calibration
+    from llm_features.settings import FeatureSettings
     from llm_features.texts import texts_from_list
     from shadow.shadows import shadow_dirs
 

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from experiments.audit_experiment import canary_records, training_texts
+from experiments.studies.audit import canary_records, training_texts
 from experiments.cli import main
-from experiments.config import load_config
-from experiments.patients import generate_patient_records
+from experiments.studies.config import load_config
+from experiments.data.patients import generate_patient_records
 from llm_features.errors import ConfigError
 from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
 
@@ -106,7 +106,7 @@ def test_audit_config_errors_name_the_key(config_file, override, message):
 
 
 def test_group_privacy_of_a_repeated_canary():
-    from experiments.audit_experiment import group_privacy
+    from experiments.studies.audit import group_privacy
 
     assert group_privacy(2.0, 1e-5, 1) == (2.0, 1e-5)
     assert group_privacy(2.0, 1e-5, 3) == pytest.approx((6.0, 3 * math.exp(4.0) * 1e-5))

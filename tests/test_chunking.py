@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from experiments.config import DataConfig, ExperimentConfig, SplitConfig
-from experiments.pipeline import pool_texts, split_pool
+from experiments.studies.config import DataConfig, ExperimentConfig, SplitConfig
+from experiments.studies.run import pool_texts, split_pool
 from llm_features.chunking import chunk_text, chunk_words, words_with_spacing
 from llm_features.errors import ConfigError
 from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, save_model

@@ -39,7 +39,7 @@ def all_features_run(tmp_path_factory, overfit_model_dir, labelled_data):
 
     def run(capsys, caplog):
         if "rc" not in capture:
-            with caplog.at_level(logging.WARNING, logger="experiments.jobs"):
+            with caplog.at_level(logging.WARNING, logger="experiments.jobs.features"):
                 capture["rc"] = main(["features", "--model", str(overfit_model_dir), "--data",
                                       str(labelled_data), "--out", str(out), *FAST])
             captured = capsys.readouterr()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import attack_models
+import attack_models.persistence
 import llm_features.models
 from experiments.cli import main
 from llm_features.errors import ConfigError
@@ -72,7 +73,7 @@ def fake_attack(monkeypatch, *, features: str = "loss,zlib_ratio", columns=("los
                 "metadata": {"feature_settings": settings, "feature_columns": list(columns), "tokenizer_hash": "x",
                              "base_model": "some-base", "calibrated": [], "nan_medians": {},
                              "shadows_dir": "nowhere", "shadow_table_sha256": "0" * 64}}
-    monkeypatch.setattr(attack_models, "load_attack", lambda path, **kwargs: (object(), manifest))
+    monkeypatch.setattr(attack_models.persistence, "load_attack", lambda path, **kwargs: (object(), manifest))
 
 
 @pytest.mark.parametrize("field", ["membership_probability", "zlib_ratio", "lira_offline", "rmia_offline"])
@@ -116,7 +117,7 @@ def test_disk_full_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
     def full_disk(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr("experiments.audit_jobs.write_json_atomic", full_disk)
+    monkeypatch.setattr("experiments.jobs.audit.write_json_atomic", full_disk)
     rc = main(["audit", "--scores", str(scores), "--out", str(out), "--method", "classic"])
     assert rc == 1
     line = one_line_error(capsys)
@@ -157,7 +158,7 @@ def test_check_writable_directory(tmp_path):
 
 
 def test_score_says_when_a_column_beats_the_membership_probability(caplog):
-    from experiments.attack_jobs import _warn_when_beaten
+    from experiments.jobs.score import _warn_when_beaten
 
     metrics = {"attack": {"auc": 0.70, "auc_ci_low": 0.65}, "lira_offline": {"auc": 0.95, "auc_ci_low": 0.90},
                "rmia_offline": {"auc": 0.72, "auc_ci_low": 0.66}}

@@ -1,4 +1,4 @@
-"""experiments.config: the TOML experiment config, its overrides, errors, round trip and hash."""
+"""experiments.studies.config: the TOML experiment config, its overrides, errors, round trip and hash."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments.config import (
+from llm_features.settings import FeatureSettings
+from experiments.studies.config import (
     DataConfig,
     ExperimentConfig,
-    FeaturesConfig,
     SplitConfig,
     ThreatModel,
     config_hash,
@@ -52,10 +52,10 @@ def test_demo_loads_with_the_demo_setting():
     training = FinetuneConfig(epochs=4, lr=2e-3, lora_rank=16, lora_alpha=32, batch_size=8, max_tokens=160, seed=0)
     assert config.target == training and config.shadows == training
     assert config.n_shadows == 4
-    assert config.features == FeaturesConfig(features="all", neighbours=2, max_tokens=160, batch_size=32)
+    assert config.features == FeatureSettings(features="all", neighbours=2, max_tokens=160, batch_size=32)
     assert config.classifier == "auto" and config.seed == 0
     settings = config.feature_settings()
-    assert (settings.features, settings.neighbours.n, settings.neighbours.seed) == ("all", 2, 0)
+    assert (settings.features, settings.neighbours, settings.neighbour_seed) == ("all", 2, 0)
     assert (settings.max_tokens, settings.batch_size) == (160, 32)
 
 
@@ -78,7 +78,7 @@ def test_round_trip_of_unusual_values(tmp_path):
         target=FinetuneConfig(target_modules="all-linear", max_grad_norm=None, lr=1e-05, lora_alpha=0.5),
         shadows=FinetuneConfig(target_modules=["q_proj"], epochs=1, precision="fp32", weight_decay=1e300),
         n_shadows=16,
-        features=FeaturesConfig(features="loss,min_k:k=0.1", neighbours=1, masked_lm="roberta-base"),
+        features=FeatureSettings(features="loss,min_k:k=0.1", neighbours=1, masked_lm="roberta-base"),
         classifier="logistic",
         seed=2**40,
     )

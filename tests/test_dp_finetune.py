@@ -66,7 +66,7 @@ def test_invalid_dp_settings_name_the_key(kwargs, key):
 def test_dp_settings_survive_the_experiment_toml(tmp_path):
     from pathlib import Path
 
-    from experiments.config import config_toml, load_config
+    from experiments.studies.config import config_toml, load_config
 
     demo = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.toml"
     config = load_config(demo, overrides=["target.dp_epsilon=8", "target.max_grad_norm=0.5",

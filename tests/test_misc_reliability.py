@@ -23,7 +23,8 @@ def _other_live_owner() -> str:
 
 
 def _train_shadows_job(tmp_path: Path, out: Path):
-    from experiments.attack_jobs import FeatureSettings, train_shadows_job
+    from experiments.jobs.shadows import train_shadows_job
+    from llm_features.settings import FeatureSettings
 
     data = tmp_path / "pool.txt"
     data.write_text("alpha bravo charlie.\ndelta echo foxtrot.\n", encoding="utf-8")
@@ -34,7 +35,7 @@ def _train_shadows_job(tmp_path: Path, out: Path):
 @pytest.fixture
 def fake_stages(monkeypatch):
     """train_shadows and shadow_features replaced by recorders (no model is trained or loaded)."""
-    import experiments.attack_jobs as attack_jobs
+    import experiments.jobs.shadows as attack_jobs
     import shadow.shadows as shadows
 
     calls: list[tuple[str, str | None]] = []
@@ -258,7 +259,7 @@ def test_blank_lines_are_skipped_alike_in_txt_and_jsonl(tmp_path, caplog):
 
 
 def test_audit_refuses_duplicate_canary_ids_in_the_scores(tmp_path):
-    from experiments.audit_jobs import audit_job
+    from experiments.jobs.audit import audit_job
     from llm_features.errors import InputDataError
 
     scores = tmp_path / "scores.csv"
@@ -280,7 +281,8 @@ def loss_attack(monkeypatch, tmp_path, tiny_model_dir):
     from sklearn.linear_model import LogisticRegression
 
     import attack_models
-    from experiments.attack_jobs import FeatureSettings
+    import attack_models.persistence
+    from llm_features.settings import FeatureSettings
     from llm_features.models import load_tokenizer, tokenizer_fingerprint
 
     rng = np.random.default_rng(0)
@@ -291,7 +293,7 @@ def loss_attack(monkeypatch, tmp_path, tiny_model_dir):
             "feature_settings": FeatureSettings(features="loss", max_tokens=16, batch_size=8).to_dict(),
             "calibrated": [], "shadows_dir": str(tmp_path / "no-shadows"), "shadow_table_sha256": "0" * 64}
     manifest = {"metadata": meta, "feature_names": ["loss"]}
-    monkeypatch.setattr(attack_models, "load_attack", lambda path: (estimator, manifest))
+    monkeypatch.setattr(attack_models.persistence, "load_attack", lambda path: (estimator, manifest))
     return str(tmp_path / "attack")
 
 
@@ -308,13 +310,13 @@ def test_a_text_with_nothing_to_predict_gets_no_membership_probability(tmp_path,
     import numpy as np
     import pandas as pd
 
-    from experiments.attack_jobs import score_job
+    from experiments.jobs.score import score_job
 
     single = _one_token_word(tiny_tokenizer)
     texts = corpus[:6] + [single]
     data = _jsonl(tmp_path / "candidates.jsonl", [{"text": t, "label": i % 2} for i, t in enumerate(texts)])
     out = tmp_path / "scores.csv"
-    with caplog.at_level(logging.INFO, logger="experiments.attack_jobs"):
+    with caplog.at_level(logging.INFO, logger="experiments.jobs.score"):
         summary = score_job(attack=loss_attack, model=str(tiny_model_dir), data=str(data), out=str(out),
                             dtype="float32", device="cpu")
     scores = pd.read_csv(out)
@@ -331,10 +333,10 @@ def test_a_text_with_nothing_to_predict_gets_no_membership_probability(tmp_path,
 def test_score_says_why_it_computes_no_metrics_on_one_class(tmp_path, tiny_model_dir, corpus, loss_attack, caplog):
     import logging
 
-    from experiments.attack_jobs import score_job
+    from experiments.jobs.score import score_job
 
     data = _jsonl(tmp_path / "members.jsonl", [{"text": t, "label": 1} for t in corpus[:4]])
-    with caplog.at_level(logging.INFO, logger="experiments.attack_jobs"):
+    with caplog.at_level(logging.INFO, logger="experiments.jobs.score"):
         summary = score_job(attack=loss_attack, model=str(tiny_model_dir), data=str(data),
                             out=str(tmp_path / "scores.csv"), dtype="float32", device="cpu")
     assert "metrics" not in summary

@@ -1,4 +1,4 @@
-"""Tests for experiments.patients: determinism, diversity, field validity, JSON lines I/O."""
+"""Tests for experiments.data.patients: determinism, diversity, field validity, JSON lines I/O."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from experiments.patients import (
+from experiments.data.patients import (
     CONDITIONS,
     FEMALE_FIRST_NAMES,
     MALE_FIRST_NAMES,

@@ -9,9 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.attack_jobs import FeatureSettings, fit_attack_job, score_job, train_shadows_job
+from experiments.jobs.attack import fit_attack_job
+
+from experiments.jobs.score import score_job
+
+from experiments.jobs.shadows import train_shadows_job
+
+from llm_features.settings import FeatureSettings
 from experiments.cli import main
-from experiments.jobs import NeighbourOptions
 from llm_features.errors import ConfigError, IncompatibleArtifactError, IntegrityError
 from shadow.finetune import FinetuneConfig, finetune
 from shadow.membership import load_membership
@@ -19,7 +24,7 @@ from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, 
 
 TRAINING = FinetuneConfig(epochs=12, lr=5e-3, lora_rank=8, batch_size=8, max_tokens=64, seed=0)
 SETTINGS = FeatureSettings(features="loss,reference,min_k,min_k_plus_plus,zlib_ratio,neighbour_gap",
-                           neighbours=NeighbourOptions(n=2), max_tokens=64, batch_size=16)
+                           neighbours=2, max_tokens=64, batch_size=16)
 
 
 def write_jsonl(path: Path, texts: list[str], labels: list[int] | None = None) -> Path:
@@ -233,7 +238,7 @@ def test_scores_do_not_depend_on_the_other_candidates_of_the_call(experiment):
 
 
 def test_nested_training_rows_never_see_the_held_out_shadow(experiment):
-    from experiments.attack_jobs import calibrated_training_table
+    from experiments.jobs.attack import calibrated_training_table
 
     table = pd.read_parquet(experiment["root"] / "shadows" / "features" / "shadows.parquet")
     views = ["loss", "min_k"]
@@ -287,7 +292,7 @@ def test_fit_attack_refuses_negative_reference_draws(experiment):
 
 def test_a_second_score_of_the_same_candidates_reuses_the_shadows_passes(experiment, monkeypatch):
     """transfer scores the same candidates once per target variant: the K shadow passes are paid once."""
-    import experiments.attack_jobs as jobs
+    import experiments.jobs.score as jobs
 
     root = experiment["root"]
     fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_reuse"), classifier="logistic")

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-import experiments.pretraining as pretraining
+import experiments.studies.pretraining as pretraining
+from llm_features.settings import FeatureSettings
 import llm_features.models
 from experiments.cli import main
-from experiments.pretraining import (BLIND_BASELINE, BLIND_COLUMN, blind_baseline_name, blind_baseline_scores,
+from experiments.studies.pretraining import (BLIND_BASELINE, BLIND_COLUMN, blind_baseline_name, blind_baseline_scores,
                                      run_pretraining_detection)
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.registry import known_features
@@ -130,7 +131,7 @@ def cli_run(tmp_path_factory, overfit_model_dir, labelled_data):
 
     def run(capsys, caplog):
         if "rc" not in capture:
-            with caplog.at_level(logging.INFO, logger="experiments.pretraining"):
+            with caplog.at_level(logging.INFO, logger="experiments.studies.pretraining"):
                 capture["rc"] = main(["pretraining", "--model", str(overfit_model_dir), "--data",
                                       str(labelled_data), "--out", str(out), "--folds", "4", *FAST])
             captured = capsys.readouterr()
@@ -178,8 +179,9 @@ def test_cli_writes_every_single_feature_and_the_blind_baseline(cli_run, capsys,
 
 def test_reference_feature_with_a_reference_model(tmp_path, overfit_model_dir, tiny_model_dir, labelled_data):
     report = run_pretraining_detection(model=str(overfit_model_dir), reference=str(tiny_model_dir),
-                                       data=labelled_data, out=tmp_path / "out", features="loss,reference",
-                                       device="cpu", dtype="float32", batch_size=16, folds=5)
+                                       data=labelled_data, out=tmp_path / "out",
+                                       settings=FeatureSettings(features="loss,reference", batch_size=16),
+                                       device="cpu", dtype="float32", folds=5)
     assert set(report["attacks"]) == {"loss", "reference", BLIND_BASELINE}
     assert report["attacks"]["reference"]["auc"] > 0.9
     assert report["setting"]["reference_model"] == str(tiny_model_dir)
@@ -230,9 +232,9 @@ def test_reference_feature_without_reference_model_fails_clearly(tmp_path, no_mo
                                                                  labelled_data):
     with pytest.raises(ConfigError, match="pass --reference MODEL"):
         run_pretraining_detection(model="unused-model", data=labelled_data, out=tmp_path / "out",
-                                  features="loss,reference", device="cpu")
+                                  settings=FeatureSettings(features="loss,reference"), device="cpu")
     assert main(_run(tmp_path, labelled_data, "--features", "reference")) == 2
     assert "--reference MODEL" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="is the target model itself"):
         run_pretraining_detection(model="same", reference="same", data=labelled_data, out=tmp_path / "out",
-                                  features="reference", device="cpu")
+                                  settings=FeatureSettings(features="reference"), device="cpu")

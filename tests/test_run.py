@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
-from experiments.config import load_config
-from experiments.pipeline import run_experiment
+from experiments.studies.config import load_config
+from experiments.studies.run import run_experiment
 from llm_features.errors import ConfigError
 from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
 
@@ -127,7 +127,7 @@ def test_transfer_scores_differently_trained_targets_with_the_same_attack(config
 
 
 def test_transfer_variants_change_only_what_they_name():
-    from experiments.transfer import VARIANTS, parse_variants
+    from experiments.studies.transfer import VARIANTS, parse_variants
     from shadow.finetune import FinetuneConfig
 
     target = FinetuneConfig(epochs=3, lr=2e-3, lora_rank=16, lora_alpha=32)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import experiments.pipeline as pipeline
-from experiments.config import load_config
-from experiments.pipeline import claim_run_directory, run_experiment
+import experiments.studies.run as pipeline
+from experiments.studies.config import load_config
+from experiments.studies.run import claim_run_directory, run_experiment
 from llm_features.errors import ConfigError
 from shadow.finetune import ids_hash, read_manifest
 from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
@@ -150,7 +150,7 @@ def test_a_rerun_after_the_data_changed_recomputes_every_stage_without_force(con
 
 
 def test_only_numeric_score_columns_are_attacks():
-    from experiments.pipeline import attack_scores
+    from experiments.studies.run import attack_scores
 
     scores = pd.DataFrame({"id": ["a", "b"], "label": [1, 0], "membership_probability": [0.9, 0.1],
                            "loss": [-1.0, -2.0], "user_id": [7, 8], "source": ["x", "y"], "n_tokens": [5, 6]})

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from experiments.config import ExperimentConfig, ThreatModel, config_hash, config_toml, load_config, to_dict
+from experiments.studies.config import ExperimentConfig, ThreatModel, config_hash, config_toml, load_config, to_dict
 from llm_features.errors import ConfigError
 from llm_features.io import library_versions, write_json_atomic, write_text_atomic
 
@@ -51,7 +51,7 @@ def pool_texts(config: ExperimentConfig) -> list[dict[str, Any]]:
     one side of the split.
     """
     if config.data.generator == "patients":
-        from experiments.patients import generate_patient_records
+        from experiments.data.patients import generate_patient_records
 
         return [{"text": r["text"], "patient_id": r["patient_id"]}
                 for r in generate_patient_records(config.data.n_records, seed=config.seed)]
@@ -193,7 +193,9 @@ def claim_run_directory(out: Path, config: Any, *, force: bool) -> None:
 
 def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = False) -> dict[str, Any]:
     """Run every stage (skipping verified ones) and write the report; return report.json's content."""
-    from experiments.attack_jobs import fit_attack_job, score_job, train_shadows_job
+    from experiments.jobs.attack import fit_attack_job
+    from experiments.jobs.score import score_job
+    from experiments.jobs.shadows import train_shadows_job
     from experiments.report import write_report
 
     out = Path(out)
@@ -236,13 +238,13 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
         timings["attack_s"] = time.perf_counter() - stage
 
         stage = time.perf_counter()
-        score_job(attack=str(out / "attack"), model=config.base_model, adapter=str(target_dir),
-                  data=str(candidates), out=str(out / "scores.csv"), seed=config.seed)
+        scored = score_job(attack=str(out / "attack"), model=config.base_model, adapter=str(target_dir),
+                           data=str(candidates), out=str(out / "scores.csv"), seed=config.seed)
         timings["score_s"] = time.perf_counter() - stage
         timings["total_s"] = time.perf_counter() - started
 
-        scores = pd.read_csv(out / "scores.csv")
-        classifier_name = classifier_label(fitted["selected"])
+        scores = scored["table"]
+        classifier_name = classifier_label(fitted["attack"].selected)
         attacks = attack_scores(scores, classifier_name)
         setting = {
             "name": config.name,

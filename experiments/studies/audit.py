@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.config import AuditExperimentConfig, config_hash
+from experiments.studies.config import AuditExperimentConfig, config_hash
 from llm_features.errors import ConfigError
 from llm_features.io import atomic_path, library_versions, write_json_atomic, write_text_atomic
 
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 def canary_records(config: AuditExperimentConfig) -> tuple[list[str], np.ndarray]:
     """The canary texts and whether each is included (a fair coin per canary, seeded)."""
-    from experiments.patients import generate_patient_records
+    from experiments.data.patients import generate_patient_records
 
     audit = config.audit
     texts = [r["text"] for r in generate_patient_records(audit.canaries, seed=audit.canary_seed)]
@@ -58,7 +58,7 @@ def filler_texts(config: AuditExperimentConfig, exclude: set[str]) -> list[str]:
 
     data = config.data
     if data.generator == "patients":
-        from experiments.patients import generate_patient_records
+        from experiments.data.patients import generate_patient_records
 
         pool = [r["text"] for r in generate_patient_records(data.n_records, seed=config.seed)]
     else:
@@ -125,7 +125,7 @@ def audit_bounds(labels: np.ndarray, scores: np.ndarray, *, delta: float, confid
 def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, force: bool = False) -> dict[str, Any]:
     """Train the targets, score the canaries, bound epsilon; return ``audit.json``'s content."""
     from attack_models import summarize
-    from experiments.pipeline import claim_run_directory, log_to_file, train_target
+    from experiments.studies.run import claim_run_directory, log_to_file, train_target
     from llm_features.extract import extract_features
     from llm_features.models import load_model
     from llm_features.registry import parse_features

@@ -18,7 +18,7 @@ top, which this figure ignores (it understates the scorer slightly).
 
 Usage::
 
-    python -m experiments.bench_scoring --n-texts 512 --out bench_out/scoring.json
+    python -m experiments.bench.scoring --data ../shared/data/ag_news_test/data.jsonl --n-texts 512 --out bench_out/scoring.json
 """
 
 from __future__ import annotations
@@ -28,14 +28,11 @@ import json
 import logging
 import platform
 import time
-from pathlib import Path
 
 from llm_features.io import library_versions, write_json_atomic
 
 logger = logging.getLogger("shadowmia.bench")
 
-# ../shared/data beside the repository, as laid out for this project
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_test" / "data.jsonl"
 
 
 def matmul_gflops(dtype_name: str, *, n: int = 2048, repeats: int = 10) -> float:
@@ -74,7 +71,7 @@ def time_scoring(model, tokenizer, texts, *, batch_size: int, max_tokens: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", required=True, help="texts (.jsonl/.csv/.txt/.parquet), e.g. AG News")
     parser.add_argument("--n-texts", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=256)

@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from experiments.config import ExperimentConfig
+from experiments.studies.config import ExperimentConfig
 from llm_features.errors import ConfigError
 from llm_features.io import write_json_atomic, write_text_atomic
 
@@ -114,8 +114,8 @@ def run_transfer(config: ExperimentConfig, *, out: str | Path, variants: list[st
                  force: bool = False) -> dict[str, Any]:
     """Run CONFIG (matched target), then each variant's target with the same attack; return the report."""
     from attack_models import summarize
-    from experiments.attack_jobs import score_job
-    from experiments.pipeline import attack_scores, classifier_label, log_to_file, run_experiment, train_target
+    from experiments.jobs.score import score_job
+    from experiments.studies.run import attack_scores, classifier_label, log_to_file, run_experiment, train_target
 
     out = Path(out)
     names = variants if variants is not None else list(VARIANTS)
@@ -136,10 +136,9 @@ def run_transfer(config: ExperimentConfig, *, out: str | Path, variants: list[st
             directory = out / "transfer" / variant_directory(name)
             logger.info("transfer variant %s: target %s", name, changes)
             train_target(config.base_model, members, directory / "target", training)
-            score_job(attack=str(out / "attack"), model=config.base_model, adapter=str(directory / "target"),
-                      data=str(out / "data" / "candidates.jsonl"), out=str(directory / "scores.csv"),
-                      seed=config.seed)
-            scores = pd.read_csv(directory / "scores.csv")
+            scores = score_job(attack=str(out / "attack"), model=config.base_model,
+                               adapter=str(directory / "target"), data=str(out / "data" / "candidates.jsonl"),
+                               out=str(directory / "scores.csv"), seed=config.seed)["table"]
             labels = scores["label"].to_numpy()
             attacks = {attack: summarize(labels, values, seed=config.seed)
                        for attack, values in attack_scores(scores, classifier_name).items()}

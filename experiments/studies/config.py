@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from llm_features.errors import ConfigError
+from llm_features.settings import FeatureSettings
 from shadow.finetune import FinetuneConfig
 
 __all__ = [
@@ -67,7 +68,6 @@ __all__ = [
     "AuditConfig",
     "AuditExperimentConfig",
     "ExperimentConfig",
-    "FeaturesConfig",
     "SplitConfig",
     "ThreatModel",
     "config_hash",
@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 GENERATORS = ("patients",)
-"""Built-in data generators: ``"patients"`` = :func:`experiments.patients.generate_patient_records`."""
+"""Built-in data generators: ``"patients"`` = :func:`experiments.data.patients.generate_patient_records`."""
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MAX_SEED = 2**63 - 1
@@ -115,7 +115,7 @@ class DataConfig:
             directory); must exist. Exactly one of ``path`` and ``generator`` is given.
         text_field: the field (column) holding the text in ``path``.
         generator: ``"patients"`` for synthetic (fictional) patient records from
-            :mod:`experiments.patients`; needs ``n_records``.
+            :mod:`experiments.data.patients`; needs ``n_records``.
         n_records: how many records the generator writes (>= 1); only with ``generator``.
         chunk_tokens: cut long texts into chunks of about this many tokens (8..1_000_000),
             or None to keep texts whole.
@@ -208,59 +208,6 @@ class ThreatModel(str, enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FeaturesConfig:
-    """How features are computed (:class:`experiments.attack_jobs.FeatureSettings`).
-
-    Attributes:
-        features: ``"all"`` or a feature spec such as ``"loss,min_k:k=0.1,zlib"``.
-        neighbours: neighbour texts per text (>= 1), for the neighbour-gap feature.
-        neighbour_fraction: share of tokens resampled per neighbour, in (0, 1].
-        neighbour_top_k: neighbours resample among the top-k tokens (>= 2).
-        masked_lm: a masked LM (name or path) that makes the neighbours, or None for the
-            base model.
-        max_tokens: texts are truncated to this many tokens when scored (2..1_000_000).
-        batch_size: texts per forward pass (1..65_536).
-    """
-
-    features: str = "all"
-    neighbours: int = 5
-    neighbour_fraction: float = 0.15
-    neighbour_top_k: int = 20
-    masked_lm: str | None = None
-    max_tokens: int = 512
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        from llm_features.registry import parse_features
-
-        _check_str("features", self.features, allowed='"all" or a feature list such as "loss,min_k"')
-        try:
-            parse_features(self.features)
-        except ConfigError as exc:
-            raise ConfigError(f"features={self.features!r}: {exc}") from None
-        _check_int("neighbours", self.neighbours, 1, 1000)
-        fraction = self.neighbour_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-            raise ConfigError(f"neighbour_fraction={fraction!r} is out of range; allowed: numbers in (0, 1]")
-        object.__setattr__(self, "neighbour_fraction", float(fraction))
-        _check_int("neighbour_top_k", self.neighbour_top_k, 2, 1_000_000)
-        if self.masked_lm is not None:
-            _check_str("masked_lm", self.masked_lm, allowed="a model name or path")
-        _check_int("max_tokens", self.max_tokens, 2, 1_000_000)
-        _check_int("batch_size", self.batch_size, 1, 65_536)
-
-    def to_settings(self, *, seed: int = 0) -> Any:
-        """The :class:`~experiments.attack_jobs.FeatureSettings` the jobs take (neighbours seeded with ``seed``)."""
-        from experiments.attack_jobs import FeatureSettings
-        from experiments.jobs import NeighbourOptions
-
-        neighbours = NeighbourOptions(n=self.neighbours, fraction=self.neighbour_fraction,
-                                      top_k=self.neighbour_top_k, seed=seed, masked_lm=self.masked_lm)
-        return FeatureSettings(features=self.features, neighbours=neighbours,
-                               max_tokens=self.max_tokens, batch_size=self.batch_size)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """One experiment, end to end: data, split, threat model, training, features, attack.
 
@@ -290,7 +237,7 @@ class ExperimentConfig:
     target: FinetuneConfig = FinetuneConfig()
     shadows: FinetuneConfig = FinetuneConfig()
     n_shadows: int = 4
-    features: FeaturesConfig = FeaturesConfig()
+    features: FeatureSettings = FeatureSettings()
     classifier: str = "auto"
     seed: int = 0
 
@@ -302,7 +249,7 @@ class ExperimentConfig:
             )
         _check_str("base_model", self.base_model, allowed="a model name or path (e.g. \"smollm2-135m\")")
         for field, cls in (("data", DataConfig), ("split", SplitConfig), ("target", FinetuneConfig),
-                           ("shadows", FinetuneConfig), ("features", FeaturesConfig)):
+                           ("shadows", FinetuneConfig), ("features", FeatureSettings)):
             if not isinstance(getattr(self, field), cls):
                 raise ConfigError(f"{field}={getattr(self, field)!r} must be a {cls.__name__}")
         try:
@@ -334,14 +281,14 @@ class ExperimentConfig:
                 f"{self.data.n_records}; raise data.n_records or shrink the split"
             )
 
-    def feature_settings(self) -> Any:
-        """The :class:`~experiments.attack_jobs.FeatureSettings` of this experiment."""
-        return self.features.to_settings(seed=self.seed)
+    def feature_settings(self) -> FeatureSettings:
+        """The ``[features]`` section with the neighbours seeded by the experiment's ``seed``."""
+        return dataclasses.replace(self.features, neighbour_seed=self.seed)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AuditConfig:
-    """The ``[audit]`` section of a privacy-audit experiment (:mod:`experiments.audit_experiment`).
+    """The ``[audit]`` section of a privacy-audit experiment (:mod:`experiments.studies.audit`).
 
     Attributes:
         canaries: synthetic patient records (never seen by the base model) that each enter
@@ -450,7 +397,7 @@ class Schema:
 EXPERIMENT = Schema(
     config=ExperimentConfig,
     sections={"data": DataConfig, "split": SplitConfig, "target": FinetuneConfig, "shadows": FinetuneConfig,
-              "features": FeaturesConfig},
+              "features": FeatureSettings},
     required=("name", "data", "split"),
     inherit={"shadows": "target"},  # by default the attacker copies the target's recipe
     comments={
@@ -476,8 +423,14 @@ AUDIT = Schema(
 _SCHEMAS = {ExperimentConfig: EXPERIMENT, AuditExperimentConfig: AUDIT}
 
 
+def _file_fields(cls: Any) -> list[dataclasses.Field]:
+    """The fields of a section that a config file sets (not those marked ``config_file: False``,
+    such as the neighbours' seed, which an experiment takes from its own ``seed``)."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("config_file", True)]
+
+
 def _fields(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+    return [f.name for f in _file_fields(cls)]
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -722,7 +675,7 @@ def to_dict(config: Any) -> dict[str, Any]:
         if isinstance(value, FinetuneConfig):
             value = value.to_dict()
         elif dataclasses.is_dataclass(value):
-            value = dataclasses.asdict(value)
+            value = {f.name: getattr(value, f.name) for f in _file_fields(value)}
         elif isinstance(value, ThreatModel):
             value = value.value
         out[field.name] = value

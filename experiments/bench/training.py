@@ -16,7 +16,7 @@ attention score FLOPs and the small LoRA matrices are left out).
 
 Run (about 5-7 minutes on an idle 2-core CPU with AMX)::
 
-    python -m experiments.bench_training --n-texts 256 --repeats 2
+    python -m experiments.bench.training --data ../shared/data/ag_news_test/data.jsonl --n-texts 256 --repeats 2
 
 Other processes on the machine slow either side down unpredictably (oversubscribed
 OpenMP threads can cost 10x); the rounds are interleaved and the best run of each side
@@ -38,8 +38,6 @@ from typing import Any
 
 logger = logging.getLogger("bench_training")
 
-# ../shared/data beside the repository, as laid out for this project
-DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_test" / "data.jsonl")
 
 
 def matmul_peak(*, dtype: str, size: int = 2048, seconds: float = 3.0) -> float:
@@ -167,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="base model spec")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="texts (.jsonl/.csv/.txt/.parquet)")
+    parser.add_argument("--data", required=True, help="texts (.jsonl/.csv/.txt/.parquet), e.g. AG News")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--n-texts", type=int, default=256, help="the first N texts of --data")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -22,6 +22,8 @@ atomically.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from pathlib import Path
@@ -29,10 +31,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.jobs import NeighbourOptions, check_kept_fields, features_job, write_parquet_atomic
+from experiments.jobs.common import check_kept_fields, write_parquet_atomic
+
+from experiments.jobs.features import features_job
+
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.io import library_versions, write_json_atomic
 from llm_features.registry import FeatureRequest, known_features, parse_features
+from llm_features.settings import FeatureSettings
 from llm_features.texts import load_texts
 
 logger = logging.getLogger(__name__)
@@ -157,12 +163,9 @@ def run_pretraining_detection(
     model: str,
     data: str | Path,
     out: str | Path,
-    features: str | Sequence[str] | None = "all",
+    settings: FeatureSettings = FeatureSettings(),
     reference: str | None = None,
     text_field: str = "text",
-    neighbours: NeighbourOptions = NeighbourOptions(),
-    max_tokens: int = 512,
-    batch_size: int = 32,
     dtype: str = "auto",
     device: str = "auto",
     seed: int = 0,
@@ -181,14 +184,14 @@ def run_pretraining_detection(
         both classes required, at least ``folds`` texts of each.
     out:
         Output directory (created): report files, ``features.parquet``, ``config.json``.
-    features:
-        Feature spec as for ``shadowmia features`` (default ``all``). ``reference`` needs a
-        ``reference`` model other than ``model``; without one it is dropped from ``all``.
+    settings:
+        How features are computed, as for ``shadowmia features``: the feature spec (default
+        ``all``; ``reference`` needs a ``reference`` model other than ``model``, and without
+        one it is dropped from ``all``), how ``neighbour_gap``'s neighbours are made (by
+        ``reference`` if given, else by ``model``, unless a masked LM is named), the token
+        limit and the batch size.
     reference:
         Reference model for the ``reference`` feature (same tokenizer as ``model``).
-    neighbours:
-        How ``neighbour_gap``'s neighbours are made (by ``reference`` if given, else by
-        ``model``, unless a masked LM is named).
     seed:
         Seed of the blind baseline's folds and of the report's bootstrap intervals.
     folds:
@@ -205,7 +208,7 @@ def run_pretraining_detection(
     start = time.perf_counter()
     timings: dict[str, float] = {}
     # everything that can fail without a model fails here, before any model is loaded
-    requests = _feature_requests(features, reference=reference, model=model)
+    requests = _feature_requests(settings.features, reference=reference, model=model)
     columns = [r.column for r in requests]
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device=device)
@@ -237,10 +240,9 @@ def run_pretraining_detection(
 
     t = time.perf_counter()
     features_path = out_dir / "features.parquet"
-    spec = ",".join(columns)
     table = features_job(model=model, data=str(data), out=str(features_path), reference=reference,
-                         text_field=text_field, features=spec, neighbours=neighbours, max_tokens=max_tokens,
-                         batch_size=batch_size, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+                         text_field=text_field, settings=dataclasses.replace(settings, features=",".join(columns)),
+                         dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     timings["features_s"] = time.perf_counter() - t
     if table["id"].tolist() != texts.ids:
         raise AssertionError("the feature table is not in the order of the texts")
@@ -277,21 +279,22 @@ def run_pretraining_detection(
             "classifier": f"logistic regression, C chosen from {list(BLIND_CS)} by inner 3-fold CV (ROC AUC)",
             "folds": folds,
         },
-        "scoring": {"max_tokens": max_tokens, "batch_size": batch_size, "dtype": dtype, "device": device},
-        "seeds": {"cross_validation_and_bootstrap": seed, "neighbours": neighbours.seed},
+        "scoring": {"max_tokens": settings.max_tokens, "batch_size": settings.batch_size, "dtype": dtype,
+                    "device": device},
+        "seeds": {"cross_validation_and_bootstrap": seed, "neighbours": settings.neighbour_seed},
         "undefined_scores_set_to_-inf": nan_scores,
         "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
     }
     if any("neighbours" in r.needs for r in requests):
-        setting["neighbours"] = {"n": neighbours.n, "fraction": neighbours.fraction, "top_k": neighbours.top_k,
-                                 "made_by": neighbours.masked_lm or reference or model}
+        setting["neighbours"] = {"n": settings.neighbours, "fraction": settings.neighbour_fraction,
+                                 "top_k": settings.neighbour_top_k,
+                                 "made_by": settings.masked_lm or reference or model}
     config = {
         "command": "pretraining",
         "model": model, "reference": reference, "data": str(data), "out": str(out_dir),
         "features": columns, "text_field": text_field,
-        "neighbours": {"n": neighbours.n, "fraction": neighbours.fraction, "top_k": neighbours.top_k,
-                       "seed": neighbours.seed, "masked_lm": neighbours.masked_lm},
-        "max_tokens": max_tokens, "batch_size": batch_size, "dtype": dtype, "device": device,
+        "neighbours": settings.to_dict()["neighbours"],
+        "max_tokens": settings.max_tokens, "batch_size": settings.batch_size, "dtype": dtype, "device": device,
         "seed": seed, "folds": folds, "trust_remote_code": trust_remote_code, "n_resamples": n_resamples,
         "library_versions": library_versions(),
     }

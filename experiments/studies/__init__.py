@@ -1,0 +1,7 @@
+"""Studies built from the jobs, each driven by a TOML config (:mod:`experiments.studies.config`):
+
+    run.py          shadowmia run       target, shadows, attack, scores and report on a benchmark with known truth
+    transfer.py     shadowmia transfer  the same attack against targets trained unlike the shadows
+    pretraining.py  shadowmia pretraining   pretraining-data detection (WikiMIA) beside a blind baseline
+    audit.py        shadowmia run (audit config)   the privacy audit of DP fine-tuning with canaries
+"""
