@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from llm_features.errors import ConfigError
+from shadow.adapter import verify_adapter
 from shadow.finetune import (
     DEFAULT_DP_DELTA,
     FinetuneConfig,
@@ -18,7 +19,6 @@ from shadow.finetune import (
     _loss,
     collate,
     finetune,
-    verify_adapter,
 )
 
 FAST = dict(epochs=2, batch_size=4, max_tokens=32)
