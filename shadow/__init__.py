@@ -1,9 +1,9 @@
 """Shadow models: the membership matrix, LoRA fine-tuning of one model, many shadows (local or Ray).
 
 The fine-tuning function is ``shadow.finetune.finetune`` (the package attribute
-``shadow.finetune`` is that module); the adapter's saving, manifest and checks are in
-``shadow.adapter``. ``shadow`` imports from ``llm_features`` only, never computes features,
-and does not import torch until a fine-tune runs.
+``shadow.finetune`` is that module); its DP-SGD variant is in ``shadow.dp``, the adapter's
+saving, manifest and checks in ``shadow.adapter``. ``shadow`` imports from ``llm_features``
+only, never computes features, and does not import torch until a fine-tune runs.
 """
 
 from shadow.adapter import read_manifest, verify_adapter
