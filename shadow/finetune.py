@@ -1,5 +1,10 @@
 """LoRA fine-tuning of one causal LM on a list of texts: the unit of work of a shadow model.
 
+This module owns the hyper-parameters (:class:`FinetuneConfig` and its checks) and the
+training loop (:func:`finetune`, batching, the learning-rate schedule, the loss); the
+DP-SGD variant of the loop is in :mod:`shadow.dp`, saving and verifying the adapter in
+:mod:`shadow.adapter`.
+
 ``finetune`` loads the base model with :func:`llm_features.models.load_model`, wraps it with
 a peft LoRA adapter (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language
 Models": ``W x + (alpha / r) * B A x`` with ``A`` (r x d_in) Kaiming-initialised and ``B``
@@ -29,36 +34,10 @@ its own loop:
   ``transformers.get_linear_schedule_with_warmup``), gradient-norm clipping.
 
 Differentially private fine-tuning (``dp_epsilon`` or ``dp_noise_multiplier`` set) is DP-SGD
-(Abadi et al. 2016, "Deep Learning with Differential Privacy") on the LoRA parameters,
-with opacus (imported only then); the frozen base is public:
+on the LoRA parameters, with Poisson-sampled batches and per-text losses: see :mod:`shadow.dp`.
 
-* sampling: Poisson, as the accountants assume: at each of the
-  ``epochs * ceil(n / batch_size)`` steps every text joins the batch independently with
-  probability ``q = batch_size / n`` (the seeded data generator draws it); batch sizes
-  vary and an empty batch is still a step (noise only) that the accountant counts;
-* loss: each text's own mean token NLL; the batch loss is their mean over the sampled
-  texts, and opacus (``loss_reduction="mean"``) turns it back into per-text gradients
-  (hooks on the LoRA ``nn.Linear`` layers), clips each to norm C = ``max_grad_norm``,
-  sums them, adds Gaussian noise of std ``sigma * C`` (from a generator seeded from
-  ``config.seed``; ``secure_mode`` off) and divides by the expected batch size ``q * n``
-  before AdamW;
-* sigma: ``dp_noise_multiplier``, or the smallest sigma whose epsilon at ``dp_delta``
-  (default 1e-5) after all steps is at most ``dp_epsilon`` (opacus'
-  ``get_noise_multiplier``); the accountant (``dp_accountant``: RDP or PRV) records the
-  epsilon spent in the manifest's ``dp`` entry (``"dp": false`` for a non-private run);
-* precision: as without DP (bf16 base + autocast where fast). The per-sample gradients then
-  come out of opacus' hooks in bf16 (on the tiny test Llama: within 1% of the float32
-  model's, and their clipped sum 0.015 away from it against a noise norm of 64 at
-  sigma = 0.5) and are cast to float32 before the clipping norms are taken, so every
-  clipped gradient stays within C;
-* memory: opacus keeps one gradient per sampled text and LoRA parameter
-  (batch x LoRA parameters floats).
-
-The adapter (peft ``save_pretrained``, safetensors) and ``manifest.json`` (config, base
-model, sha256 of every file, per-step loss, timings, tokens/s, library versions, the hash
-of the text ids) are written into a temporary sibling directory that is renamed into place
-at the end, manifest last, so a killed run never leaves a directory that looks complete.
-:func:`verify_adapter` recomputes the checksums.
+The adapter and its ``manifest.json`` are written by :func:`shadow.adapter.save_adapter`
+(a temporary sibling directory renamed into place at the end, manifest last).
 
 On CPU the same seed gives the same adapter bytes (same thread count, same library
 versions); all randomness (LoRA init, dropout, data order) comes from ``config.seed``
@@ -68,35 +47,23 @@ inside a forked RNG, so the caller's global torch RNG is left untouched.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import hashlib
-import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from llm_features.errors import ConfigError, InputDataError, IntegrityError
-from llm_features.io import library_versions, sha256_file, write_json_atomic
+from llm_features.errors import ConfigError, InputDataError
 from llm_features.scoring import pad_right
-from llm_features.texts import text_id
+from shadow.adapter import save_adapter
+from shadow.dp import DP_ACCOUNTANTS, DPPlan, dp_plan, train_dp
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "shadowmia.lora-adapter/1"
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PRECISIONS = ("auto", "bf16", "fp32")
-PARTIAL_MARK = ".partial-"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-DP_ACCOUNTANTS = ("rdp", "prv")
-DEFAULT_DP_DELTA = 1e-5
-"""The delta of a DP fine-tune whose ``dp_delta`` is None (keep it below 1 / number of texts)."""
 
 # Models whose logits are exactly ``lm_head(decoder(x))`` (no soft-capping or scaling), for
 # which the loss is computed only at real target positions.
@@ -132,7 +99,7 @@ class FinetuneConfig:
             (> 0); the noise multiplier is computed from it, ``dp_delta``, the sampling
             rate and the number of steps. None (default): not private.
         dp_delta: the delta of the (epsilon, delta) guarantee, in (0, 1); None means
-            :data:`DEFAULT_DP_DELTA` (1e-5). It should be well below 1 / (number of texts);
+            :data:`shadow.dp.DEFAULT_DP_DELTA` (1e-5). It should be well below 1 / (number of texts);
             a warning is logged otherwise. Only with ``dp_epsilon`` or ``dp_noise_multiplier``.
         dp_noise_multiplier: DP-SGD with this noise multiplier sigma (>= 0) instead of a
             target epsilon (the two are exclusive); the epsilon spent is computed and
@@ -289,12 +256,6 @@ def _check_float(name: str, value: Any, low: float, high: float, *,
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
         raise ConfigError(f"{name}={value} is out of range; allowed: {interval}")
-
-
-def ids_hash(texts: list[str]) -> str:
-    """SHA-256 of the text ids in order, joined by newlines: names a training set."""
-    payload = "\n".join(text_id(t) for t in texts)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def epoch_batches(lengths: list[int], *, batch_size: int, length_chunk: int, generator: Any) -> list[list[int]]:
@@ -494,15 +455,15 @@ def finetune(
     finally:
         torch.set_num_threads(previous_threads)
     model, training = result
-    manifest = _save(model, out, config=config, training=training, texts=texts,
-                     started=started, overwrite=overwrite)
+    manifest = save_adapter(model, out, config=config.to_dict(), training=training, texts=texts,
+                            started=started, overwrite=overwrite)
     logger.info("%s: saved adapter to %s (%.1f tokens/s, final loss %.4f)", description, out,
                 training["tokens_per_s"], training["loss_curve"][-1])
     return manifest
 
 
 def _finetune(base_spec: str, texts: list[str], config: FinetuneConfig, *, device: str,
-              progress: bool, description: str, privacy: "DPPlan | None") -> tuple[Any, dict[str, Any]]:
+              progress: bool, description: str, privacy: DPPlan | None) -> tuple[Any, dict[str, Any]]:
     import torch
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
@@ -577,16 +538,16 @@ def _finetune(base_spec: str, texts: list[str], config: FinetuneConfig, *, devic
         steps_per_epoch, n_trainable, n_total, dtype, " + autocast" if use_autocast else "", device,
     )
 
-    loop = _Loop(model=model, trainable=trainable, encoded=encoded, lengths=lengths, pad_id=pad_id,
-                 config=config, device=device, device_type=device_type, use_autocast=use_autocast,
-                 plain_head=plain_head, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                 optimizer=optimizer, scheduler=scheduler, generator=generator, description=description)
+    loop = TrainingLoop(model=model, trainable=trainable, encoded=encoded, lengths=lengths, pad_id=pad_id,
+                        config=config, device=device, device_type=device_type, use_autocast=use_autocast,
+                        plain_head=plain_head, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                        optimizer=optimizer, scheduler=scheduler, generator=generator, description=description)
     bar = tqdm(total=total_steps, desc=description, disable=not progress, leave=False,
                dynamic_ncols=True)
     train_start = time.perf_counter()
     try:
         if privacy is not None:
-            dp = _train_dp(loop, privacy, bar=bar, train_start=train_start)
+            dp = train_dp(loop, privacy, bar=bar, train_start=train_start, example_losses=_example_losses)
         else:
             _train(loop, bar=bar, train_start=train_start)
             dp = False
@@ -615,8 +576,8 @@ def _finetune(base_spec: str, texts: list[str], config: FinetuneConfig, *, devic
 
 
 @dataclasses.dataclass
-class _Loop:
-    """What a training loop needs, and the curves it records."""
+class TrainingLoop:
+    """What a training loop needs, and the curves it records (:func:`_train` and :func:`shadow.dp.train_dp`)."""
 
     model: Any
     trainable: list[Any]
@@ -670,7 +631,7 @@ class _Loop:
         bar.update(1)
 
 
-def _train(loop: _Loop, *, bar: Any, train_start: float) -> None:
+def _train(loop: TrainingLoop, *, bar: Any, train_start: float) -> None:
     """Plain training: epochs of length-grouped batches, mean token loss, global norm clipping."""
     import torch
 
@@ -694,320 +655,3 @@ def _train(loop: _Loop, *, bar: Any, train_start: float) -> None:
             loop.show(bar, epoch=epoch + 1, train_start=train_start)
         logger.debug("%s: epoch %d mean loss %.4f", loop.description, epoch + 1,
                      sum(loop.loss_curve[-len(batches):]) / len(batches))
-
-
-def _derived_seed(seed: int, purpose: str) -> int:
-    """A 63-bit seed for one purpose, independent of the streams seeded with ``seed`` itself."""
-    digest = hashlib.sha256(f"shadowmia/{purpose}/{seed}".encode("ascii")).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
-@dataclasses.dataclass(frozen=True)
-class DPPlan:
-    """The DP-SGD parameters of one fine-tune, fixed before training (see :func:`dp_plan`)."""
-
-    noise_multiplier: float
-    sample_rate: float
-    expected_batch_size: int
-    steps: int
-    delta: float
-
-
-def dp_plan(config: FinetuneConfig, *, n_texts: int, description: str = "finetune") -> DPPlan:
-    """The DP-SGD parameters of a private ``config`` on ``n_texts`` texts.
-
-    ``q = min(batch_size, n) / n``, ``epochs * ceil(n / batch_size)`` steps, delta =
-    ``dp_delta`` or :data:`DEFAULT_DP_DELTA` (a warning when it is not below 1/n), and the
-    noise multiplier of :func:`resolve_noise_multiplier`.
-
-    Raises:
-        ConfigError: ``config`` is not private, or its ``dp_epsilon`` cannot be reached.
-    """
-    if not config.dp:
-        raise ConfigError("this config is not private: give dp_epsilon or dp_noise_multiplier")
-    try:
-        import opacus  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(
-            "dp_epsilon / dp_noise_multiplier (DP-SGD) need opacus: pip install 'shadowmia[dp]'"
-        ) from exc
-    if n_texts < 1:
-        raise InputDataError("a DP fine-tune needs at least one text")
-    expected_batch_size = min(config.batch_size, n_texts)
-    sample_rate = expected_batch_size / n_texts
-    steps = config.epochs * math.ceil(n_texts / config.batch_size)
-    delta = DEFAULT_DP_DELTA if config.dp_delta is None else config.dp_delta
-    if delta >= 1.0 / n_texts:
-        logger.warning(
-            "%s: dp_delta=%g is not below 1/n = %g for %d texts: a mechanism that publishes one "
-            "random text outright meets such a delta; set dp_delta well below 1/n", description,
-            delta, 1.0 / n_texts, n_texts)
-    sigma = resolve_noise_multiplier(config, sample_rate=sample_rate, steps=steps, delta=delta)
-    if sigma == 0.0:
-        logger.warning("%s: dp_noise_multiplier=0: per-sample clipping without noise, no privacy "
-                       "guarantee (epsilon = inf)", description)
-    return DPPlan(noise_multiplier=sigma, sample_rate=sample_rate, expected_batch_size=expected_batch_size,
-                  steps=steps, delta=delta)
-
-
-def resolve_noise_multiplier(config: FinetuneConfig, *, sample_rate: float, steps: int, delta: float) -> float:
-    """The noise multiplier sigma of a DP fine-tune: ``config.dp_noise_multiplier``, or the
-    smallest sigma (to opacus' search tolerance of 0.01 in epsilon) whose epsilon at ``delta``
-    after ``steps`` Poisson-sampled steps at ``sample_rate`` is at most ``config.dp_epsilon``."""
-    if config.dp_noise_multiplier is not None:
-        return config.dp_noise_multiplier
-    if config.dp_epsilon is None:
-        raise ConfigError("this config is not private: give dp_epsilon or dp_noise_multiplier")
-    from opacus.accountants.utils import get_noise_multiplier
-
-    if config.dp_accountant == "rdp":
-        floor = _rdp_epsilon_floor(delta)
-        if config.dp_epsilon <= floor:
-            # opacus' search would double sigma up to 1e6 (half a minute) and then fail
-            raise ConfigError(
-                f"dp_epsilon={config.dp_epsilon} is below {floor:.4f}, the smallest epsilon the rdp "
-                f"accountant can certify at delta={delta} with any noise; raise dp_epsilon or "
-                "dp_delta, or use dp_accountant = 'prv'"
-            )
-    try:
-        with warnings.catch_warnings():  # repeated at every step of the search
-            warnings.filterwarnings("ignore", message="Optimal order is the")
-            return float(get_noise_multiplier(target_epsilon=config.dp_epsilon, target_delta=delta,
-                                              sample_rate=sample_rate, steps=steps,
-                                              accountant=config.dp_accountant, epsilon_tolerance=0.01))
-    except ValueError as exc:
-        raise ConfigError(
-            f"dp_epsilon={config.dp_epsilon} cannot be reached with delta={delta}, {steps} steps at "
-            f"sampling rate {sample_rate:.4g} ({exc}); raise dp_epsilon or dp_delta, or train "
-            "fewer epochs or with a smaller batch_size"
-        ) from None
-
-
-def _rdp_epsilon_floor(delta: float) -> float:
-    """The epsilon of opacus' RDP-to-(epsilon, delta) conversion at zero RDP (infinite noise),
-    over its default orders: no smaller epsilon can be certified by the RDP accountant."""
-    import numpy as np
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
-    orders = RDPAccountant.DEFAULT_ALPHAS
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        floor, _ = get_privacy_spent(orders=orders, rdp=np.zeros(len(orders)), delta=delta)
-    return float(floor)
-
-
-def _epsilon_spent(accountant: Any, *, delta: float, noise_multiplier: float) -> float:
-    if noise_multiplier == 0.0:
-        return math.inf
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        epsilon = float(accountant.get_epsilon(delta=delta))
-    for warning in caught:  # e.g. "Optimal order is the largest alpha": a valid, loose bound
-        logger.info("opacus accountant: %s", warning.message)
-    return epsilon
-
-
-def _train_dp(loop: _Loop, plan: DPPlan, *, bar: Any, train_start: float) -> dict[str, Any]:
-    """DP-SGD (Abadi et al. 2016) on the LoRA parameters with opacus; returns the privacy record.
-
-    Each step draws a Poisson sample (every text independently with probability
-    ``q = batch_size / n``, from the seeded data generator), computes each sampled text's
-    gradient of its own mean token loss (opacus' per-sample hooks on the LoRA linears),
-    clips it to norm C = ``max_grad_norm``, adds Gaussian noise of std ``sigma * C`` to the
-    sum (from a generator seeded from ``config.seed``) and divides by the expected batch size
-    ``q * n``, the unbiased mean-gradient estimate under Poisson sampling. An empty sample is
-    still a step (noise only) that the accountant counts.
-    """
-    import opacus
-    import torch
-    from opacus import GradSampleModule
-    from opacus.accountants import create_accountant
-    from opacus.optimizers import DPOptimizer
-
-    config = loop.config
-    n = len(loop.encoded)
-    if plan.steps != loop.total_steps:
-        raise RuntimeError(f"DP plan of {plan.steps} steps for a loop of {loop.total_steps}")
-    sigma, sample_rate, delta = plan.noise_multiplier, plan.sample_rate, plan.delta
-    expected_batch_size = plan.expected_batch_size
-    clip = float(config.max_grad_norm)
-    logger.info("%s: DP-SGD, noise multiplier %.4f, clipping norm %g, Poisson sampling rate %.4g, "
-                "%d steps, delta %g, %s accountant", loop.description, sigma, clip, sample_rate,
-                loop.total_steps, delta, config.dp_accountant)
-    accountant = create_accountant(mechanism=config.dp_accountant)
-    noise_generator = torch.Generator(device=loop.device).manual_seed(_derived_seed(config.seed, "dp-noise"))
-    grad_sampler = GradSampleModule(loop.model, batch_first=True, loss_reduction="mean", strict=True)
-    optimizer = DPOptimizer(loop.optimizer, noise_multiplier=sigma, max_grad_norm=clip,
-                            expected_batch_size=expected_batch_size, loss_reduction="mean",
-                            generator=noise_generator, secure_mode=False)
-    batch_sizes: list[int] = []
-    try:
-        with warnings.catch_warnings():
-            # opacus' full backward hooks on the first LoRA layers, whose inputs need no gradient
-            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-            for step in range(loop.total_steps):
-                draws = torch.rand(n, generator=loop.generator)
-                indices = (draws < sample_rate).nonzero()[:, 0].tolist()
-                batch_sizes.append(len(indices))
-                # a sample whose texts have no target token (or no texts) has no gradient: it
-                # skips the forward pass (opacus' hooks expect a backward pass after each one)
-                has_targets = any(loop.lengths[i] >= 2 for i in indices)
-                if has_targets:
-                    batch = loop.batch(indices)
-                    losses = loop.forward(_example_losses, batch)
-                    # loss_reduction="mean": opacus multiplies the backprops by the batch size,
-                    # so each grad_sample is the gradient of one text's own loss
-                    loss_value = float(losses.detach().mean())
-                    loop.check_finite(loss_value, what="training loss", epoch=step // loop.steps_per_epoch)
-                    losses.mean().backward()
-                else:
-                    loss_value = math.nan
-                for param in loop.trainable:
-                    sample = getattr(param, "grad_sample", None)
-                    if not has_targets or sample is None:
-                        # no text with a gradient: zero per-sample gradients, noise only
-                        param.grad_sample = torch.zeros((len(indices), *param.shape), device=param.device,
-                                                        dtype=torch.float32)
-                    elif sample.dtype != torch.float32:
-                        # under bf16 autocast the per-sample gradients come out in bf16; clipping
-                        # norms in float32 keeps every clipped gradient within C
-                        param.grad_sample = sample.float()
-                loop.lr_curve.append(loop.scheduler.get_last_lr()[0])
-                optimizer.step()  # clip per sample, sum, add noise, divide by q * n, AdamW
-                accountant.step(noise_multiplier=sigma, sample_rate=sample_rate)
-                loop.scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                loop.loss_curve.append(loss_value)
-                loop.show(bar, epoch=step // loop.steps_per_epoch + 1, train_start=train_start,
-                          batch=len(indices))
-    finally:
-        grad_sampler.to_standard_module()  # removes opacus' hooks and per-sample attributes
-        for param in loop.trainable:
-            if hasattr(param, "summed_grad"):
-                del param.summed_grad
-    epsilon = _epsilon_spent(accountant, delta=delta, noise_multiplier=sigma)
-    if config.dp_epsilon is not None and epsilon > config.dp_epsilon * (1 + 1e-9):
-        logger.warning("%s: epsilon spent %.4f exceeds dp_epsilon=%g", loop.description, epsilon,
-                       config.dp_epsilon)
-    logger.info("%s: DP-SGD spent epsilon %.4f at delta %g (%s)", loop.description, epsilon, delta,
-                config.dp_accountant)
-    return {
-        "epsilon": epsilon,
-        "delta": delta,
-        "target_epsilon": config.dp_epsilon,
-        "noise_multiplier": sigma,
-        "max_grad_norm": clip,
-        "sample_rate": sample_rate,
-        "expected_batch_size": expected_batch_size,
-        "steps": loop.total_steps,
-        "accountant": config.dp_accountant,
-        "sampling": "poisson",
-        "batch_sizes": batch_sizes,
-        "empty_batches": sum(1 for b in batch_sizes if b == 0),
-        "per_sample_gradients": "float32" if not loop.use_autocast else "bfloat16 autocast, clipped in float32",
-        "secure_mode": False,
-        "opacus_version": opacus.__version__,
-    }
-
-
-def _save(model: Any, out: Path, *, config: FinetuneConfig, training: dict[str, Any],
-          texts: list[str], started: float, overwrite: bool) -> dict[str, Any]:
-    """Write adapter + manifest into a temporary sibling directory, then rename it to ``out``."""
-    bad = [name for name, param in model.named_parameters() if param.requires_grad
-           and not bool(param.detach().isfinite().all())]
-    if bad:
-        raise ConfigError(f"the trained adapter holds NaN or infinite weights ({bad[0]} and {len(bad) - 1} more); "
-                          f"it was not saved to {out}. Lower --lr or --lora-alpha, or clip with --max-grad-norm")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}", dir=out.parent))
-    try:
-        model.save_pretrained(str(staging), safe_serialization=True)
-        _canonical_adapter_config(staging / "adapter_config.json")
-        files = {
-            path.relative_to(staging).as_posix(): sha256_file(path)
-            for path in sorted(staging.rglob("*")) if path.is_file()
-        }
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "config": config.to_dict(),
-            **training,
-            "files": files,
-            "n_texts": len(texts),
-            "ids_hash": ids_hash(texts),
-            "wall_time_s": time.perf_counter() - started,
-            "library_versions": library_versions(),
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        _write_manifest(staging, manifest)
-        _move_into_place(staging, out, overwrite=overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest
-
-
-def _canonical_adapter_config(path: Path) -> None:
-    """Rewrite peft's ``adapter_config.json`` byte-reproducibly: peft writes ``target_modules``
-    from a set, whose order changes from one Python process to the next; sort it."""
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    write_json_atomic(directory / MANIFEST, manifest)
-
-
-def _move_into_place(staging: Path, out: Path, *, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise ConfigError(f"{out} appeared while training; remove it or pass --overwrite (overwrite=True)")
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.replace(staging, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, out)
-
-
-def read_manifest(adapter_dir: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of an adapter directory (IntegrityError when missing or unreadable)."""
-    path = Path(adapter_dir) / MANIFEST
-    if not path.is_file():
-        raise IntegrityError(f"{path} is missing; {adapter_dir} is not a complete adapter directory")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
-            or not isinstance(manifest.get("files"), dict):
-        raise IntegrityError(f"{path} is not a {MANIFEST_FORMAT} manifest")
-    return manifest
-
-
-def verify_adapter(adapter_dir: str | os.PathLike) -> bool:
-    """Recompute the sha256 of every file the manifest lists; True, or IntegrityError naming the file."""
-    directory = Path(adapter_dir)
-    manifest = read_manifest(directory)
-    for name, expected in sorted(manifest["files"].items()):
-        path = directory / name
-        if not path.is_file():
-            raise IntegrityError(f"{path} is listed in {MANIFEST} but missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise IntegrityError(
-                f"{path} is corrupted: sha256 {actual[:16]}... does not match {expected[:16]}... "
-                f"recorded in {MANIFEST}; retrain the adapter"
-            )
-    listed = set(manifest["files"]) | {MANIFEST}
-    extra = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                   if p.is_file() and p.relative_to(directory).as_posix() not in listed)
-    weights = [name for name in extra if name.endswith(WEIGHT_SUFFIXES)]
-    if weights:  # peft would load, say, an adapter_model.bin that no checksum covers
-        raise IntegrityError(f"{directory} holds weight files its manifest does not list: {weights}; remove them "
-                             "or retrain the adapter")
-    if extra:
-        logger.warning("%s holds files its manifest does not list: %s", directory, extra)
-    return True

@@ -11,7 +11,7 @@ A shadow directory ``out_dir`` holds::
     config.json            everything needed to reproduce the shadows (base model, pool
                            ids hash, K, seed, fine-tuning config, per-shadow seeds)
     membership.npy         keep[K, N] bool        membership_ids.json   the N ids in column order
-    shadow_000/ ...        peft adapter + manifest.json (see shadow.finetune)
+    shadow_000/ ...        peft adapter + manifest.json (see shadow.adapter)
 
 Runs are resumable: a shadow whose manifest and files verify (and were made with the
 same config and texts) is skipped; a leftover temporary directory of a killed run is
@@ -51,14 +51,8 @@ import numpy as np
 from llm_features.errors import ConfigError, IntegrityError, ShadowMIAError
 from llm_features.io import library_versions, write_json_atomic
 from llm_features.texts import TextSet
-from shadow.finetune import (
-    PARTIAL_MARK,
-    FinetuneConfig,
-    finetune,
-    ids_hash,
-    read_manifest,
-    verify_adapter,
-)
+from shadow.adapter import PARTIAL_MARK, ids_hash, read_manifest, verify_adapter
+from shadow.finetune import FinetuneConfig, finetune
 from shadow.membership import load_membership, membership_matrix, save_membership
 
 logger = logging.getLogger(__name__)

@@ -178,7 +178,7 @@ def test_a_shadow_changed_after_the_fit_is_refused(shadows, tiny_model_dir, corp
 
 
 def test_an_unlisted_weight_file_in_an_adapter_is_refused(shadows):
-    from shadow.finetune import verify_adapter
+    from shadow.adapter import verify_adapter
 
     extra = shadows / "shadow_000" / "adapter_model.bin"
     extra.write_bytes(b"weights no checksum covers")

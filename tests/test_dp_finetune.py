@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from llm_features.errors import ConfigError
+from shadow.adapter import verify_adapter
+from shadow.dp import DEFAULT_DP_DELTA
 from shadow.finetune import (
-    DEFAULT_DP_DELTA,
     FinetuneConfig,
     _example_losses,
     _loss,
     collate,
     finetune,
-    verify_adapter,
 )
 
 FAST = dict(epochs=2, batch_size=4, max_tokens=32)
@@ -155,7 +155,7 @@ def test_given_noise_multiplier_epsilon_matches_opacus(tiny_model_dir, corpus, t
 
 
 def test_unreachable_epsilon_and_large_delta(tiny_model_dir, corpus, tmp_path, caplog):
-    from shadow.finetune import resolve_noise_multiplier
+    from shadow.dp import resolve_noise_multiplier
 
     for epsilon in (1e-9, 0.1):  # the RDP conversion cannot certify less than ~0.103 at delta=1e-5
         with pytest.raises(ConfigError, match=f"dp_epsilon={epsilon} is below 0.10"):
@@ -169,7 +169,7 @@ def test_unreachable_epsilon_and_large_delta(tiny_model_dir, corpus, tmp_path, c
     accountant = RDPAccountant()
     accountant.history = [(sigma, 0.5, 4)]
     assert 0.49 <= accountant.get_epsilon(delta=1e-5) <= 0.5  # just above the floor: reachable
-    with caplog.at_level(logging.WARNING, logger="shadow.finetune"):
+    with caplog.at_level(logging.WARNING, logger="shadow.dp"):
         dp = finetune(str(tiny_model_dir), corpus[:8], tmp_path / "b",
                       FinetuneConfig(epochs=1, batch_size=4, max_tokens=32, dp_epsilon=50, dp_delta=0.2),
                       progress=False)["dp"]
@@ -178,7 +178,7 @@ def test_unreachable_epsilon_and_large_delta(tiny_model_dir, corpus, tmp_path, c
 
 
 def test_dp_plan():
-    from shadow.finetune import dp_plan
+    from shadow.dp import dp_plan
 
     plan = dp_plan(FinetuneConfig(epochs=3, batch_size=8, dp_noise_multiplier=0.9), n_texts=100)
     assert (plan.noise_multiplier, plan.sample_rate, plan.expected_batch_size, plan.steps, plan.delta) == \

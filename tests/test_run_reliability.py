@@ -12,7 +12,7 @@ import experiments.studies.run as pipeline
 from experiments.studies.config import load_config
 from experiments.studies.run import claim_run_directory, run_experiment
 from llm_features.errors import ConfigError
-from shadow.finetune import ids_hash, read_manifest
+from shadow.adapter import ids_hash, read_manifest
 from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
 
 CONFIG = """

@@ -9,16 +9,15 @@ import pytest
 import torch
 
 from llm_features.errors import ConfigError, InputDataError, IntegrityError
+from shadow.adapter import ids_hash, verify_adapter
 from shadow.finetune import (
     FinetuneConfig,
     _loss,
     collate,
     epoch_batches,
     finetune,
-    ids_hash,
     linear_schedule,
     resolve_target_modules,
-    verify_adapter,
 )
 
 FAST = dict(epochs=1, batch_size=4, max_tokens=32)

@@ -17,7 +17,8 @@ import torch
 
 from llm_features.errors import ConfigError, IntegrityError
 from llm_features.texts import texts_from_list
-from shadow.finetune import FinetuneConfig, ids_hash, verify_adapter
+from shadow.adapter import ids_hash, verify_adapter
+from shadow.finetune import FinetuneConfig
 from shadow.shadows import load_membership, shadow_dirs, shadow_seed, train_shadows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,13 +148,13 @@ def test_bad_arguments(tmp_path, tiny_model_dir, pool):
 ENTRY = textwrap.dedent("""
     import logging, sys, time
     from pathlib import Path
-    import shadow.finetune as finetune_module
+    import shadow.adapter as adapter_module
     from llm_features.texts import texts_from_list
     from shadow.finetune import FinetuneConfig
     from shadow.shadows import train_shadows
 
     base, out, marker, texts_file = sys.argv[1:5]
-    real_write_manifest = finetune_module._write_manifest
+    real_write_manifest = adapter_module._write_manifest
 
     def slow_write_manifest(directory, manifest):
         # the second shadow stops after its adapter files are written, before its manifest
@@ -163,7 +164,7 @@ ENTRY = textwrap.dedent("""
             time.sleep(600)
         real_write_manifest(directory, manifest)
 
-    finetune_module._write_manifest = slow_write_manifest
+    adapter_module._write_manifest = slow_write_manifest
     texts = texts_from_list(Path(texts_file).read_text().splitlines())
     train_shadows(base, texts, Path(out), n_shadows={K}, seed={SEED}, progress=False,
                   config=FinetuneConfig(epochs=2, batch_size=4, max_tokens=32))

@@ -254,7 +254,7 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
     the pool keeps its row of the membership matrix.
     """
     from llm_features.models import load_model
-    from shadow.finetune import verify_adapter
+    from shadow.adapter import verify_adapter
     from shadow.membership import load_membership
     from shadow.shadows import shadow_dirs
 

@@ -131,7 +131,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     from llm_features.registry import parse_features
     from llm_features.scoring import score_texts
     from llm_features.texts import texts_from_list
-    from shadow.finetune import read_manifest
+    from shadow.adapter import read_manifest
 
     out = Path(out)
     canaries, included = canary_records(config)

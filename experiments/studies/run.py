@@ -269,7 +269,8 @@ def train_target(base_model: str, members: list[str], target_dir: Path, training
     """The target's LoRA fine-tune on its members, unless ``target_dir`` holds one that verifies
     and was trained from the same base, with the same settings, on the same texts in the same
     order (the manifest's ``ids_hash``)."""
-    from shadow.finetune import finetune, ids_hash, read_manifest, verify_adapter
+    from shadow.adapter import ids_hash, read_manifest, verify_adapter
+    from shadow.finetune import finetune
 
     if _adapter_verifies(verify_adapter, target_dir):
         manifest = read_manifest(target_dir)
