@@ -35,6 +35,7 @@ from llm_features.errors import ConfigError, InputDataError
 __all__ = ["check_binary_problem", "check_float", "check_int", "check_labels", "check_scores"]
 
 _SHOWN = 10  # positions and values quoted in a message
+_ENCODE = "Encode them as 0/1: members as 1, non-members as 0."
 
 
 def _positions(mask: np.ndarray) -> str:
@@ -70,7 +71,7 @@ def check_labels(labels: ArrayLike, *, name: str = "labels", both_classes: bool 
     else:
         if arr.dtype.kind not in "iufO":
             raise InputDataError(f"{name} must be 1 (member) or 0 (non-member), or booleans; got values of dtype "
-                                 f"{arr.dtype} such as {_distinct(arr[:3])}. Encode members as 1, non-members as 0.")
+                                 f"{arr.dtype} such as {_distinct(arr[:3])}. {_ENCODE}")
         if arr.dtype.kind == "O":
             good = np.array([isinstance(v, (numbers.Real, np.bool_)) and v in (0, 1) for v in arr], dtype=bool)
         else:
@@ -79,7 +80,7 @@ def check_labels(labels: ArrayLike, *, name: str = "labels", both_classes: bool 
             bad = ~good
             raise InputDataError(
                 f"{name} must be 1 (member) or 0 (non-member), or booleans; got {int(bad.sum())} other value(s): "
-                f"{_distinct(arr[bad])} (positions {_positions(bad)}). Encode members as 1, non-members as 0.")
+                f"{_distinct(arr[bad])} (positions {_positions(bad)}). {_ENCODE}")
         y = arr.astype(np.int8)
     if both_classes:
         _require_both_classes(y, name=name)
@@ -158,11 +159,20 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
 
+def _shown(name: str, value: Any) -> str:
+    """``key=value`` for a config key, ``--flag value`` for a command-line flag."""
+    if isinstance(value, np.generic):
+        value = value.item()  # 3, not np.int64(3)
+    return f"{name} {value!r}" if name.startswith("--") else f"{name}={value!r}"
+
+
 def check_int(value: Any, *, name: str, low: int | None = None, high: int | None = None, hint: str = "") -> int:
     """``value`` as an int, if it is an integer (not a bool) in ``[low, high]`` (None: unbounded).
 
     numpy integers are accepted; floats such as ``2.0`` and strings are not. ``hint`` is
-    appended to the message (what the option means, or another accepted form).
+    appended to the message (what the option means, or another accepted form). A ``name``
+    that starts with ``--`` is shown as a command-line flag (``--folds 1``), any other as a
+    key (``folds=1``).
 
     Raises:
         ConfigError: wrong type or out of range; the message names ``name``, the value and the range.
@@ -170,9 +180,9 @@ def check_int(value: Any, *, name: str, low: int | None = None, high: int | None
     allowed = _interval(low, high, False, False)
     extra = f" ({hint})" if hint else ""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name}={value!r} must be an integer{allowed}{extra}; got a {type(value).__name__}.")
+        raise ConfigError(f"{_shown(name, value)} must be an integer{allowed}{extra}; got a {type(value).__name__}.")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"{name}={value} is out of range; allowed: integers{allowed}{extra}.")
+        raise ConfigError(f"{_shown(name, value)} is out of range; allowed: integers{allowed}{extra}.")
     return int(value)
 
 
@@ -181,7 +191,8 @@ def check_float(value: Any, *, name: str, low: float | None = None, high: float 
     """``value`` as a float, if it is a real number (not a bool, not NaN) in the given interval.
 
     ``low_open`` / ``high_open`` exclude the bounds; ``+-inf`` is refused unless
-    ``allow_inf`` (and the interval admits it). ints and numpy floats are accepted.
+    ``allow_inf`` (and the interval admits it). ints and numpy floats are accepted. ``name``
+    and ``hint`` as in :func:`check_int`.
 
     Raises:
         ConfigError: wrong type, NaN, infinite or out of range.
@@ -191,9 +202,9 @@ def check_float(value: Any, *, name: str, low: float | None = None, high: float 
     kind = "number" if allow_inf else "finite number"
     if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or math.isnan(value)
             or (not allow_inf and math.isinf(value))):
-        raise ConfigError(f"{name}={value!r} must be a {kind}{allowed}{extra}; got {type(value).__name__} {value!r}.")
+        raise ConfigError(f"{_shown(name, value)} must be a {kind}{allowed}{extra}; got a {type(value).__name__}.")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
-        raise ConfigError(f"{name}={value!r} is out of range; allowed: numbers{allowed}{extra}.")
+        raise ConfigError(f"{_shown(name, value)} is out of range; allowed: numbers{allowed}{extra}.")
     return float(value)

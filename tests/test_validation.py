@@ -37,7 +37,7 @@ def test_check_labels_refuses_other_values_saying_what_and_where(labels, match):
     message = str(info.value)
     assert message.startswith("my labels")
     if "one-dimensional" not in message:
-        assert "1 (member) or 0 (non-member)" in message and "Encode members as 1" in message
+        assert "1 (member) or 0 (non-member)" in message and "Encode them as 0/1: members as 1" in message
 
 
 def test_check_labels_long_positions_are_cut():
@@ -129,3 +129,45 @@ def test_check_float():
     for bad in (float("nan"), float("inf"), True, "0.5", None):
         with pytest.raises(ConfigError, match=r"must be a finite number"):
             check_float(bad, name="f", low=0, high=1)
+
+
+def test_options_are_shown_as_keys_or_flags_with_plain_numbers():
+    with pytest.raises(ConfigError, match=r"^--folds 1 is out of range; allowed: integers >= 2\.$"):
+        check_int(np.int64(1), name="--folds", low=2)
+    with pytest.raises(ConfigError, match=r"^folds=1 is out of range"):
+        check_int(np.int64(1), name="folds", low=2)
+    with pytest.raises(ConfigError, match=r"^--rate 1.5 is out of range; allowed: numbers in \[0, 1\]\.$"):
+        check_float(np.float64(1.5), name="--rate", low=0, high=1)
+
+
+def test_lower_layers_raise_the_error_family():
+    from attack_models.fusion import reference_subsets
+    from llm_features.chunking import chunk_words
+    from llm_features.features import FeatureInput, check_fraction, check_quantile, token_log_ratios
+    from llm_features.scoring import TokenScores, bucket_batches, choose_statistics, length_batches
+
+    with pytest.raises(ConfigError, match=r"batch_size=0 is out of range; allowed: integers >= 1"):
+        length_batches([3, 4], batch_size=0)
+    with pytest.raises(ConfigError, match=r"batch_size=2.0 must be an integer"):
+        bucket_batches([3, 4], batch_size=2.0)
+    with pytest.raises(ConfigError, match="compile_statistics='sometimes'"):
+        choose_statistics("sometimes", n_elements=10)
+    with pytest.raises(ConfigError, match=r"k=0 must be in \(0, 1\]"):
+        check_fraction(k=0)
+    with pytest.raises(ConfigError, match=r"q=2 must be in \[0, 1\]"):
+        check_quantile(q=2)
+    with pytest.raises(InputDataError, match="3 words but 2 token counts"):
+        chunk_words(["a", "b", "c"], [1, 1], 4)
+    with pytest.raises(ConfigError, match=r"draws=0 is out of range"):
+        reference_subsets({3: 1}, 8, draws=0, seed=0)
+    with pytest.raises(InputDataError, match="at least one row"):
+        reference_subsets({}, 8, draws=3, seed=0)
+
+    def scores(n: int) -> TokenScores:
+        return TokenScores(token_logprobs=np.zeros(n), vocab_mean=np.zeros(n), vocab_std=np.ones(n),
+                           token_ranks=np.zeros(n, np.int32), n_tokens=n + 1)
+
+    with pytest.raises(ConfigError, match="needs reference-model scores"):
+        token_log_ratios(FeatureInput(text="a", target=scores(2)))
+    with pytest.raises(InputDataError, match="scored 2 and 3 tokens"):
+        token_log_ratios(FeatureInput(text="a", target=scores(2), reference=scores(3)))
