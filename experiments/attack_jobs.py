@@ -34,6 +34,7 @@ from llm_features.io import atomic_path, check_writable_directory, sha256_file, 
 from llm_features.registry import parse_features
 from llm_features.scoring import score_texts
 from llm_features.texts import TextSet, load_texts, texts_from_list
+from llm_features.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,8 @@ class FeatureSettings:
 
     def __post_init__(self) -> None:
         parse_features(self.features)
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 2:
-            raise ConfigError(f"--feature-max-tokens {self.max_tokens!r}: must be an integer of at least 2 "
-                              "(a text is scored from its second token on)")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"--feature-batch-size {self.batch_size!r}: must be an integer of at least 1")
+        check_int(self.max_tokens, name="--feature-max-tokens", low=2, hint="a text is scored from its second token on")
+        check_int(self.batch_size, name="--feature-batch-size", low=1)
 
     @property
     def columns(self) -> list[str]:
@@ -428,9 +426,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
                           f"(they have: {', '.join(recorded)})")
     if calibration not in CALIBRATIONS:
         raise ConfigError(f"--calibrated {calibration!r}: allowed are {', '.join(CALIBRATIONS)}")
-    if isinstance(reference_draws, bool) or not isinstance(reference_draws, int) or reference_draws < 0:
-        raise ConfigError(f"--reference-draws {reference_draws!r}: must be a whole number >= 0 (0 turns "
-                          "matched-reference scoring off)")
+    check_int(reference_draws, name="--reference-draws", low=0, hint="0 turns matched-reference scoring off")
     calibrated = CALIBRATIONS[calibration]
     views: list[str] = []
     stds: dict[str, float] = {}
