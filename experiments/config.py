@@ -210,7 +210,7 @@ class FeaturesConfig:
     """How features are computed (:class:`experiments.attack_jobs.FeatureSettings`).
 
     Attributes:
-        features: ``"all"`` or a feature spec such as ``"loss,min_k:k=0.1,zlib"``.
+        features: ``"all"`` or a feature spec such as ``"loss,min_k:k=0.1,zlib_ratio"``.
         neighbours: neighbour texts per text (>= 1), for the neighbour-gap feature.
         neighbour_fraction: share of tokens resampled per neighbour, in (0, 1].
         neighbour_top_k: neighbours resample among the top-k tokens (>= 2).

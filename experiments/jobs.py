@@ -18,6 +18,7 @@ from llm_features.extract import extract_features, needs_of
 from llm_features.io import atomic_path, check_writable_directory
 from llm_features.registry import FeatureRequest, parse_features
 from llm_features.texts import TextSet, load_texts
+from llm_features.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +34,11 @@ class NeighbourOptions:
     masked_lm: str | None = None
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ConfigError(f"--neighbours {self.n}: must be at least 1")
+        check_int(self.n, name="--neighbours", low=1)
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"--neighbour-fraction {self.fraction}: must be in (0, 1]")
-        if self.top_k < 2:
-            raise ConfigError(f"--neighbour-top-k {self.top_k}: must be at least 2")
+        check_int(self.top_k, name="features.neighbour_top_k", low=2, hint="the original token is excluded; set "
+                  "it in the run config, e.g. --set features.neighbour_top_k=20")
 
 
 def check_output_path(path: str | Path, *, suffix: str) -> Path:
