@@ -120,3 +120,10 @@ def test_documented_feature_specs_parse():
     for spec in specs:
         assert [r.feature.name for r in parse_features(spec)][0] == "loss"
     assert [r.column for r in parse_features("loss,min_k:k=0.1,zlib_ratio")] == ["loss", "min_k:k=0.1", "zlib_ratio"]
+
+
+def test_readme_custom_feature_example_runs_and_cleans_up():
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"A feature of your own.*?```python\n(.*?)```", readme, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    assert "logprob_spread" not in FEATURES
