@@ -39,7 +39,7 @@ _ENCODE = "Encode them as 0/1: members as 1, non-members as 0."
 
 
 def _positions(mask: np.ndarray) -> str:
-    """``[4, 17]``, or ``[4, 17, ..., ...]`` cut after the first few, of the True entries of ``mask``."""
+    """The positions of the True entries of ``mask``: ``[4, 17]``, cut after ten with ``, ...]``."""
     where = np.flatnonzero(mask)
     return str(where[:_SHOWN].tolist()) if where.size <= _SHOWN else str(where[:_SHOWN].tolist())[:-1] + ", ...]"
 
@@ -88,6 +88,7 @@ def check_labels(labels: ArrayLike, *, name: str = "labels", both_classes: bool 
 
 
 def _require_both_classes(y: np.ndarray, *, name: str) -> None:
+    """InputDataError unless the 0/1 labels ``y`` hold at least one member and one non-member."""
     n_members = int(y.sum())
     if n_members == 0 or n_members == y.size:
         missing = "members (label 1)" if n_members == 0 else "non-members (label 0)"
@@ -150,6 +151,7 @@ def check_binary_problem(labels: ArrayLike, scores: ArrayLike, *, labels_name: s
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    """The allowed range in words: `` in [1, 8]``, `` > 0``, `` <= 3``, or empty when unbounded."""
     if low is None and high is None:
         return ""
     if high is None:
