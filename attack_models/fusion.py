@@ -42,6 +42,7 @@ from attack_models.calibrated import (
     shadows_excluded_calibrated,
 )
 from llm_features.errors import InputDataError
+from llm_features.validation import check_int
 
 __all__ = ["CALIBRATED_PREFIX", "calibrated_column", "calibrate_candidates", "calibrate_shadow_table",
            "distinct_views", "out_reference_counts", "pooled_out_stds", "reference_subsets", "shadow_matrix",
@@ -149,14 +150,13 @@ def reference_subsets(counts: dict[int, int] | dict[str, int], n_shadows: int, *
     uniformly without replacement, from ``numpy.random.default_rng(seed)``: the same
     subsets for every candidate, so a text's score does not depend on its company.
     """
-    if draws < 1:
-        raise ValueError(f"draws must be >= 1; got {draws}")
-    if n_shadows < 1:
-        raise ValueError(f"n_shadows must be >= 1; got {n_shadows}")
+    check_int(draws, name="draws", low=1)
+    check_int(n_shadows, name="n_shadows", low=1)
     sizes = np.array([min(max(int(c), 1), n_shadows) for c in counts], dtype=np.int64)
     weights = np.array([float(n) for n in counts.values()], dtype=np.float64)
     if not len(sizes) or weights.sum() <= 0:
-        raise ValueError("counts must hold at least one row")
+        raise InputDataError(f"counts must hold at least one row with a positive count; got {len(sizes)} row(s) "
+                             f"with {weights.sum():g} in all")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(sizes, size=draws, p=weights / weights.sum())
     return [np.sort(rng.choice(n_shadows, size=int(m), replace=False)) for m in chosen]

@@ -28,6 +28,7 @@ from numpy.typing import ArrayLike
 from scipy.stats import rankdata
 
 from llm_features.errors import ConfigError, InputDataError
+from llm_features.validation import check_binary_problem, check_int, check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -63,59 +64,13 @@ __all__ = [
 # --------------------------------------------------------------------------- validation
 
 
-def _as_labels(labels: ArrayLike, *, name: str = "labels") -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise InputDataError(f"{name} must be one-dimensional; got shape {arr.shape}.")
-    if arr.dtype == bool:
-        return arr.astype(np.int8)
-    if arr.dtype.kind not in "iuf":
-        raise InputDataError(
-            f"{name} must be 0/1 (or bool); got dtype {arr.dtype}. Encode members as 1, "
-            "non-members as 0."
-        )
-    if arr.dtype.kind == "f" and np.isnan(arr).any():
-        raise InputDataError(f"{name} contain NaN at positions {np.flatnonzero(np.isnan(arr))[:10].tolist()}.")
-    bad = ~np.isin(arr, (0, 1))
-    if bad.any():
-        raise InputDataError(
-            f"{name} must be 0 (non-member) or 1 (member); got values "
-            f"{np.unique(arr[bad])[:10].tolist()}."
-        )
-    return arr.astype(np.int8)
-
-
-def _as_scores(scores: ArrayLike, *, name: str = "scores") -> np.ndarray:
-    arr = np.asarray(scores, dtype=np.float64)
-    if arr.ndim != 1:
-        raise InputDataError(f"{name} must be one-dimensional; got shape {arr.shape}.")
-    nan = np.isnan(arr)
-    if nan.any():
-        raise InputDataError(
-            f"{name} contain {int(nan.sum())} NaN value(s) (first at positions "
-            f"{np.flatnonzero(nan)[:10].tolist()}); an attack must score every text. "
-            "Drop or impute those texts before evaluating."
-        )
-    return arr
-
-
 def _validate(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Check labels/scores and return them as (int8 labels, float64 scores)."""
-    y = _as_labels(labels)
-    s = _as_scores(scores)
-    if y.shape[0] != s.shape[0]:
-        raise InputDataError(
-            f"labels and scores must have the same length; got {y.shape[0]} labels and "
-            f"{s.shape[0]} scores."
-        )
-    n_pos = int(y.sum())
-    if n_pos == 0 or n_pos == y.shape[0]:
-        which = "members (1)" if n_pos == 0 else "non-members (0)"
-        raise InputDataError(
-            f"labels must contain both members and non-members; got {y.shape[0]} labels "
-            f"and no {which}. ROC metrics are undefined with one class."
-        )
-    return y, s
+    """Check labels/scores and return them as (int8 labels, float64 scores).
+
+    The rules are those of :func:`llm_features.validation.check_binary_problem`: 0/1 or
+    boolean labels, one score per label, no NaN score (+-inf allowed), both classes present.
+    """
+    return check_binary_problem(labels, scores)
 
 
 def _check_fpr(fpr: float) -> float:
@@ -262,15 +217,14 @@ def balanced_accuracy(labels: ArrayLike, predictions: ArrayLike) -> float:
     (Brodersen et al. 2010). 0.5 is chance whatever the class balance; the membership
     advantage of Yeom et al. 2018 is ``2 * balanced_accuracy - 1``.
     """
-    y = _as_labels(labels)
-    p = _as_labels(predictions, name="predictions")
+    y = check_labels(labels)
+    p = check_labels(predictions, name="predictions")
     if y.shape[0] != p.shape[0]:
         raise InputDataError(
             f"labels and predictions must have the same length; got {y.shape[0]} and {p.shape[0]}."
         )
+    check_labels(y, both_classes=True)
     n_pos = int(y.sum())
-    if n_pos == 0 or n_pos == y.size:
-        raise InputDataError("labels must contain both members (1) and non-members (0).")
     tpr = float(((p == 1) & (y == 1)).sum() / n_pos)
     tnr = float(((p == 0) & (y == 0)).sum() / (y.size - n_pos))
     return (tpr + tnr) / 2.0
@@ -282,9 +236,7 @@ def balanced_accuracy(labels: ArrayLike, predictions: ArrayLike) -> float:
 def _rng(seed: int | np.random.Generator) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ConfigError(f"seed must be an int or a numpy Generator; got {seed!r}.")
-    return np.random.default_rng(int(seed))
+    return np.random.default_rng(check_int(seed, name="seed", low=0, hint="or a numpy Generator"))
 
 
 def _stratified_indices(y: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -298,8 +250,7 @@ def _stratified_indices(y: np.ndarray, n_resamples: int, rng: np.random.Generato
 
 
 def _check_bootstrap_params(n_resamples: int, confidence: float) -> None:
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise ConfigError(f"n_resamples must be a positive int; got {n_resamples!r}.")
+    check_int(n_resamples, name="n_resamples", low=1, hint="bootstrap resamples, e.g. 1000")
     if not isinstance(confidence, (int, float)) or not (0.0 < confidence < 1.0):
         raise ConfigError(f"confidence must be in (0, 1); got {confidence!r}. Example: 0.95.")
 

@@ -66,6 +66,7 @@ from scipy import stats
 
 from attack_models.metrics import _roc_counts
 from llm_features.errors import ConfigError, InputDataError
+from llm_features.validation import check_binary_problem, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -101,37 +102,16 @@ def _check_unit(name: str, value: object, example: str) -> float:
 
 
 def _check_seed(seed: object) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ConfigError(f"seed must be an int; got {seed!r}.")
-    return int(seed)
+    return check_int(seed, name="seed", low=0)
 
 
 def _check_inputs(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Labels as int8 0/1 and scores as float64, both 1-D, same length, both classes present."""
-    y = np.asarray(labels)
-    s = np.asarray(scores, dtype=np.float64)
-    if y.ndim != 1 or s.ndim != 1 or y.shape != s.shape:
-        raise InputDataError(f"labels and scores must be 1-D of the same length; got shapes {y.shape} and {s.shape}.")
-    if y.dtype == bool:
-        y = y.astype(np.int8)
-    if y.dtype.kind not in "iuf" or not np.isin(y, (0, 1)).all():
-        shown = np.unique(y[~np.isin(y, (0, 1))])[:10].tolist() if y.dtype.kind in "iuf" else y.dtype
-        raise InputDataError(f"labels must be 1 (member) or 0 (non-member); got {shown}.")
-    nan = np.isnan(s)
-    if nan.any():
-        raise InputDataError(
-            f"scores contain {int(nan.sum())} NaN value(s) (positions {np.flatnonzero(nan)[:10].tolist()}"
-            f"{', ...' if nan.sum() > 10 else ''}); an audit needs a score for every canary. Score them or "
-            "drop them, deciding without looking at their labels."
-        )
-    y = y.astype(np.int8)
-    n_members = int(y.sum())
-    if n_members == 0 or n_members == y.size:
-        missing = "members (label 1)" if n_members == 0 else "non-members (label 0)"
-        raise InputDataError(
-            f"an audit needs both members and non-members; got {y.size} canaries and no {missing}."
-        )
-    return y, s
+    """Labels as int8 0/1 and scores as float64, both 1-D, same length, both classes present.
+
+    The rules are those of :func:`llm_features.validation.check_binary_problem`; the
+    scores of the canaries may be +-inf, not NaN.
+    """
+    return check_binary_problem(labels, scores)
 
 
 def _json_ready(fields: dict[str, Any]) -> dict[str, Any]:

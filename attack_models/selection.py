@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from attack_models.classifiers import CLASSIFIERS, make_classifier
 from attack_models.metrics import partial_auc, roc_auc, tpr_at_fpr
 from llm_features.errors import ConfigError, InputDataError
+from llm_features.validation import check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ def _validate_table(table: pd.DataFrame, feature_columns: Sequence[str]) -> None
         raise ConfigError(f"{clash} are bookkeeping columns and cannot be features.")
     if not pd.api.types.is_integer_dtype(table["shadow"]):
         raise InputDataError(f"column 'shadow' must hold integers; got dtype {table['shadow'].dtype}.")
-    labels = table["label"].to_numpy()
-    if not np.isin(labels, (0, 1)).all():
-        raise InputDataError(f"column 'label' must be 0/1; got values {sorted(pd.unique(labels))[:10]}.")
+    check_labels(table["label"].to_numpy(), name="column 'label' of the shadow feature table")
     dup = table.duplicated(["shadow", "id"])
     if dup.any():
         first = table.loc[dup, ["shadow", "id"]].iloc[0].tolist()

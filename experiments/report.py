@@ -39,6 +39,7 @@ import numpy as np
 from attack_models.metrics import paired_difference, roc_curve, summarize, tpr_key
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.io import atomic_path, write_json_atomic, write_text_atomic
+from llm_features.validation import check_binary_problem, check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -55,43 +56,14 @@ _RESOLUTION_MARK = "†"
 
 def _check_inputs(labels: Any, attacks: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Validate labels and scores once, with messages that name the attack at fault."""
-    y = np.asarray(labels)
-    if y.ndim != 1:
-        raise InputDataError(f"labels must be one-dimensional; got shape {y.shape}.")
-    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and np.isnan(y).any()) or not np.isin(y, (0, 1)).all():
-        raise InputDataError("labels must be 1 (member) or 0 (non-member), or booleans.")
-    y = y.astype(np.int8)
-    n_pos = int(y.sum())
-    if n_pos == 0 or n_pos == y.size:
-        raise InputDataError(
-            f"labels must contain both members (1) and non-members (0); got {y.size} labels, "
-            f"{n_pos} members. ROC metrics are undefined with one class."
-        )
+    y = check_labels(labels, both_classes=True)
     if not isinstance(attacks, Mapping) or not attacks:
         raise InputDataError("attacks must be a non-empty dict {attack name: scores}.")
     checked: dict[str, np.ndarray] = {}
     for name, scores in attacks.items():
         if not isinstance(name, str) or not name.strip():
             raise InputDataError(f"attack names must be non-empty strings; got {name!r}.")
-        try:
-            s = np.asarray(scores, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InputDataError(f"attack {name!r}: scores are not numeric ({exc}).") from exc
-        if s.ndim != 1:
-            raise InputDataError(f"attack {name!r}: scores must be one-dimensional; got shape {s.shape}.")
-        if s.shape[0] != y.shape[0]:
-            raise InputDataError(
-                f"attack {name!r}: {s.shape[0]} scores for {y.shape[0]} labels; every attack "
-                "must score the same candidates, in the same order, as the labels."
-            )
-        nan = np.isnan(s)
-        if nan.any():
-            raise InputDataError(
-                f"attack {name!r}: {int(nan.sum())} NaN score(s) (first at positions "
-                f"{np.flatnonzero(nan)[:10].tolist()}); an attack must score every candidate. "
-                "Drop or impute those candidates for every attack before reporting."
-            )
-        checked[name] = s
+        checked[name] = check_binary_problem(y, scores, scores_name=f"attack {name!r} scores")[1]
     return y, checked
 
 

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from llm_features.errors import InputDataError
+
 _WORD = re.compile(r"\S+\s*")
 
 
@@ -32,7 +34,7 @@ def chunk_words(words: Sequence[str], token_counts: Sequence[int], chunk_tokens:
     the same size. Passages are stripped of surrounding whitespace.
     """
     if len(words) != len(token_counts):
-        raise ValueError(f"{len(words)} words but {len(token_counts)} token counts")
+        raise InputDataError(f"{len(words)} words but {len(token_counts)} token counts; give one count per word")
     passages: list[str] = []
     current: list[str] = []
     size = 0

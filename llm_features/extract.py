@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from llm_features.errors import ConfigError, InputDataError
 from llm_features.features import FeatureInput
 from llm_features.registry import FeatureRequest
 from llm_features.scoring import TokenScores, score_texts
@@ -38,11 +39,11 @@ def compute_features(
     """One row per text: the text's record (id and kept fields, without the text) and one column per feature."""
     needs = needs_of(requests)
     if "reference" in needs and reference_scores is None:
-        raise ValueError("requested features need reference scores; pass reference_scores")
+        raise ConfigError("requested features need reference scores; pass reference_scores")
     if "neighbours" in needs and neighbour_scores is None:
-        raise ValueError("requested features need neighbour scores; pass neighbour_scores")
+        raise ConfigError("requested features need neighbour scores; pass neighbour_scores")
     if len(target_scores) != len(texts):
-        raise ValueError(f"{len(target_scores)} target scores for {len(texts)} texts")
+        raise InputDataError(f"{len(target_scores)} target scores for {len(texts)} texts; score every text once")
     rows = []
     for i, text in enumerate(texts.texts):
         x = FeatureInput(
@@ -98,7 +99,7 @@ def extract_features(
                                 max_tokens=max_tokens, progress=progress, description="scoring target")
     if "reference" in needs and reference_scores is None:
         if reference is None:
-            raise ValueError("the reference feature needs a reference model or its scores")
+            raise ConfigError("the reference feature needs a reference model or its scores")
         if reference is target:
             reference_scores = target_scores
         else:
@@ -108,7 +109,7 @@ def extract_features(
     neighbour_scores = None
     if "neighbours" in needs:
         if neighbours is None:
-            raise ValueError("the neighbour_gap feature needs neighbour texts")
+            raise ConfigError("the neighbour_gap feature needs neighbour texts")
         neighbour_scores = score_neighbours(target.model, target.tokenizer, neighbours, batch_size=batch_size,
                                             max_tokens=max_tokens, progress=progress)
     return compute_features(texts, requests, target_scores, reference_scores=reference_scores,

@@ -15,6 +15,7 @@ import zlib
 
 import numpy as np
 
+from llm_features.errors import ConfigError, InputDataError
 from llm_features.registry import register_feature
 from llm_features.scoring import TokenScores
 
@@ -50,9 +51,9 @@ def lowest_fraction_mean(values: np.ndarray, *, k: float) -> float:
 
 
 def check_fraction(*, k: float) -> None:
-    """Raise ValueError unless 0 < k <= 1."""
+    """Raise ConfigError (a ValueError) unless 0 < k <= 1."""
     if not 0.0 < k <= 1.0:
-        raise ValueError(f"k={k} must be in (0, 1]: the fraction of tokens kept")
+        raise ConfigError(f"k={k} must be in (0, 1]: the fraction of tokens kept")
 
 
 @register_feature("loss")
@@ -83,7 +84,7 @@ def reference(x: FeatureInput) -> float:
     fine-tune lowered the text's loss. It is 0 when target and reference are one model.
     """
     if x.reference is None:
-        raise ValueError("the reference feature needs reference-model scores")
+        raise ConfigError("the reference feature needs reference-model scores")
     return mean_nll(x.reference) - mean_nll(x.target)
 
 
@@ -96,7 +97,7 @@ def neighbour_gap(x: FeatureInput) -> float:
     neighbours n_j are generated offline and scored by the same target model.
     """
     if not x.neighbours:
-        raise ValueError("the neighbour_gap feature needs neighbour scores")
+        raise ConfigError("the neighbour_gap feature needs neighbour scores")
     neighbour_nll = np.array([mean_nll(n) for n in x.neighbours])
     neighbour_nll = neighbour_nll[~np.isnan(neighbour_nll)]
     if neighbour_nll.size == 0:
@@ -150,9 +151,9 @@ def top1_rate(x: FeatureInput) -> float:
 
 
 def check_quantile(*, q: float) -> None:
-    """Raise ValueError unless 0 <= q <= 1."""
+    """Raise ConfigError (a ValueError) unless 0 <= q <= 1."""
     if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q={q} must be in [0, 1]: the quantile of the per-token values")
+        raise ConfigError(f"q={q} must be in [0, 1]: the quantile of the per-token values")
 
 
 def _quantile(values: np.ndarray, q: float) -> float:
@@ -164,9 +165,9 @@ def _quantile(values: np.ndarray, q: float) -> float:
 def token_log_ratios(x: FeatureInput) -> np.ndarray:
     """Per predicted token: log p_target(x_t | x_<t) - log p_reference(x_t | x_<t)."""
     if x.reference is None:
-        raise ValueError("this feature needs reference-model scores")
+        raise ConfigError("this feature needs reference-model scores")
     if x.reference.n_predicted != x.target.n_predicted:
-        raise ValueError(f"target and reference scored {x.target.n_predicted} and {x.reference.n_predicted} "
+        raise InputDataError(f"target and reference scored {x.target.n_predicted} and {x.reference.n_predicted} "
                          "tokens of one text; score both with the same tokenizer and max_tokens")
     return x.target.token_logprobs.astype(np.float64) - x.reference.token_logprobs.astype(np.float64)
 

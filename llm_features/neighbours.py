@@ -27,6 +27,7 @@ import numpy as np
 
 from llm_features.scoring import length_batches, pad_right, tokenize
 from llm_features.texts import text_id
+from llm_features.validation import check_float, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +66,9 @@ def _special_ids(tokenizer: Any) -> list[int]:
 
 
 def _check(n_neighbours: int, fraction: float, top_k: int) -> None:
-    if n_neighbours < 1:
-        raise ValueError(f"n_neighbours={n_neighbours} must be at least 1")
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction={fraction} must be in (0, 1]")
-    if top_k < 2:
-        raise ValueError(f"top_k={top_k} must be at least 2 (the original token is excluded)")
+    check_int(n_neighbours, name="n_neighbours", low=1)
+    check_float(fraction, name="fraction", low=0.0, high=1.0, low_open=True, hint="the share of tokens resampled")
+    check_int(top_k, name="top_k", low=2, hint="the original token is excluded")
 
 
 def resample_neighbours(

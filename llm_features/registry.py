@@ -8,6 +8,19 @@ extractor computes only what the requested features use.
 Features are requested by name, with optional keyword hyperparameters:
 ``"min_k"`` or ``"min_k:k=0.1"``. A misspelled name or hyperparameter fails with the
 list of what exists, before any model is loaded.
+
+This module knows nothing of the built-in features: :mod:`llm_features.features` imports
+it and registers them, and the package (``llm_features/__init__.py``) imports that module,
+so they are registered whenever anything from ``llm_features`` is imported (the layout of
+opacus' ``grad_sample`` package). Your own features register the same way::
+
+    from llm_features.registry import register_feature
+
+    @register_feature("my_feature")
+    def my_feature(x, *, scale: float = 1.0) -> float:
+        return -scale * float(x.target.token_logprobs.std())
+
+and :func:`unregister_feature` removes one again (e.g. at the end of a test).
 """
 
 from __future__ import annotations
@@ -78,31 +91,38 @@ def register_feature(
 ) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register ``function`` under ``name``; hyperparameters must be keyword-only with defaults.
 
-    ``validate(**hyperparameters)`` raises ValueError for values out of range; it runs when
-    a request is parsed, before any model is loaded. ``presets`` are the hyperparameter
+    ``validate(**hyperparameters)`` raises ValueError (e.g. ConfigError) for values out of
+    range; it runs when a request is parsed, before any model is loaded. ``presets`` are the hyperparameter
     settings that ``"all"`` requests (e.g. several quantiles of one token-level statistic);
     without them ``"all"`` requests the defaults.
+
+    Raises:
+        ConfigError: ``name`` is already registered (:func:`unregister_feature` it first to
+            replace it), a hyperparameter is not keyword-only with a default, or ``needs``
+            or a preset names something unknown.
     """
     unknown = set(needs) - set(NEEDS)
     if unknown:
-        raise ValueError(f"feature {name!r}: unknown needs {sorted(unknown)}; allowed: {NEEDS}")
+        raise ConfigError(f"feature {name!r}: unknown needs {sorted(unknown)}; allowed: {NEEDS}")
 
     def decorator(function: Callable[..., float]) -> Callable[..., float]:
         if name in FEATURES:
-            raise ValueError(f"feature {name!r} is already registered (by {FEATURES[name].function.__qualname__})")
+            raise ConfigError(f"feature {name!r} is already registered (by {FEATURES[name].function.__qualname__}); "
+                              "choose another name, or unregister_feature it first to replace it")
         signature = inspect.signature(function)
         parameters = list(signature.parameters.values())
         defaults = {}
         for parameter in parameters[1:]:
             if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or parameter.default is inspect.Parameter.empty:
-                raise ValueError(
+                raise ConfigError(
                     f"feature {name!r}: hyperparameter {parameter.name!r} must be keyword-only with a default"
                 )
             defaults[parameter.name] = parameter.default
         for preset in presets:
             unknown_keys = set(preset) - set(defaults)
             if unknown_keys:
-                raise ValueError(f"feature {name!r}: preset {preset} names unknown hyperparameters {sorted(unknown_keys)}")
+                raise ConfigError(f"feature {name!r}: preset {preset} names unknown hyperparameters "
+                                  f"{sorted(unknown_keys)}; allowed: {sorted(defaults)}")
             if validate is not None:
                 validate(**{**defaults, **preset})
         FEATURES[name] = Feature(name=name, function=function, needs=frozenset(needs), defaults=defaults,
@@ -112,9 +132,23 @@ def register_feature(
     return decorator
 
 
+def unregister_feature(name: str) -> Feature:
+    """Remove the feature registered under ``name`` and return it.
+
+    For tests and for replacing a feature (built-in ones included) with your own version:
+    unregister it, then :func:`register_feature` the new function under the same name.
+
+    Raises:
+        ConfigError: no feature is registered under ``name``.
+    """
+    if name not in FEATURES:
+        raise ConfigError(f"cannot unregister feature {name!r}: it is not registered; "
+                          f"registered features: {', '.join(known_features())}")
+    return FEATURES.pop(name)
+
+
 def known_features() -> list[str]:
     """Names of the registered features, sorted."""
-    _ensure_builtin_features()
     return sorted(FEATURES)
 
 
@@ -125,7 +159,6 @@ def parse_features(spec: str | list[str] | None) -> list[FeatureRequest]:
     preset of the features that have presets); ``"all,-neighbour_gap"`` all but the
     features named with a leading ``-`` (e.g. to skip the neighbours' extra passes).
     """
-    _ensure_builtin_features()
     if spec is None or spec == "all":
         return [request for name in sorted(FEATURES) for request in FEATURES[name].default_requests()]
     items = spec if isinstance(spec, list) else _split_items(spec)
@@ -198,7 +231,3 @@ def _coerce(raw: str, default: Any, *, where: str) -> Any:
         return type(default)(raw)
     except ValueError as exc:
         raise ConfigError(f"{where}={raw!r} is not a valid {type(default).__name__}") from exc
-
-
-def _ensure_builtin_features() -> None:
-    import llm_features.features  # noqa: F401  (registers the built-in features)

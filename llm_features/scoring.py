@@ -31,6 +31,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from llm_features.errors import ConfigError
+from llm_features.validation import check_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,8 +57,7 @@ class TokenScores:
 
 def tokenize(tokenizer: Any, texts: Sequence[str], *, max_tokens: int) -> tuple[list[list[int]], list[bool]]:
     """Token ids of each text, cut to ``max_tokens``; also whether each text was cut."""
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens={max_tokens} must be at least 2 (one token to predict from, one to predict)")
+    check_int(max_tokens, name="max_tokens", low=2, hint="one token to predict from, one to predict")
     encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
     truncated = [len(ids) > max_tokens for ids in encoded]
     return [list(ids[:max_tokens]) for ids in encoded], truncated
@@ -78,8 +80,7 @@ def scored_prefix(tokenizer: Any, text: str, *, max_tokens: int) -> str:
 
 def length_batches(lengths: Sequence[int], *, batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), for dynamic padding."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    check_int(batch_size, name="batch_size", low=1)
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
@@ -98,8 +99,7 @@ def bucket_batches(lengths: Sequence[int], *, batch_size: int,
     forward pass of a text has the same shape whatever texts share its call, which is what
     makes bfloat16 scores independent of their company (see :func:`score_texts`).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    check_int(batch_size, name="batch_size", low=1)
     buckets: dict[int, list[int]] = {}
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
         buckets.setdefault(-(-max(lengths[i], 1) // width_multiple) * width_multiple, []).append(i)
@@ -317,7 +317,7 @@ _COMPILED: dict[str, Any] = {}
 def choose_statistics(mode: str, *, n_elements: int) -> Statistics:
     """The eager or the ``torch.compile``-d statistics kernel, by ``mode`` and job size."""
     if mode not in STATISTICS_MODES:
-        raise ValueError(f"compile_statistics={mode!r} is not one of {STATISTICS_MODES}")
+        raise ConfigError(f"compile_statistics={mode!r} is not one of {STATISTICS_MODES}")
     if mode == "never" or (mode == "auto" and n_elements < AUTO_COMPILE_ELEMENTS):
         return Statistics(vocabulary_statistics, rows_per_chunk=STATISTICS_ROWS, compiled=False)
     if "kernel" not in _COMPILED:
@@ -347,7 +347,7 @@ def pad_right(rows: Sequence[Sequence[int]], *, pad_id: int, device: Any = "cpu"
     if width is None:
         width = longest
     elif width < longest:
-        raise ValueError(f"width={width} is shorter than the longest row ({longest} tokens)")
+        raise ConfigError(f"width={width} is shorter than the longest row ({longest} tokens); pass width >= {longest}")
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for row, ids in enumerate(rows):

@@ -35,6 +35,7 @@ import numpy as np
 
 from llm_features.errors import ConfigError, IntegrityError
 from llm_features.io import atomic_path, write_json_atomic
+from llm_features.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ def membership_matrix(n_texts: int, n_shadows: int, *, seed: int) -> np.ndarray:
         ConfigError: ``K`` odd or below 2, ``N`` below 2, or a non-integer argument.
     """
     for name, value in (("n_texts", n_texts), ("n_shadows", n_shadows), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ConfigError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+        check_int(value, name=name)
     if n_shadows < 2 or n_shadows % 2:
         raise ConfigError(
             f"n_shadows={n_shadows}: the online shadow design needs an even number of shadows, "

@@ -51,6 +51,7 @@ import numpy as np
 from llm_features.errors import ConfigError, IntegrityError, ShadowMIAError
 from llm_features.io import library_versions, write_json_atomic
 from llm_features.texts import TextSet
+from llm_features.validation import check_int
 from shadow.adapter import PARTIAL_MARK, ids_hash, read_manifest, verify_adapter
 from shadow.finetune import FinetuneConfig, finetune
 from shadow.membership import load_membership, membership_matrix, save_membership
@@ -156,8 +157,8 @@ def train_shadows(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not one of {BACKENDS}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"workers={workers!r} must be a positive integer or None")
+    if workers is not None:
+        check_int(workers, name="workers", low=1, hint="or None for the default")
     if not isinstance(texts, TextSet):
         raise ConfigError(
             f"texts must be a TextSet (llm_features.texts.load_texts / texts_from_list), got "

@@ -124,7 +124,7 @@ def test_balanced_accuracy():
         ([1, 1, 1], [0.1, 0.2, 0.3], "both members and non-members"),
         ([0, 0], [0.1, 0.2], "both members and non-members"),
         ([0, 1], [0.1, np.nan], "NaN"),
-        ([0, 2], [0.1, 0.2], "0 \\(non-member\\) or 1"),
+        ([0, 2], [0.1, 0.2], "1 \\(member\\) or 0 \\(non-member\\)"),
         ([[0, 1]], [[0.1, 0.2]], "one-dimensional"),
     ],
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_features.errors import ModelLoadError
+from llm_features.errors import ConfigError, ModelLoadError
 from llm_features.neighbours import (
     choose_positions,
     masked_lm_neighbours,
@@ -163,7 +163,7 @@ def test_bpe_neighbours_on_the_tiny_llama(tiny_model_dir, corpus):
 
 @pytest.mark.parametrize("kwargs", [{"n_neighbours": 0}, {"fraction": 0.0}, {"fraction": 1.5}, {"top_k": 1}])
 def test_bad_arguments(word_model, kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="is out of range"):
         run(word_model, ["alpha bravo charlie"], **kwargs)
 
 

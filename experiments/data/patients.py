@@ -48,7 +48,7 @@ from experiments.data.patient_vocabulary import (
     WARDS,
     WITH_ARTICLE,
 )
-from llm_features.errors import ConfigError
+from llm_features.validation import check_int
 from llm_features.io import atomic_path
 
 __all__ = [
@@ -336,11 +336,8 @@ def generate_patient_records(n: int, *, seed: int) -> list[dict[str, Any]]:
     records of ``generate_patient_records(m, seed=s)`` are the first ``m`` of any larger
     ``n`` with the same seed.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ConfigError(f"n must be a non-negative integer, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
-    draws = _Draws(np.random.default_rng(int(seed)))
+    check_int(n, name="n", low=0, hint="the number of records")
+    draws = _Draws(np.random.default_rng(check_int(seed, name="seed", low=0)))
     records: list[dict[str, Any]] = []
     seen_texts: set[str] = set()
     seen_ids: set[str] = set()

@@ -26,6 +26,7 @@ from llm_features.errors import ConfigError, InputDataError, IntegrityError
 from llm_features.io import check_writable_directory, sha256_file
 from llm_features.registry import parse_features
 from llm_features.texts import load_texts
+from llm_features.validation import check_int
 
 if TYPE_CHECKING:
     from attack_models.attack import FittedAttack
@@ -193,9 +194,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
                           f"(they have: {', '.join(recorded)})")
     if calibration not in CALIBRATIONS:
         raise ConfigError(f"--calibrated {calibration!r}: allowed are {', '.join(CALIBRATIONS)}")
-    if isinstance(reference_draws, bool) or not isinstance(reference_draws, int) or reference_draws < 0:
-        raise ConfigError(f"--reference-draws {reference_draws!r}: must be a whole number >= 0 (0 turns "
-                          "matched-reference scoring off)")
+    check_int(reference_draws, name="--reference-draws", low=0, hint="0 turns matched-reference scoring off")
     calibrated = CALIBRATIONS[calibration]
     views: list[str] = []
     stds: dict[str, float] = {}

@@ -18,6 +18,7 @@ import pandas as pd
 from attack_models.privacy_bounds import classic_epsilon_bound, one_run_epsilon_bound
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.io import write_json_atomic
+from llm_features.validation import check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +75,9 @@ def _labels_from_file(scores: pd.DataFrame, scores_path: Path, labels_path: Path
 
 def _check_labels(labels: np.ndarray, path: Path, column: str) -> np.ndarray:
     values = pd.Series(labels)
-    if values.dtype == bool:
-        return values.astype(int).to_numpy()
-    numeric = pd.to_numeric(values, errors="coerce")
-    bad = values[~numeric.isin((0, 1))]
-    if bad.size:
-        raise InputDataError(f"{path}: column {column!r} must hold 1 (member) or 0 (non-member); got "
-                             f"{bad.size} other value(s), e.g. {bad.unique()[:5].tolist()}.")
-    return numeric.astype(int).to_numpy()
+    numeric = values if values.dtype == bool else pd.to_numeric(values, errors="coerce")
+    numeric = numeric.astype(object).where(numeric.notna(), values)  # text such as "yes" is quoted as read
+    return check_labels(numeric.to_numpy(), name=f"{path}: column {column!r}").astype(int)
 
 
 def _check_scores(table: pd.DataFrame, path: Path, column: str) -> np.ndarray:

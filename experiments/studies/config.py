@@ -60,6 +60,7 @@ from typing import Any, Iterable, Mapping
 
 from llm_features.errors import ConfigError
 from llm_features.settings import FeatureSettings
+from llm_features.validation import check_float, check_int
 from shadow.finetune import FinetuneConfig
 
 __all__ = [
@@ -88,10 +89,7 @@ _MAX_SEED = 2**63 - 1
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}={value!r} must be an integer in [{low}, {high}]")
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value} is out of range; allowed: integers in [{low}, {high}]")
+    check_int(value, name=name, low=low, high=high)
 
 
 def _check_str(name: str, value: Any, *, allowed: str = "a non-empty string") -> None:
@@ -328,10 +326,8 @@ class AuditConfig:
                               "e.g. epsilons = [1.0, 8.0, inf]")
         object.__setattr__(self, "epsilons", epsilons)
         for name in ("delta", "confidence"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ConfigError(f"{name}={value!r} is out of range; allowed: numbers in (0, 1)")
-            object.__setattr__(self, name, float(value))
+            value = check_float(getattr(self, name), name=name, low=0, high=1, low_open=True, high_open=True)
+            object.__setattr__(self, name, value)
         try:
             columns = [r.column for r in parse_features(self.features)]
             statistic = [r.column for r in parse_features(self.statistic)]

@@ -40,6 +40,7 @@ from llm_features.io import library_versions, write_json_atomic
 from llm_features.registry import FeatureRequest, known_features, parse_features
 from llm_features.settings import FeatureSettings
 from llm_features.texts import load_texts
+from llm_features.validation import check_int, check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,7 @@ def _blind_classifier(*, seed: int, inner_folds: int) -> Any:
 
 
 def _check_folds(folds: int, labels: np.ndarray, *, source: str) -> None:
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ConfigError(f"--folds {folds!r}: must be an integer of at least 2")
+    check_int(folds, name="--folds", low=2)
     n_members = int(labels.sum())
     smallest = min(n_members, labels.size - n_members)
     if smallest < folds:
@@ -113,12 +113,9 @@ def blind_baseline_scores(texts: Sequence[str], labels: Sequence[int], *, folds:
     from sklearn.model_selection import StratifiedKFold
 
     texts = list(texts)
-    y = np.asarray(labels)
-    if y.ndim != 1 or y.size != len(texts):
+    y = check_labels(labels, name=f"{source}: labels").astype(np.int64)
+    if y.size != len(texts):
         raise InputDataError(f"{source}: {y.size} labels for {len(texts)} texts")
-    if not np.isin(y, (0, 1)).all():
-        raise InputDataError(f"{source}: labels must be 0 (non-member) or 1 (member)")
-    y = y.astype(np.int64)
     _check_folds(folds, y, source=source)
     scores = np.full(len(texts), np.nan)
     splitter = StratifiedKFold(n_splits=int(folds), shuffle=True, random_state=seed)
@@ -212,8 +209,7 @@ def run_pretraining_detection(
     columns = [r.column for r in requests]
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device=device)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ConfigError(f"--seed {seed!r}: must be an integer")
+    check_int(seed, name="--seed", low=0)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir}: is a file; give a directory for the report")
