@@ -19,6 +19,12 @@ Blank lines (empty or whitespace only) of the line-based formats, ``.jsonl`` and
 are skipped alike: they are no record. A warning counts those between records (in a
 ``.txt`` file they often mean texts that span several lines, which need ``.jsonl``).
 An empty text inside a record (any format) is an error.
+
+Data sets of the Hugging Face ``datasets`` library are read by :func:`load_dataset_texts`:
+a local directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, or a
+hub name (``"fancyzhx/ag_news"``) on a machine that reaches the hub. Their rows go through
+the same checks as a file's (``row N`` in place of the line). ``datasets`` is an optional
+dependency (``pip install 'shadowmia[data]'``), imported only there.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
@@ -51,10 +57,16 @@ def text_id(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class TextSet:
-    """Texts with ids and kept fields; ``records`` has columns ``id``, ``text`` and the rest."""
+    """Texts with ids and kept fields; ``records`` has columns ``id``, ``text`` and the rest.
+
+    ``source`` names where the texts came from in messages; ``provenance`` records what was
+    read, for the artifacts of a run (a file's ``path``; a data set's name, subset, split,
+    revision and fingerprint).
+    """
 
     records: pd.DataFrame
     source: str
+    provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -77,7 +89,7 @@ class TextSet:
     def subset(self, ids: list[str]) -> "TextSet":
         """The texts with the given ids, in that order."""
         frame = self.records.set_index("id", drop=False).loc[ids].reset_index(drop=True)
-        return TextSet(records=frame, source=self.source)
+        return TextSet(records=frame, source=self.source, provenance=self.provenance)
 
 
 def texts_from_list(texts: list[str], *, source: str = "<memory>", **fields: list[Any]) -> TextSet:
@@ -110,10 +122,157 @@ def load_texts(path: str | os.PathLike, *, text_field: str = "text") -> TextSet:
         raise InputDataError(f"{path}: cannot be read ({exc.strerror})") from exc
     if not rows:
         raise InputDataError(f"{path}: holds no texts")
-    return _build(iter(rows), source=str(path), text_field=text_field)
+    return _build(iter(rows), source=str(path), text_field=text_field, provenance={"path": str(path)})
 
 
-def _build(rows: Iterator[tuple[str, dict[str, Any]]], *, source: str, text_field: str) -> TextSet:
+def load_dataset_texts(name: str, *, split: str | None, text_field: str = "text", revision: str | None = None,
+                       subset: str | None = None) -> TextSet:
+    """Read the texts of a ``datasets`` data set: a local directory or a hub name.
+
+    Args:
+        name: a directory written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``
+            (read with ``datasets.load_from_disk``, never the network), else a hub name such
+            as ``"fancyzhx/ag_news"`` (read with ``datasets.load_dataset``).
+        split: the split to read. Needed for a hub name and for a saved ``DatasetDict``; for a
+            saved single ``Dataset`` it may be None, and if given must match the split the
+            data set records (when it records one).
+        text_field: the column holding the text.
+        revision: a hub revision (branch, tag or commit) to pin; hub names only.
+        subset: the hub data set's configuration (its "subset", ``name=`` of
+            ``load_dataset``); hub names only.
+
+    Every row goes through the checks of :func:`load_texts` (empty texts, duplicates,
+    labels), named ``row N``. A ``label`` column of integers 0/1 is membership ground truth
+    as for files; a ``label`` declared as a ``datasets.ClassLabel`` (AG News's topic) is a
+    class of the data set, not membership, and is kept as ``user_label``.
+
+    The TextSet's ``provenance`` holds the name, subset, split, revision, the number of
+    rows and the data set's fingerprint (``Dataset._fingerprint``).
+
+    Raises:
+        InputDataError: ``datasets`` is not installed, the directory is not a saved data
+            set, the hub cannot be reached or has no such data set, the split or the text
+            column is missing, or a row fails a check.
+    """
+    datasets = _import_datasets()
+    local = Path(name).is_dir()
+    if local:
+        for key, value in (("revision", revision), ("subset", subset)):
+            if value is not None:
+                raise InputDataError(
+                    f"{name}: {key}={value!r} applies to a hub data set; a local directory is read as saved, "
+                    f"so leave {key} out")
+        data = _load_saved_dataset(datasets, name, split)
+    else:
+        data = _load_hub_dataset(datasets, name, split=split, revision=revision, subset=subset)
+    source = name if split is None else f"{name} (split {split!r})"
+    columns = list(data.column_names)
+    if text_field not in columns:
+        raise InputDataError(
+            f"{source}: no column {text_field!r} (columns: {', '.join(columns) or 'none'}); set data.text_field "
+            "to the column that holds the text")
+    if len(data) == 0:
+        raise InputDataError(f"{source}: holds no texts")
+    provenance = {"dataset": name, "local": local, "subset": subset, "split": split, "revision": revision,
+                  "fingerprint": getattr(data, "_fingerprint", None), "rows": len(data),
+                  "datasets_version": getattr(datasets, "__version__", "unknown")}
+    label = data.features.get("label")
+    if text_field != "label" and isinstance(label, datasets.ClassLabel):
+        if "user_label" in columns:
+            raise InputDataError(
+                f"{source}: the data set has a class column 'label' and a 'user_label' column; the class is kept "
+                "as 'user_label' (the 'label' column is membership, 0/1), so rename one of the two columns")
+        logger.info("%s: its label column is a class (%s), not membership; kept as user_label", source,
+                    ", ".join(map(str, label.names[:8])))
+        data = data.rename_column("label", "user_label")
+    rows = ((f"row {index}", row) for index, row in enumerate(data))
+    return _build(rows, source=source, text_field=text_field, provenance=provenance)
+
+
+_DATASETS_MISSING = ("reading data.dataset needs the 'datasets' package, which is not installed: "
+                     "pip install 'shadowmia[data]' (or datasets), or export the texts to a .jsonl file and "
+                     "use data.path")
+
+
+def _import_datasets() -> Any:
+    """The ``datasets`` module, imported here only (it is optional)."""
+    try:
+        import datasets
+    except ImportError:
+        raise InputDataError(_DATASETS_MISSING) from None
+    return datasets
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+
+
+def _split_names(data: Any) -> list[str]:
+    return [str(s) for s in data]
+
+
+def _load_saved_dataset(datasets: Any, name: str, split: str | None) -> Any:
+    """A ``Dataset`` from a ``save_to_disk`` directory (a ``DatasetDict``'s ``split``)."""
+    try:
+        data = datasets.load_from_disk(name)
+    except Exception as exc:  # FileNotFoundError, a damaged or foreign directory, ...
+        raise InputDataError(
+            f"{name}: not a data set written by Dataset.save_to_disk or DatasetDict.save_to_disk "
+            f"({_one_line(exc)}); save one there, or give a hub name or a file (data.path)") from None
+    if isinstance(data, datasets.DatasetDict):
+        splits = _split_names(data)
+        if split is None:
+            raise InputDataError(f"{name}: holds the splits {splits}; set data.split to the one to read")
+        if split not in data:
+            raise InputDataError(f"{name}: no split {split!r}; its splits: {splits}; set data.split to one of them")
+        return data[split]
+    recorded = None if data.split is None else str(data.split)
+    if split is not None and recorded is not None and recorded != split:
+        raise InputDataError(
+            f"{name}: data.split={split!r} but the directory holds one Dataset of split {recorded!r}; set "
+            f"data.split = {recorded!r}, or point data.dataset at a directory that holds split {split!r}")
+    return data
+
+
+def _load_hub_dataset(datasets: Any, name: str, *, split: str | None, revision: str | None,
+                      subset: str | None) -> Any:
+    """One split of a hub data set, through ``datasets.load_dataset`` (and its cache)."""
+    where = Path(name).resolve()
+    if split is None:
+        raise InputDataError(
+            f"{name}: no directory {where} exists, so it is read as a hub name, which needs data.split "
+            "(e.g. split = \"test\")")
+    offline_hint = (f"on a machine without the hub, save a copy elsewhere (datasets.load_dataset({name!r}, "
+                    f"split={split!r}).save_to_disk(DIR)) and use --set data.dataset=DIR, or export it to a "
+                    ".jsonl file and use --set data.path=FILE")
+    try:
+        data = datasets.load_dataset(name, subset, split=split, revision=revision)
+    except ConnectionError as exc:  # also what HF_HUB_OFFLINE=1 gives
+        raise InputDataError(
+            f"{name}: the Hugging Face hub cannot be reached ({_one_line(exc)}) and no directory {where} exists; "
+            f"{offline_hint}") from None
+    except Exception as exc:
+        not_found = getattr(getattr(datasets, "exceptions", None), "DatasetNotFoundError", ())
+        if not_found and isinstance(exc, not_found):
+            raise InputDataError(
+                f"{name}: no such data set on the hub, or it is gated or private ({_one_line(exc)}), and no "
+                f"directory {where} exists; check the name (namespace/name), or give a local save_to_disk "
+                "directory or a file (data.path)") from None
+        if isinstance(exc, ValueError) and "split" in str(exc).lower():
+            raise InputDataError(f"{name}: split {split!r} cannot be read ({_one_line(exc)}); set data.split "
+                                 "to one of the data set's splits") from None
+        raise InputDataError(f"{name}: the data set cannot be loaded ({_one_line(exc)}); {offline_hint}") from None
+    if isinstance(data, datasets.DatasetDict):  # not with a split given, but be sure
+        raise InputDataError(f"{name}: holds the splits {_split_names(data)}; set data.split to one of them")
+    return data
+
+
+def _build(rows: Iterator[tuple[str, dict[str, Any]]], *, source: str, text_field: str,
+           provenance: Mapping[str, Any] | None = None) -> TextSet:
+    """The TextSet of ``(where, record)`` pairs, after every check of the module docstring."""
     records: list[dict[str, Any]] = []
     seen: dict[str, tuple[str, Any]] = {}  # id -> where the text first was, and its label
     duplicates = 0
@@ -138,7 +297,7 @@ def _build(rows: Iterator[tuple[str, dict[str, Any]]], *, source: str, text_fiel
             f"{source}: {missing} record(s) have no label while others do; give every record a "
             "label (0 or 1) or none"
         )
-    return TextSet(records=frame, source=source)
+    return TextSet(records=frame, source=source, provenance=dict(provenance or {}))
 
 
 RESERVED_FIELDS = ("id", "text")

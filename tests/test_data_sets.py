@@ -1,0 +1,179 @@
+"""Data sets by name: ``load_dataset_texts`` reads through the ``datasets`` library, offline.
+
+Every data set here is built in the test and saved with ``save_to_disk`` (or read from a
+local JSON file with ``load_dataset("json", ...)``); the hub is never contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm_features.errors import InputDataError
+from llm_features.texts import load_dataset_texts, load_texts, text_id
+
+datasets = pytest.importorskip("datasets")
+
+TEXTS = [f"text number {i} about topic {i % 3}" for i in range(12)]
+
+def saved_dataset(directory: Path, rows: dict[str, list], **features) -> Path:
+    """A single Dataset of ``rows`` saved with save_to_disk in ``directory``."""
+    data = datasets.Dataset.from_dict(rows)
+    for column, feature in features.items():
+        data = data.cast_column(column, feature)
+    data.save_to_disk(str(directory))
+    return directory
+
+
+@pytest.fixture
+def one(tmp_path) -> Path:
+    """A saved single Dataset: text, a 0/1 label, an extra field, a record id."""
+    return saved_dataset(tmp_path / "one", {"text": TEXTS, "label": [i % 2 for i in range(12)],
+                                            "topic": [i % 3 for i in range(12)], "id": list(range(12))})
+
+
+@pytest.fixture
+def splits(tmp_path) -> Path:
+    """A DatasetDict (train/test) read from local JSON lines with load_dataset("json"), saved."""
+    files = {}
+    for name, part in (("train", TEXTS[:8]), ("test", TEXTS[8:])):
+        files[name] = str(tmp_path / f"{name}.jsonl")
+        Path(files[name]).write_text("".join(json.dumps({"body": t}) + "\n" for t in part), encoding="utf-8")
+    data = datasets.load_dataset("json", data_files=files, cache_dir=str(tmp_path / "cache"))
+    data.save_to_disk(str(tmp_path / "splits"))
+    return tmp_path / "splits"
+
+
+def load_error(*args, **kwargs) -> str:
+    with pytest.raises(InputDataError) as info:
+        load_dataset_texts(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# ----------------------------------------------------------------------------- the loader
+
+
+def test_a_saved_dataset_reads_like_a_file(one, tmp_path):
+    texts = load_dataset_texts(str(one), split=None)
+    assert texts.texts == TEXTS and texts.ids == [text_id(t) for t in TEXTS]
+    assert texts.labels == [i % 2 for i in range(12)]
+    assert texts.records["topic"].tolist() == [i % 3 for i in range(12)]
+    assert texts.records["user_id"].tolist() == list(range(12))  # a record's own id, as for files
+    provenance = texts.provenance
+    assert provenance["dataset"] == str(one) and provenance["local"] is True and provenance["rows"] == 12
+    assert provenance["split"] is None and provenance["revision"] is None
+    assert provenance["fingerprint"] and provenance["fingerprint"] == load_dataset_texts(
+        str(one), split=None).provenance["fingerprint"]
+    # the same records as a file give the same ids and labels
+    path = tmp_path / "same.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(TEXTS)))
+    from_file = load_texts(path)
+    assert from_file.ids == texts.ids and from_file.labels == texts.labels
+
+
+def test_a_saved_dataset_dict_needs_one_of_its_splits(splits):
+    texts = load_dataset_texts(str(splits), split="test", text_field="body")
+    assert texts.texts == TEXTS[8:] and texts.provenance["split"] == "test"
+    assert "splits ['train', 'test']" in load_error(str(splits), split=None, text_field="body")
+    message = load_error(str(splits), split="validation", text_field="body")
+    assert "'validation'" in message and "['train', 'test']" in message and "data.split" in message
+
+
+def test_a_missing_text_field_names_the_columns(one, splits):
+    message = load_error(str(one), split=None, text_field="body")
+    assert "'body'" in message and "text, label, topic, id" in message and "data.text_field" in message
+    assert "'text'" in load_error(str(splits), split="train")
+
+
+def test_rows_go_through_the_loaders_checks(tmp_path, caplog):
+    empty = saved_dataset(tmp_path / "empty", {"text": ["fine", "  "]})
+    assert "row 1" in load_error(str(empty), split=None) and "empty" in load_error(str(empty), split=None)
+    twice = saved_dataset(tmp_path / "twice", {"text": ["a text", "other", "a text"], "label": [1, 0, 1]})
+    with caplog.at_level(logging.WARNING):
+        assert load_dataset_texts(str(twice), split=None).texts == ["a text", "other"]
+    assert "dropped 1 duplicate" in caplog.text
+    clash = saved_dataset(tmp_path / "clash", {"text": ["a text", "a text"], "label": [1, 0]})
+    message = load_error(str(clash), split=None)
+    assert "row 0" in message and "row 1" in message and "member and a non-member" in message
+    labels = saved_dataset(tmp_path / "labels", {"text": ["a", "b"], "label": [0, 2]})
+    assert "label 2 is not 0 or 1" in load_error(str(labels), split=None)
+
+
+def test_a_class_label_is_not_membership(tmp_path):
+    topics = datasets.ClassLabel(names=["World", "Sports", "Business", "Sci/Tech"])
+    news = saved_dataset(tmp_path / "news", {"text": ["a", "b", "c"], "label": [0, 3, 2]}, label=topics)
+    texts = load_dataset_texts(str(news), split=None)
+    assert texts.labels is None and texts.records["user_label"].tolist() == [0, 3, 2]
+
+
+def test_a_single_dataset_checks_the_split_it_records(tmp_path):
+    data = datasets.Dataset.from_dict({"text": ["a", "b"]}, split="test")
+    data.save_to_disk(str(tmp_path / "test_split"))
+    assert load_dataset_texts(str(tmp_path / "test_split"), split="test").texts == ["a", "b"]
+    message = load_error(str(tmp_path / "test_split"), split="train")
+    assert "'train'" in message and "'test'" in message
+
+
+def test_local_directories_take_no_hub_options(one):
+    assert "revision" in load_error(str(one), split=None, revision="main")
+    assert "subset" in load_error(str(one), split=None, subset="arxiv")
+
+
+def test_a_directory_that_is_no_data_set(tmp_path):
+    (tmp_path / "plain").mkdir()
+    message = load_error(str(tmp_path / "plain"), split=None)
+    assert "save_to_disk" in message
+
+
+def test_a_hub_name_without_network_says_how_to_use_a_local_copy(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'fancyzhx/ag_news' on the Hub (LocalEntryNotFoundError)\nmore")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    message = load_error("fancyzhx/ag_news", split="test")
+    assert "cannot be reached" in message and "--set data.path=" in message and "save_to_disk" in message
+    assert "needs data.split" in load_error("fancyzhx/ag_news", split=None)
+
+
+def test_a_hub_name_in_offline_mode_fails_at_once(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        pytest.skip("HF_HUB_OFFLINE is not set; the hub is never contacted in tests")
+    monkeypatch.chdir(tmp_path)
+    message = load_error("fancyzhx/ag_news", split="test")
+    assert "cannot be reached" in message and "--set data.path=" in message
+
+
+def test_an_empty_split_holds_no_texts(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    empty = datasets.Dataset.from_dict({"text": []}, features=datasets.Features({"text": datasets.Value("string")}))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: empty)
+    assert "holds no texts" in load_error("someone/empty", split="train")
+
+
+def test_other_hub_errors_stay_one_line(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+    def unknown_split(*args, **kwargs):
+        raise ValueError('Unknown split "dev". Should be one of [\'train\', \'test\'].')
+
+    monkeypatch.setattr(datasets, "load_dataset", unknown_split)
+    assert "split 'dev'" in load_error("fancyzhx/ag_news", split="dev")
+    not_found = datasets.exceptions.DatasetNotFoundError("Dataset 'nobody/nothing' doesn't exist on the Hub")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(not_found))
+    assert "no such data set" in load_error("nobody/nothing", split="train")
+
+
+def test_without_the_datasets_package(monkeypatch, one):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    message = load_error(str(one), split=None)
+    assert "'datasets' package" in message and "shadowmia[data]" in message
