@@ -1,4 +1,4 @@
-"""Data sets by name: ``load_dataset_texts`` reads through the ``datasets`` library, offline.
+"""Data sets by name: ``[data] dataset`` read through the ``datasets`` library, offline.
 
 Every data set here is built in the test and saved with ``save_to_disk`` (or read from a
 local JSON file with ``load_dataset("json", ...)``); the hub is never contacted.
@@ -13,12 +13,36 @@ from pathlib import Path
 
 import pytest
 
-from llm_features.errors import InputDataError
+from experiments.studies.config import (
+    DataConfig,
+    ExperimentConfig,
+    SplitConfig,
+    config_hash,
+    config_toml,
+    load_config,
+    to_dict,
+)
+from experiments.studies.run import pool_texts, read_pool
+from llm_features.errors import ConfigError, InputDataError
 from llm_features.texts import load_dataset_texts, load_texts, text_id
 
 datasets = pytest.importorskip("datasets")
 
 TEXTS = [f"text number {i} about topic {i % 3}" for i in range(12)]
+
+CONFIG = """
+name = "by-name"
+base_model = "smollm2-135m"
+
+[data]
+{data}
+
+[split]
+target_members = 4
+target_non_members = 4
+attacker_pool = 4
+"""
+
 
 def saved_dataset(directory: Path, rows: dict[str, list], **features) -> Path:
     """A single Dataset of ``rows`` saved with save_to_disk in ``directory``."""
@@ -46,6 +70,20 @@ def splits(tmp_path) -> Path:
     data = datasets.load_dataset("json", data_files=files, cache_dir=str(tmp_path / "cache"))
     data.save_to_disk(str(tmp_path / "splits"))
     return tmp_path / "splits"
+
+
+def write_config(tmp_path: Path, data: str, name: str = "exp.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(CONFIG.format(data=data), encoding="utf-8")
+    return path
+
+
+def error_of(path, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides=overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
 
 
 def load_error(*args, **kwargs) -> str:
@@ -177,3 +215,109 @@ def test_without_the_datasets_package(monkeypatch, one):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     message = load_error(str(one), split=None)
     assert "'datasets' package" in message and "shadowmia[data]" in message
+
+
+# ----------------------------------------------------------------------------- the config
+
+
+def test_a_config_names_a_saved_dataset(one, splits, tmp_path):
+    config = load_config(write_config(tmp_path, f'dataset = "{one.as_posix()}"'))
+    assert config.data.dataset == one.as_posix() and config.data.path is None and config.data.is_local_dataset
+    assert to_dict(config)["data"]["dataset"] == one.as_posix()
+    config = load_config(write_config(tmp_path, f'dataset = "{splits.as_posix()}"\nsplit = "train"\n'
+                                                'text_field = "body"'))
+    assert (config.data.split, config.data.text_field) == ("train", "body")
+    (tmp_path / "round.toml").write_text(config_toml(config), encoding="utf-8")
+    assert load_config(tmp_path / "round.toml") == config
+
+
+def test_a_hub_name_is_checked_without_the_network(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(write_config(tmp_path, 'dataset = "fancyzhx/ag_news"\nsplit = "test"\nrevision = "main"'))
+    assert (config.data.dataset, config.data.split, config.data.revision) == ("fancyzhx/ag_news", "test", "main")
+    assert not config.data.is_local_dataset
+    assert to_dict(config)["data"]["revision"] == "main"
+    message = error_of(write_config(tmp_path, 'dataset = "fancyzhx/ag_news"'))
+    assert "data.split is missing" in message and "hub name" in message
+    message = error_of(write_config(tmp_path, 'dataset = "../no where/x y"\nsplit = "test"'))
+    assert "data.dataset=" in message and "neither a directory" in message
+
+
+def test_unset_data_set_keys_keep_the_hash_of_older_configs(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"text": "a"}\n', encoding="utf-8")
+    config = load_config(write_config(tmp_path, f'path = "{pool.as_posix()}"'))
+    assert set(to_dict(config)["data"]) == {"path", "text_field", "generator", "n_records", "chunk_tokens"}
+    lines = config_toml(config).splitlines()
+    assert not [line for line in lines if line.split(" = ")[0] in ("dataset", "subset", "split", "revision")]
+    assert config_hash(load_config(tmp_path / "exp.toml")) == config_hash(config)
+
+
+@pytest.mark.parametrize("data, expected", [
+    ('path = "{pool}"\ndataset = "{one}"', ["data.path=", "dataset=", "both given", "--set data.path"]),
+    ('generator = "patients"\nn_records = 20\ndataset = "{one}"', ["data.dataset=", "generator=", "both given"]),
+    ('path = "{pool}"\nsplit = "test"', ["data.split='test'", "only used with dataset"]),
+    ('generator = "patients"\nn_records = 20\nrevision = "main"', ["data.revision=", "only used with dataset"]),
+    ('dataset = "{one}"\nn_records = 20', ["data.n_records=20", "only used with a generator"]),
+    ('dataset = "{one}"\nrevision = "v1"', ["data.revision='v1'", "local directory", "remove revision"]),
+    ('dataset = "{one}"\nsubset = "arxiv"', ["data.subset='arxiv'", "local directory"]),
+    ('dataset = "{splits}"', ["data.split is missing", "['train', 'test']"]),
+    ('dataset = "{splits}"\nsplit = "dev"', ["data.split='dev'", "['train', 'test']"]),
+    ('dataset = "{pool}"', ["data.dataset=", "is a file", "path = "]),
+    ('dataset = "{plain}"', ["data.dataset=", "not a data set written by save_to_disk"]),
+    ('dataset = ""', ["data.dataset=''"]),
+    ('dataset = "{one}"\nsplit = ""', ["data.split=''"]),
+])
+def test_bad_data_sections_fail_in_one_line_naming_the_key(one, splits, tmp_path, data, expected):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"text": "a"}\n', encoding="utf-8")
+    (tmp_path / "plain").mkdir()
+    text = data.format(pool=pool.as_posix(), one=one.as_posix(), splits=splits.as_posix(),
+                       plain=(tmp_path / "plain").as_posix())
+    message = error_of(write_config(tmp_path, text))
+    for part in expected:
+        assert part in message, (part, message)
+
+
+def test_a_source_given_with_set_replaces_the_files(tmp_path, monkeypatch, one, splits):
+    monkeypatch.chdir(tmp_path)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS), encoding="utf-8")
+    hub = write_config(tmp_path, 'dataset = "fancyzhx/ag_news"\nsplit = "test"\nrevision = "main"\n'
+                                 'subset = "default"\nchunk_tokens = 16')
+    # a file on the command line: the hub data set and its split, revision and subset go
+    config = load_config(hub, overrides=[f'data.path="{pool.as_posix()}"'])
+    assert config.data == DataConfig(path=pool.as_posix(), chunk_tokens=16)
+    # a local copy on the command line: the hub's keys go too, keys given again stay
+    config = load_config(hub, overrides=[f'data.dataset="{one.as_posix()}"'])
+    assert config.data == DataConfig(dataset=one.as_posix(), chunk_tokens=16)
+    config = load_config(hub, overrides=[f'data.dataset="{splits.as_posix()}"', "data.split=test"])
+    assert (config.data.dataset, config.data.split, config.data.revision) == (splits.as_posix(), "test", None)
+    assert "data.split is missing" in error_of(hub, [f'data.dataset="{splits.as_posix()}"'])
+    # a data set on the command line replaces a path of the file
+    path_config = write_config(tmp_path, f'path = "{pool.as_posix()}"', "path.toml")
+    assert load_config(path_config, overrides=[f'data.dataset="{one.as_posix()}"']).data == DataConfig(
+        dataset=one.as_posix())
+    # without a source on the command line, the file's data set keys stay
+    assert load_config(hub, overrides=["data.split=train"]).data.split == "train"
+    # both on the command line is an error, and so is a data set key given for a path
+    message = error_of(hub, [f'data.path="{pool.as_posix()}"', f'data.dataset="{one.as_posix()}"'])
+    assert "both given" in message
+    message = error_of(hub, [f'data.path="{pool.as_posix()}"', "data.split=train"])
+    assert "data.split='train'" in message and "only used with dataset" in message
+
+
+def test_pool_texts_reads_a_dataset_like_the_file_it_came_from(tmp_path, splits):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"body": t}) + "\n" for t in TEXTS[:8]), encoding="utf-8")
+    split = SplitConfig(target_members=2, target_non_members=2, attacker_pool=4)
+    by_name = ExperimentConfig(name="x", data=DataConfig(dataset=str(splits), split="train", text_field="body"),
+                               split=split)
+    by_path = ExperimentConfig(name="x", data=DataConfig(path=str(pool), text_field="body"), split=split)
+    assert pool_texts(by_name) == pool_texts(by_path) == [{"text": t} for t in TEXTS[:8]]
+    records, provenance = read_pool(by_name)
+    _, file_provenance = read_pool(by_path)
+    assert provenance["ids_sha256"] == file_provenance["ids_sha256"] and provenance["texts"] == 8
+    assert provenance["dataset"] == str(splits) and provenance["split"] == "train"
+    assert provenance["fingerprint"] and provenance["text_field"] == "body"
+    assert file_provenance["path"] == str(pool) and "dataset" not in file_provenance

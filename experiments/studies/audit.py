@@ -54,7 +54,7 @@ def canary_records(config: AuditExperimentConfig) -> tuple[list[str], np.ndarray
 
 def filler_texts(config: AuditExperimentConfig, exclude: set[str]) -> list[str]:
     """``audit.fillers`` texts from ``[data]`` (none of them a canary), drawn with ``seed``."""
-    from llm_features.texts import load_texts
+    from experiments.studies.run import read_data
 
     data = config.data
     if data.generator == "patients":
@@ -62,7 +62,7 @@ def filler_texts(config: AuditExperimentConfig, exclude: set[str]) -> list[str]:
 
         pool = [r["text"] for r in generate_patient_records(data.n_records, seed=config.seed)]
     else:
-        pool = load_texts(data.path, text_field=data.text_field).texts
+        pool = read_data(data).texts  # a file or a data set
     pool = [t for t in pool if t not in exclude]
     if len(pool) < config.audit.fillers:
         raise ConfigError(

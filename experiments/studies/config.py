@@ -1,10 +1,10 @@
 """The configuration of one experiment: a TOML file, validated before anything runs.
 
 ``shadowmia run CONFIG.toml [--set section.key=value ...]`` reads one of these. A config
-names the data (a text pool on disk or the built-in synthetic patient records), how the
-pool is split into the target's members, its non-members and the attacker's pool, the
-threat model, how the target and the shadows are fine-tuned, how many shadows, which
-features, which attack classifier, and the seed::
+names the data (a text pool on disk, a data set of the ``datasets`` library, or the
+built-in synthetic patient records), how the pool is split into the target's members, its
+non-members and the attacker's pool, the threat model, how the target and the shadows are
+fine-tuned, how many shadows, which features, which attack classifier, and the seed::
 
     name = "demo"
     base_model = "smollm2-135m"
@@ -41,6 +41,15 @@ means no clipping), which is written as the string ``"none"``.
 
 Relative data paths are relative to the current working directory, like every path on
 the command line.
+
+``[data]`` names one source: ``path`` (a file), ``dataset`` (a hub name such as
+``"fancyzhx/ag_news"`` with its ``split``, or a directory written by ``save_to_disk``) or
+``generator``. Since a ``--set`` cannot remove a key, the source named on the command line
+wins: ``--set data.path=FILE`` or ``--set data.dataset=NAME`` replaces the file's ``path`` or
+``dataset`` with its ``subset``, ``split`` and ``revision`` (set those again with ``--set``
+where the new source needs them). The keys of
+a data set are left out of :func:`to_dict` while unset, so configs without one keep the hash
+they had before data sets existed.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -64,6 +74,7 @@ from llm_features.validation import check_float, check_int
 from shadow.finetune import FinetuneConfig
 
 __all__ = [
+    "DATASET_KEYS",
     "GENERATORS",
     "DataConfig",
     "AuditConfig",
@@ -80,6 +91,8 @@ __all__ = [
 
 GENERATORS = ("patients",)
 """Built-in data generators: ``"patients"`` = :func:`experiments.data.patients.generate_patient_records`."""
+
+logger = logging.getLogger(__name__)
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MAX_SEED = 2**63 - 1
@@ -104,14 +117,39 @@ def _check_str(name: str, value: Any, *, allowed: str = "a non-empty string") ->
 #: selection, calibrates each text against K - 2 shadows, which must include OUT ones.
 MIN_RUN_SHADOWS = 4
 
+#: Keys of ``[data]`` that only a data set (``dataset``) uses.
+DATASET_KEYS = ("subset", "split", "revision")
+#: A hub data set's name: ``namespace/name`` or a bare canonical ``name``.
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+#: New keys are left out of :func:`to_dict` while unset, so that older configs keep their hash.
+_OMIT_IF_NONE = {"omit_if_none": True}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Where the texts come from: a file on disk, or a built-in generator.
+    """Where the texts come from: a file on disk, a ``datasets`` data set, or a built-in generator.
+
+    Exactly one of ``path``, ``dataset`` and ``generator`` is given. A ``--set`` cannot
+    remove a key, so the source named on the command line wins: ``--set data.path=...`` or
+    ``--set data.dataset=...`` replaces the file's ``path`` or ``dataset`` together with its
+    ``subset``, ``split`` and ``revision`` (give those again with ``--set`` where needed).
 
     Attributes:
         path: a jsonl/json/csv/tsv/txt/parquet file of texts (relative to the working
-            directory); must exist. Exactly one of ``path`` and ``generator`` is given.
-        text_field: the field (column) holding the text in ``path``.
+            directory); must exist.
+        dataset: a data set of the Hugging Face ``datasets`` library (the optional extra
+            ``shadowmia[data]``): a local directory written by ``Dataset.save_to_disk`` or
+            ``DatasetDict.save_to_disk`` (relative to the working directory; read without
+            the network), else a hub name such as ``"fancyzhx/ag_news"``, read through the
+            hub and its cache.
+        subset: the hub data set's configuration (``name=`` of ``datasets.load_dataset``),
+            for data sets that have several; hub names only.
+        split: the split to read (``"train"``, ``"test"``, ...). Required for a hub name and
+            for a saved ``DatasetDict`` (there is no default: which split is the pool is a
+            choice of the experiment); optional for a saved single ``Dataset``, where it must
+            match the split the directory records.
+        revision: the hub revision (branch, tag or commit) to pin; hub names only.
+        text_field: the field (column) holding the text in ``path`` or ``dataset``.
         generator: ``"patients"`` for synthetic (fictional) patient records from
             :mod:`experiments.data.patients`; needs ``n_records``.
         n_records: how many records the generator writes (>= 1); only with ``generator``.
@@ -120,23 +158,39 @@ class DataConfig:
     """
 
     path: str | None = None
+    dataset: str | None = dataclasses.field(default=None, metadata=_OMIT_IF_NONE)
+    subset: str | None = dataclasses.field(default=None, metadata=_OMIT_IF_NONE)
+    split: str | None = dataclasses.field(default=None, metadata=_OMIT_IF_NONE)
+    revision: str | None = dataclasses.field(default=None, metadata=_OMIT_IF_NONE)
     text_field: str = "text"
     generator: str | None = None
     n_records: int | None = None
     chunk_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if self.path is None and self.generator is None:
+        sources = [(key, getattr(self, key)) for key in ("path", "dataset", "generator")
+                   if getattr(self, key) is not None]
+        if not sources:
             raise ConfigError(
-                "path and generator are both missing; give either path (a jsonl/csv/txt/parquet "
-                f"file of texts) or generator (one of {list(GENERATORS)})"
+                "path and generator are both missing, and so is dataset; give path (a jsonl/csv/txt/parquet "
+                "file of texts), dataset (a hub name or a save_to_disk directory) or generator (one of "
+                f"{list(GENERATORS)})"
             )
-        if self.path is not None and self.generator is not None:
-            raise ConfigError(
-                f"path={self.path!r} and generator={self.generator!r} were both given; keep one "
-                "of them in the config file (a --set override cannot remove a key)"
-            )
+        if len(sources) > 1:
+            (first, a), (second, b) = sources[:2]
+            hint = ("keep one of them in the config file (a --set override cannot remove a key)"
+                    if "generator" in (first, second) else
+                    "keep one of them (a --set data.path=... or --set data.dataset=... replaces the file's "
+                    "path or dataset, so give only one of them on the command line)")
+            raise ConfigError(f"{first}={a!r} and {second}={b!r} were both given; {hint}")
         _check_str("text_field", self.text_field)
+        for key in DATASET_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                if self.dataset is None:
+                    raise ConfigError(f"{key}={value!r} is only used with dataset; remove it (the texts come "
+                                      f"from {sources[0][0]})")
+                _check_str(key, value)
         if self.path is not None:
             _check_str("path", self.path, allowed="a path to a file of texts")
             if not Path(self.path).is_file():
@@ -146,11 +200,9 @@ class DataConfig:
                     "jsonl/csv/txt/parquet file, relative to the working directory, or use "
                     f"generator = {GENERATORS[0]!r}"
                 )
-            if self.n_records is not None:
-                raise ConfigError(
-                    f"n_records={self.n_records!r} is only used with a generator; remove it "
-                    "(a file's texts are all read)"
-                )
+        elif self.dataset is not None:
+            _check_str("dataset", self.dataset, allowed="a hub name (namespace/name) or a save_to_disk directory")
+            self._check_dataset()
         else:
             if self.generator not in GENERATORS:
                 raise ConfigError(
@@ -162,8 +214,74 @@ class DataConfig:
                     "records to write (e.g. n_records = 256)"
                 )
             _check_int("n_records", self.n_records, 1, 10_000_000)
+        if self.generator is None and self.n_records is not None:
+            raise ConfigError(
+                f"n_records={self.n_records!r} is only used with a generator; remove it "
+                f"(the {'file' if self.path is not None else 'data set'}'s texts are all read)"
+            )
         if self.chunk_tokens is not None:
             _check_int("chunk_tokens", self.chunk_tokens, 8, 1_000_000)
+
+    @property
+    def is_local_dataset(self) -> bool:
+        """Whether ``dataset`` names a local directory (else it is a hub name)."""
+        return self.dataset is not None and Path(self.dataset).is_dir()
+
+    def _check_dataset(self) -> None:
+        """What can be checked of ``dataset`` without loading it: a saved directory's splits,
+        a hub name's form and its split (never the network)."""
+        directory = Path(self.dataset)
+        if directory.is_dir():
+            for key in ("subset", "revision"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(
+                        f"{key}={getattr(self, key)!r} applies to a hub data set, but dataset={self.dataset!r} is "
+                        f"a local directory, read as saved; remove {key}")
+            splits, recorded = _saved_splits(directory, self.dataset)
+            if splits is not None:
+                if self.split is None:
+                    raise ConfigError(f"split is missing; dataset={self.dataset!r} holds the splits {splits}: "
+                                      "set split to the one to read (e.g. split = \"test\")")
+                if self.split not in splits:
+                    raise ConfigError(f"split={self.split!r} is not in dataset={self.dataset!r}; its splits: "
+                                      f"{splits}")
+            elif self.split is not None and recorded is not None and self.split != recorded:
+                raise ConfigError(
+                    f"split={self.split!r} but dataset={self.dataset!r} holds one Dataset of split {recorded!r}; "
+                    f"set split = {recorded!r} or remove split")
+            return
+        where = directory.resolve()
+        if directory.exists():
+            raise ConfigError(f"dataset={self.dataset!r} is a file, not a data set; give a file of texts as "
+                              "path = ... (jsonl/csv/txt/parquet), or a save_to_disk directory as dataset")
+        if not _HUB_NAME.match(self.dataset):
+            raise ConfigError(
+                f"dataset={self.dataset!r} is neither a directory (looked for {where}) nor a hub name "
+                "(namespace/name, e.g. \"fancyzhx/ag_news\"); give a directory written by save_to_disk, "
+                "relative to the working directory, or a hub name")
+        if self.split is None:
+            raise ConfigError(
+                f"split is missing; dataset={self.dataset!r} (no directory {where}, so a hub name) needs the "
+                "split to read (e.g. split = \"test\")")
+
+
+def _saved_splits(directory: Path, name: str) -> tuple[list[str] | None, str | None]:
+    """A save_to_disk directory's splits (a DatasetDict) or recorded split (a single Dataset),
+    read from its JSON files: ``(splits, None)`` or ``(None, split or None)``."""
+    try:
+        if (directory / "dataset_dict.json").is_file():
+            splits = json.loads((directory / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+            return [str(s) for s in splits], None
+        if (directory / "state.json").is_file():
+            recorded = json.loads((directory / "state.json").read_text(encoding="utf-8")).get("_split")
+            return None, None if recorded is None else str(recorded)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"dataset={name!r}: its save_to_disk metadata cannot be read ({exc}); save the "
+                          "data set again") from None
+    raise ConfigError(
+        f"dataset={name!r} is a directory but not a data set written by save_to_disk (no dataset_dict.json "
+        "or state.json in it); save one with Dataset.save_to_disk or DatasetDict.save_to_disk, or give a "
+        "file of texts as path")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -397,7 +515,8 @@ EXPERIMENT = Schema(
     required=("name", "data", "split"),
     inherit={"shadows": "target"},  # by default the attacker copies the target's recipe
     comments={
-        "data": "Where the texts come from: path = a jsonl/csv/txt/parquet file, or generator = \"patients\".",
+        "data": "Where the texts come from: path = a jsonl/csv/txt/parquet file, dataset = a hub name or a "
+                "save_to_disk directory (with split), or generator = \"patients\".",
         "split": "Disjoint parts of the texts: the target's members and non-members (the candidates), "
                  "the attacker's pool.",
         "target": "How the target model is fine-tuned (LoRA; any field of shadow.finetune.FinetuneConfig).",
@@ -595,6 +714,7 @@ def _apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str
     data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
     sections_of, top_level = schema.sections, schema.top_level
     allowed_top = top_level + [f"{s}.KEY" for s in sections_of]
+    overridden: set[tuple[str, str]] = set()
     for item in overrides:
         parts, value = _parse_override(item, source)
         if len(parts) == 1:
@@ -629,7 +749,30 @@ def _apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str
             if not isinstance(table, dict):
                 raise ConfigError(f"{source}: {section} must be a table, received {table!r}")
             table[key] = value
+            overridden.add((section, key))
+    if sections_of.get("data") is DataConfig and isinstance(data.get("data"), dict):
+        _replace_data_source(data["data"], {key for section, key in overridden if section == "data"}, source)
     return data
+
+
+def _replace_data_source(table: dict[str, Any], overridden: set[str], source: str) -> None:
+    """The rule by which ``--set`` switches ``[data]`` to another file or data set.
+
+    A ``--set`` cannot remove a key, so the source named on the command line wins: when it
+    sets ``data.path`` or ``data.dataset``, the file's ``path``, ``dataset``, ``subset``,
+    ``split`` and ``revision`` are dropped, except those set on the command line too
+    (``--set data.dataset=DIR --set data.split=test``). ``text_field`` and ``chunk_tokens``
+    stay. A generator in the file, or ``path`` and ``dataset`` both on the command line,
+    stay an error of :class:`DataConfig`.
+    """
+    if not overridden & {"path", "dataset"}:
+        return
+    dropped = [key for key in ("path", "dataset", *DATASET_KEYS) if key in table and key not in overridden]
+    if dropped:
+        logger.info("%s: the data source given with --set replaces data.%s of the file", source,
+                    ", data.".join(dropped))
+    for key in dropped:
+        del table[key]
 
 
 def load_config(path: str | os.PathLike, *, overrides: Iterable[str] = ()) -> Any:
@@ -671,7 +814,8 @@ def to_dict(config: Any) -> dict[str, Any]:
         if isinstance(value, FinetuneConfig):
             value = value.to_dict()
         elif dataclasses.is_dataclass(value):
-            value = {f.name: getattr(value, f.name) for f in _file_fields(value)}
+            value = {f.name: getattr(value, f.name) for f in _file_fields(value)
+                     if not (f.metadata.get("omit_if_none") and getattr(value, f.name) is None)}
         elif isinstance(value, ThreatModel):
             value = value.value
         out[field.name] = value

@@ -2,8 +2,8 @@
 
 Stages, each skipped when its artifacts verify:
 
-1. data: the pool (a file, or generated patient records) split at random (``split.seed``)
-   into target members, target non-members and the attacker's texts;
+1. data: the pool (a file, a ``datasets`` data set, or generated patient records) split at
+   random (``split.seed``) into target members, target non-members and the attacker's texts;
 2. target: a LoRA fine-tune of the base on the members (``[target]``);
 3. shadows: K LoRA fine-tunes on the attacker's pool (``[shadows]``) and their features.
    Threat model ``offline`` (Shokri et al. 2017): the pool is disjoint from the candidates.
@@ -15,13 +15,15 @@ Stages, each skipped when its artifacts verify:
    side: the classifier, each single feature, LiRA and RMIA where they exist.
 
 Artifacts: ``config.toml`` (the resolved config), ``run.json`` (versions, wall time per
-stage), ``run.log``, ``data/``, ``target/``, ``shadows/``, ``attack/``, ``scores.csv``,
-``report/``. A run directory holding another config is refused unless ``force``.
+stage, and the data read: its source, a data set's fingerprint, the hash of the text ids),
+``run.log``, ``data/``, ``target/``, ``shadows/``, ``attack/``, ``scores.csv``, ``report/``.
+A run directory holding another config is refused unless ``force``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -43,24 +45,55 @@ NOT_ATTACKS = frozenset({"id", "label", "n_tokens", "membership_probability", "p
 
 
 def pool_texts(config: ExperimentConfig) -> list[dict[str, Any]]:
-    """The records of the pool, each with a ``text``: generated or read from ``data.path``.
+    """The records of the pool, each with a ``text``: generated, or read from ``data.path`` or
+    ``data.dataset`` (see :func:`read_pool`)."""
+    return read_pool(config)[0]
+
+
+def read_pool(config: ExperimentConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records of the pool, each with a ``text``, and what was read (for ``run.json``).
 
     With ``data.chunk_tokens`` every text is cut into passages of about that many tokens of
     the base model's tokenizer (:mod:`llm_features.chunking`); each passage records the
     ``document_id`` of its text, so that :func:`split_pool` keeps a document's passages on
     one side of the split.
+
+    The second value, the data's provenance, names the source (``path``; ``dataset`` with
+    its subset, split, revision and fingerprint; or ``generator``), the number of texts
+    read and ``ids_sha256``, the SHA-256 of their ids in order (the same texts in the same
+    order give the same value, whichever source they came from).
     """
+    from llm_features.texts import text_id
+
     if config.data.generator == "patients":
         from experiments.data.patients import generate_patient_records
 
-        return [{"text": r["text"], "patient_id": r["patient_id"]}
-                for r in generate_patient_records(config.data.n_records, seed=config.seed)]
-    from llm_features.texts import load_texts
-
-    texts = load_texts(config.data.path, text_field=config.data.text_field)
+        records = [{"text": r["text"], "patient_id": r["patient_id"]}
+                   for r in generate_patient_records(config.data.n_records, seed=config.seed)]
+        provenance = {"generator": config.data.generator, "n_records": config.data.n_records, "seed": config.seed}
+        return records, {**provenance, **_ids_summary([text_id(r["text"]) for r in records])}
+    texts = read_data(config.data)
+    provenance = {**texts.provenance, "text_field": config.data.text_field, **_ids_summary(texts.ids)}
     if config.data.chunk_tokens is None:
-        return [{"text": text} for text in texts.texts]
-    return chunk_records(texts.texts, texts.ids, base_model=config.base_model, chunk_tokens=config.data.chunk_tokens)
+        return [{"text": text} for text in texts.texts], provenance
+    records = chunk_records(texts.texts, texts.ids, base_model=config.base_model,
+                            chunk_tokens=config.data.chunk_tokens)
+    return records, {**provenance, "passages": len(records)}
+
+
+def read_data(data: Any) -> Any:
+    """The :class:`~llm_features.texts.TextSet` of a ``[data]`` section's ``path`` or ``dataset``
+    (not a generator), after the loader's checks (empty texts, duplicates, labels)."""
+    from llm_features.texts import load_dataset_texts, load_texts
+
+    if data.dataset is not None:
+        return load_dataset_texts(data.dataset, split=data.split, text_field=data.text_field,
+                                  revision=data.revision, subset=data.subset)
+    return load_texts(data.path, text_field=data.text_field)
+
+
+def _ids_summary(ids: list[str]) -> dict[str, Any]:
+    return {"texts": len(ids), "ids_sha256": hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()}
 
 
 def chunk_records(texts: list[str], ids: list[str], *, base_model: str, chunk_tokens: int) -> list[dict[str, Any]]:
@@ -199,13 +232,14 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
     from experiments.report import write_report
 
     out = Path(out)
-    records = pool_texts(config)
+    records, provenance = read_pool(config)
     parts = split_pool(records, config)  # fails on a too-small pool before anything is written
     out.mkdir(parents=True, exist_ok=True)
     claim_run_directory(out, config, force=force)
     timings: dict[str, float] = {}
     with log_to_file(out / "run.log"):
         logger.info("run %s in %s (%s threat model)", config.name, out, config.threat_model.value)
+        logger.info("data: %s", json.dumps(provenance, sort_keys=True))
         started = time.perf_counter()
         write_records(out / "data" / "target_members.jsonl", parts["members"])
         candidates = out / "data" / "candidates.jsonl"
@@ -260,7 +294,7 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path, force: bool = F
         report = write_report(out / "report", labels=scores["label"].to_numpy(), attacks=attacks, setting=setting,
                               seed=config.seed, best=classifier_name, paired_with=classifier_name)
         write_json_atomic(out / "run.json", {"config_hash": config_hash(config), "timings_s": timings,
-                                             "library_versions": library_versions()})
+                                             "data": provenance, "library_versions": library_versions()})
         logger.info("report: %s", out / "report" / "report.md")
     return report
 
