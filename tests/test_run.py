@@ -141,3 +141,30 @@ def test_transfer_variants_change_only_what_they_name():
     assert parse_variants("lr_x0.5") == ["lr x0.5"]
     with pytest.raises(ConfigError, match="allowed: epochs_x2"):
         parse_variants("depth_x2")
+
+
+def test_a_config_naming_a_saved_data_set_runs_end_to_end(config_file, tmp_path_factory):
+    """Issue 13: ``[data] dataset`` (a DatasetDict saved with save_to_disk) instead of ``path``."""
+    datasets = pytest.importorskip("datasets")
+    from experiments.studies.run import read_pool
+
+    root = tmp_path_factory.mktemp("by-name")
+    pool = config_file.parent / "pool.jsonl"
+    saved = root / "pool_dataset"
+    datasets.load_dataset("json", data_files={"train": str(pool)}, cache_dir=str(root / "cache")).save_to_disk(
+        str(saved))
+    text = config_file.read_text().replace(f'path = "{pool}"', f'dataset = "{saved}"\nsplit = "train"')
+    assert 'dataset = "' in text
+    path = root / "tiny.toml"
+    path.write_text(text)
+    out = root / "out"
+    assert main(["run", str(path), "--out", str(out), "--set", "features.features=loss,reference"]) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["setting"]["sizes"]["target_members"] == 16 and {"loss", "reference"} <= set(report["attacks"])
+    resolved = load_config(out / "config.toml")
+    assert (resolved.data.dataset, resolved.data.split, resolved.data.path) == (str(saved), "train", None)
+    data = json.loads((out / "run.json").read_text())["data"]
+    assert (data["dataset"], data["split"], data["revision"], data["texts"]) == (str(saved), "train", None, 100)
+    assert data["fingerprint"]
+    # the same texts as the file, in the same order: the same split, targets and shadows
+    assert data["ids_sha256"] == read_pool(load_config(config_file))[1]["ids_sha256"]
