@@ -321,3 +321,15 @@ def test_pool_texts_reads_a_dataset_like_the_file_it_came_from(tmp_path, splits)
     assert provenance["dataset"] == str(splits) and provenance["split"] == "train"
     assert provenance["fingerprint"] and provenance["text_field"] == "body"
     assert file_provenance["path"] == str(pool) and "dataset" not in file_provenance
+
+
+def test_an_audit_draws_its_fillers_from_a_data_set(one):
+    from experiments.studies.audit import filler_texts
+    from experiments.studies.config import AuditConfig, AuditExperimentConfig
+    from shadow.finetune import FinetuneConfig
+
+    config = AuditExperimentConfig(name="audit", data=DataConfig(dataset=str(one)),
+                                   target=FinetuneConfig(max_grad_norm=1.0),
+                                   audit=AuditConfig(canaries=2, fillers=5))
+    fillers = filler_texts(config, exclude={TEXTS[0]})
+    assert len(fillers) == 5 and set(fillers) <= set(TEXTS[1:])
