@@ -47,9 +47,8 @@ the command line.
 ``generator``. Since a ``--set`` cannot remove a key, the source named on the command line
 wins: ``--set data.path=FILE`` or ``--set data.dataset=NAME`` replaces the file's ``path`` or
 ``dataset`` with its ``subset``, ``split`` and ``revision`` (set those again with ``--set``
-where the new source needs them). The keys of
-a data set are left out of :func:`to_dict` while unset, so configs without one keep the hash
-they had before data sets existed.
+where the new source needs them). The keys of a data set are left out of :func:`to_dict`
+while unset, so configs without one keep the hash they had before data sets existed.
 """
 
 from __future__ import annotations
