@@ -375,3 +375,24 @@ def test_pool_candidates_refuse_token_logprobs_changed_after_the_fit(experiment,
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="tokens_001.npz is gone or changed"):
         score_job(out=str(tmp_path / "after.csv"), **common)
+
+
+def test_token_evidence_study_agrees_with_token_lira(experiment):
+    """The study's clipped mean at CLIP is token_lira of the held-out shadow against the others."""
+    from attack_models.token_calibration import pooled_token_variance, token_lira_rows
+    from experiments.jobs.shadows import read_token_logprobs
+    from experiments.studies.token_evidence import padded_logprobs, study, summaries, z_scores
+    from shadow.membership import load_membership
+
+    shadows = experiment["root"] / "shadows"
+    X, mask, keep = padded_logprobs(shadows)
+    ids = load_membership(shadows)[1]
+    ragged = [read_token_logprobs(shadows / "features" / f"tokens_{k:03d}.npz", ids) for k in range(4)]
+    pooled = pooled_token_variance(ragged, keep)
+    expected = token_lira_rows(ragged, keep, pooled_variance=pooled)
+    for k in range(4):
+        got = summaries(*z_scores(X, keep, k, set(), pooled), mask)["clipped_mean_3"].to_numpy()
+        np.testing.assert_allclose(got, expected[k], rtol=1e-9, atol=1e-12)
+    table = study(shadows)
+    assert {"clipped_mean_3", "xgboost on all summaries"} <= set(table["summary"])
+    assert table["auc"].between(0, 1).all()
