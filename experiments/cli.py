@@ -495,14 +495,44 @@ def _run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("cache", help="report or empty the score cache (token scores of every forward pass)",
+                                   description="The score cache keeps the per-token arrays of every text scored by "
+                                               "every model, so no forward pass is computed twice "
+                                               "(llm_features.cache).")
+    parser.add_argument("action", choices=("info", "clear"))
+    parser.set_defaults(handler=_run_cache)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from llm_features.cache import default_score_cache
+
+    cache = default_score_cache()
+    if cache is None:
+        print("the score cache is off")
+        return 0
+    if args.action == "clear":
+        print(f"removed {cache.clear()} entries from {cache.directory}")
+        return 0
+    info = cache.info()
+    print(f"{info['directory']}: {info['entries']} texts scored by {info['models']} models, "
+          f"{info['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
 PARSERS = [_features_parser, _finetune_parser, _train_shadows_parser, _fit_attack_parser, _score_parser,
-           _run_parser, _demo_parser, _transfer_parser, _list_features_parser]
+           _run_parser, _demo_parser, _transfer_parser, _list_features_parser, _cache_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shadowmia", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--score-cache", metavar="DIR",
+                       help="where the token scores of every forward pass are kept (default: $SHADOWMIA_SCORE_CACHE, "
+                            "else scores/ in the shadowmia cache directory)")
+    cache.add_argument("--no-score-cache", action="store_true", help="compute every forward pass, keep nothing")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in PARSERS:
         add(subparsers)
@@ -534,6 +564,10 @@ def configure_logging(*, verbose: int, quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
+    if args.no_score_cache or args.score_cache:
+        from llm_features.cache import CACHE_ENV
+
+        os.environ[CACHE_ENV] = "off" if args.no_score_cache else args.score_cache
     try:
         return args.handler(args)
     except ShadowMIAError as exc:

@@ -17,6 +17,7 @@ import pandas as pd
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.features import FeatureInput
 from llm_features.registry import FeatureRequest
+from llm_features.cache import ScoreCache, score_texts_cached
 from llm_features.scoring import TokenScores, score_texts
 from llm_features.texts import TextSet
 
@@ -87,25 +88,27 @@ def extract_features(
     batch_size: int = 32,
     max_tokens: int = 512,
     progress: bool = True,
+    cache: ScoreCache | None = None,
 ) -> pd.DataFrame:
     """Score ``texts`` with ``target`` (a LoadedModel) and compute the requested features.
 
     ``reference`` (a LoadedModel) or precomputed ``reference_scores`` are needed by the
     ``reference`` feature; ``neighbours`` (texts, from :mod:`llm_features.neighbours`) by
-    ``neighbour_gap``.
+    ``neighbour_gap``. The target's and the reference's passes go through ``cache``
+    (:mod:`llm_features.cache`) when one is given.
     """
     needs = needs_of(requests)
-    target_scores = score_texts(target.model, target.tokenizer, texts.texts, batch_size=batch_size,
-                                max_tokens=max_tokens, progress=progress, description="scoring target")
+    target_scores = score_texts_cached(target, texts.texts, cache=cache, batch_size=batch_size,
+                                       max_tokens=max_tokens, progress=progress, description="scoring target")
     if "reference" in needs and reference_scores is None:
         if reference is None:
             raise ConfigError("the reference feature needs a reference model or its scores")
         if reference is target:
             reference_scores = target_scores
         else:
-            reference_scores = score_texts(reference.model, reference.tokenizer, texts.texts,
-                                           batch_size=batch_size, max_tokens=max_tokens, progress=progress,
-                                           description="scoring reference")
+            reference_scores = score_texts_cached(reference, texts.texts, cache=cache, batch_size=batch_size,
+                                                  max_tokens=max_tokens, progress=progress,
+                                                  description="scoring reference")
     neighbour_scores = None
     if "neighbours" in needs:
         if neighbours is None:

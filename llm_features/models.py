@@ -166,7 +166,7 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a model spec (built-in name, directory, hub id or ``.gguf`` file)."""
     from transformers import AutoTokenizer
 
-    source, gguf_file = _weights_source(spec)
+    source, gguf_file = weights_source(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, gguf_file=gguf_file, trust_remote_code=trust_remote_code
@@ -212,7 +212,7 @@ def load_model(
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device=device)
-    source, gguf_file = _weights_source(spec)
+    source, gguf_file = weights_source(spec)
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     logger.info("loading %s (%s on %s)", spec, dtype, device)
     merge = adapter is not None and merge_adapter
@@ -322,7 +322,7 @@ def _apply_adapter(model: Any, adapter: Path) -> Any:
         ) from exc
 
 
-def _weights_source(spec: str) -> tuple[str, str | None]:
+def weights_source(spec: str) -> tuple[str, str | None]:
     """Map a spec to (directory or hub id, gguf file name or None)."""
     spec = str(spec)
     if spec in BUILTIN_MODELS:

@@ -165,7 +165,7 @@ def score_texts(
     decoder, head = split_decoder_and_head(model)
     results: list[TokenScores | None] = [None] * len(token_ids)
     lengths = [len(ids) for ids in token_ids]
-    vocabulary = _vocabulary_size(model)
+    vocabulary = vocabulary_size(model)
     statistics = choose_statistics(compile_statistics, n_elements=sum(lengths) * vocabulary)
     started = time.perf_counter()
     done_tokens = 0
@@ -332,7 +332,7 @@ def choose_statistics(mode: str, *, n_elements: int) -> Statistics:
     return Statistics(_COMPILED["kernel"], rows_per_chunk=STATISTICS_ROWS, compiled=True)
 
 
-def _vocabulary_size(model: Any) -> int:
+def vocabulary_size(model: Any) -> int:
     config = getattr(model, "config", None)
     return int(getattr(config, "vocab_size", 0) or 0)
 

@@ -9,6 +9,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the tests never share scores through the user's cache; tests of the cache give it a directory
+os.environ["SHADOWMIA_SCORE_CACHE"] = "off"
 
 import torch  # noqa: E402
 

@@ -290,24 +290,31 @@ def test_fit_attack_refuses_negative_reference_draws(experiment):
                        reference_draws=-1)
 
 
-def test_a_second_score_of_the_same_candidates_reuses_the_shadows_passes(experiment, monkeypatch):
-    """transfer scores the same candidates once per target variant: the K shadow passes are paid once."""
-    import experiments.jobs.score as jobs
+def test_a_second_score_of_the_same_candidates_computes_no_forward_pass(experiment, monkeypatch, tmp_path):
+    """With the score cache, a rescore (transfer's next variant, a refit) pays no forward pass
+    and writes the same scores as an uncached score."""
+    import llm_features.cache as cache
 
     root = experiment["root"]
     fit_attack_job(shadows=str(root / "shadows"), out=str(root / "attack_reuse"), classifier="logistic")
     calls = []
-    real = jobs.score_texts
-    monkeypatch.setattr(jobs, "score_texts", lambda *a, **k: calls.append(k.get("description")) or real(*a, **k))
+    real = cache.score_texts
+    monkeypatch.setattr(cache, "score_texts", lambda *a, **k: calls.append(k.get("description")) or real(*a, **k))
     common = dict(attack=str(root / "attack_reuse"), model=str(experiment["base"]), data=str(experiment["candidates"]),
-                  dtype="float32")
-    jobs._SHADOW_CALIBRATIONS.clear()
-    score_job(adapter=str(root / "target"), out=str(root / "reuse_1.csv"), **common)
-    first = [c for c in calls if c.startswith("candidates, shadow")]
+                  adapter=str(root / "target"), dtype="float32")
+    monkeypatch.setenv("SHADOWMIA_SCORE_CACHE", "off")
+    score_job(out=str(root / "reuse_0.csv"), **common)
+    assert len([c for c in calls if c.startswith("candidates, shadow")]) == 4
     calls.clear()
-    score_job(adapter=str(root / "target"), out=str(root / "reuse_2.csv"), **common)
-    assert len(first) == 4 and not [c for c in calls if c.startswith("candidates, shadow")]
-    pd.testing.assert_frame_equal(pd.read_csv(root / "reuse_1.csv"), pd.read_csv(root / "reuse_2.csv"))
+    monkeypatch.setenv("SHADOWMIA_SCORE_CACHE", str(tmp_path / "cache"))
+    score_job(out=str(root / "reuse_1.csv"), **common)
+    assert len([c for c in calls if c.startswith("candidates, shadow")]) == 4 and "scoring target" in calls
+    calls.clear()
+    score_job(out=str(root / "reuse_2.csv"), **common)
+    assert calls == []
+    first = pd.read_csv(root / "reuse_0.csv")
+    for again in ("reuse_1.csv", "reuse_2.csv"):
+        pd.testing.assert_frame_equal(first, pd.read_csv(root / again))
 
 
 def test_token_lira_of_a_candidate_is_computed_against_every_shadow(experiment):
@@ -368,3 +375,24 @@ def test_pool_candidates_refuse_token_logprobs_changed_after_the_fit(experiment,
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="tokens_001.npz is gone or changed"):
         score_job(out=str(tmp_path / "after.csv"), **common)
+
+
+def test_token_evidence_study_agrees_with_token_lira(experiment):
+    """The study's clipped mean at CLIP is token_lira of the held-out shadow against the others."""
+    from attack_models.token_calibration import pooled_token_variance, token_lira_rows
+    from experiments.jobs.shadows import read_token_logprobs
+    from experiments.studies.token_evidence import padded_logprobs, study, summaries, z_scores
+    from shadow.membership import load_membership
+
+    shadows = experiment["root"] / "shadows"
+    X, mask, keep = padded_logprobs(shadows)
+    ids = load_membership(shadows)[1]
+    ragged = [read_token_logprobs(shadows / "features" / f"tokens_{k:03d}.npz", ids) for k in range(4)]
+    pooled = pooled_token_variance(ragged, keep)
+    expected = token_lira_rows(ragged, keep, pooled_variance=pooled)
+    for k in range(4):
+        got = summaries(*z_scores(X, keep, k, set(), pooled), mask)["clipped_mean_3"].to_numpy()
+        np.testing.assert_allclose(got, expected[k], rtol=1e-9, atol=1e-12)
+    table = study(shadows)
+    assert {"clipped_mean_3", "xgboost on all summaries"} <= set(table["summary"])
+    assert table["auc"].between(0, 1).all()

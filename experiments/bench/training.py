@@ -71,9 +71,9 @@ def linear_flops_per_token_of(spec: str) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from llm_features.models import _weights_source
+    from llm_features.models import weights_source
 
-    source, gguf_file = _weights_source(spec)
+    source, gguf_file = weights_source(spec)
     config = AutoConfig.from_pretrained(source, gguf_file=gguf_file)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)

@@ -13,6 +13,7 @@ import pandas as pd
 from llm_features.settings import FeatureSettings
 
 from experiments.jobs.common import check_kept_fields, check_output_path, make_neighbours, write_parquet_atomic
+from llm_features.cache import default_score_cache
 from llm_features.errors import ConfigError
 from llm_features.extract import extract_features, needs_of
 from llm_features.registry import FeatureRequest, parse_features
@@ -69,7 +70,8 @@ def features_job(
     if "neighbours" in needs:
         neighbour_texts = make_neighbours(texts, generator=reference_model, settings=settings, device=device)
     table = extract_features(target, texts, requests, reference=reference_model, neighbours=neighbour_texts,
-                             batch_size=settings.batch_size, max_tokens=settings.max_tokens)
+                             batch_size=settings.batch_size, max_tokens=settings.max_tokens,
+                             cache=default_score_cache())
     write_parquet_atomic(table, out_path)
     logger.info("wrote %s (%d rows, %d columns)", out_path, len(table), len(table.columns))
     return table

@@ -8,7 +8,6 @@ is in the shadow pool. The fitted classifier then gives the membership probabili
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,11 +20,11 @@ from experiments.jobs.shadows import (FEATURES_DIR, SHADOW_TABLE, read_token_log
 from experiments.jobs.attack import load_fitted_attack, calibrated_inputs, shadow_score_matrix
 from attack_models.candidates import (CALIBRATION_STATISTIC, TOKEN_LIRA, ShadowScores, TargetTokens,
                                        calibrated_scores, classifier_inputs)
+from llm_features.cache import ScoreCache, default_score_cache, score_texts_cached
 from llm_features.errors import ConfigError, IncompatibleArtifactError, IntegrityError
 from llm_features.extract import compute_features, needs_of, score_neighbours
-from llm_features.io import atomic_path, sha256_file, sha256_text
+from llm_features.io import atomic_path, sha256_file
 from llm_features.registry import parse_features
-from llm_features.scoring import score_texts
 from llm_features.settings import FeatureSettings
 from llm_features.texts import TextSet, load_texts, texts_from_list
 
@@ -81,13 +80,14 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
     base = target if adapter is None and model == meta["base_model"] else load_model(meta["base_model"], dtype=dtype,
                                                                                     device=device)
     needs = needs_of(requests)
-    target_scores = score_texts(target.model, target.tokenizer, candidates.texts, batch_size=settings.batch_size,
-                                max_tokens=settings.max_tokens, description="scoring target")
+    cache = default_score_cache()
+    target_scores = score_texts_cached(target, candidates.texts, cache=cache, batch_size=settings.batch_size,
+                                       max_tokens=settings.max_tokens, description="scoring target")
     reference_scores = None
     if "reference" in needs:
-        reference_scores = target_scores if base is target else score_texts(
-            base.model, base.tokenizer, candidates.texts, batch_size=settings.batch_size,
-            max_tokens=settings.max_tokens, description="scoring base (reference)")
+        reference_scores = target_scores if base is target else score_texts_cached(
+            base, candidates.texts, cache=cache, batch_size=settings.batch_size, max_tokens=settings.max_tokens,
+            description="scoring base (reference)")
     neighbour_scores = None
     if "neighbours" in needs:
         neighbours = make_neighbours(candidates, generator=base, settings=settings, device=device)
@@ -101,14 +101,14 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
         calibration_inputs = in_pool
         if in_pool is None and shadow_table is not None:
             calibration_inputs = _shadow_calibration(meta, candidates, settings, dtype=dtype, device=device,
-                                                     reference_scores=reference_scores)
+                                                     cache=cache, reference_scores=reference_scores)
     if uses and calibration_inputs is None:
         raise IntegrityError(f"this attack uses {', '.join(uses)}, which needs the shadows in {meta['shadows_dir']}; "
                              "they are gone or incomplete")
     if calibration_inputs is not None:
         population = None
         if not calibration_inputs.online and meta.get("rmia_population") and shadow_table is not None:
-            population = _rmia_population_scores(meta["rmia_population"], shadow_table, target, settings)
+            population = _rmia_population_scores(meta["rmia_population"], shadow_table, target, settings, cache=cache)
         if meta.get("token_lira") and calibration_inputs.token_logprobs is not None:
             target_tokens = TargetTokens(logprobs=[np.asarray(t.token_logprobs, dtype=np.float64)
                                                    for t in target_scores],
@@ -246,9 +246,10 @@ def _pool_calibration(shadow_table: pd.DataFrame | None, candidates: TextSet,
 
 
 def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: FeatureSettings, *, dtype: str,
-                        device: str, reference_scores: Any = None) -> ShadowScores | None:
+                        device: str, cache: ScoreCache | None, reference_scores: Any = None) -> ShadowScores | None:
     """Each shadow's statistic (and calibrated features) of each candidate, by scoring the
-    candidates with every shadow (``reference_scores``: the base's, for features that need them).
+    candidates with every shadow through ``cache`` (``reference_scores``: the base's, for
+    features that need them).
 
     A candidate outside the pool was trained on by no shadow (keep = False); a candidate in
     the pool keeps its row of the membership matrix.
@@ -282,12 +283,6 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
         if recorded is not None and manifests[-1] != recorded[directory.name]:
             raise IntegrityError(f"{directory} changed since the attack was fitted (its manifest's SHA-256 differs: "
                                  "retrained or edited); its scores would not match the shadow table. Refit the attack")
-    key = (meta["base_model"], tuple(manifests), sha256_text(json.dumps([candidates.ids, candidates.texts])),
-           json.dumps(settings.to_dict(), sort_keys=True), tuple(views), dtype, device, bool(meta.get("token_lira")))
-    if key in _SHADOW_CALIBRATIONS:
-        logger.info("the %d shadows' scores of these %d candidates were computed earlier in this process; reused",
-                    len(directories), len(candidates))
-        return _SHADOW_CALIBRATIONS[key]
     scores = np.empty(keep.shape, dtype=np.float64)
     features = {view: np.empty(keep.shape, dtype=np.float64) for view in views}
     tokens: list[list[np.ndarray]] | None = [] if meta.get("token_lira") else None
@@ -295,8 +290,8 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
                 len(directories))
     for k, directory in enumerate(directories):
         shadow = load_model(meta["base_model"], adapter=directory, dtype=dtype, device=device)
-        token_scores = score_texts(shadow.model, shadow.tokenizer, candidates.texts, batch_size=settings.batch_size,
-                                   max_tokens=settings.max_tokens, description=f"candidates, shadow {k}")
+        token_scores = score_texts_cached(shadow, candidates.texts, cache=cache, batch_size=settings.batch_size,
+                                          max_tokens=settings.max_tokens, description=f"candidates, shadow {k}")
         values = compute_features(candidates, requests, token_scores, reference_scores=reference_scores)
         scores[k] = values[CALIBRATION_STATISTIC].to_numpy()
         for view in views:
@@ -304,29 +299,18 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
         if tokens is not None:
             tokens.append([np.asarray(t.token_logprobs, dtype=np.float64) for t in token_scores])
         del shadow
-    _SHADOW_CALIBRATIONS.clear()  # one entry: the candidates of the latest call
-    for array in (scores, keep, *features.values()):
-        array.setflags(write=False)
-    _SHADOW_CALIBRATIONS[key] = ShadowScores(scores=scores, keep=keep, features=features, token_logprobs=tokens)
-    return _SHADOW_CALIBRATIONS[key]
-
-
-#: The shadows' scores of the latest candidates scored in this process, keyed by everything
-#: that determines them (base, shadow manifests, candidate ids and texts, feature settings,
-#: views, dtype, device): ``transfer`` scores the same candidates with the same shadows once
-#: per target variant and pays the K shadow passes once. The arrays are never modified.
-_SHADOW_CALIBRATIONS: dict[tuple[Any, ...], ShadowScores] = {}
+    return ShadowScores(scores=scores, keep=keep, features=features, token_logprobs=tokens)
 
 
 def _rmia_population_scores(population: dict[str, list[str]], shadow_table: pd.DataFrame, target: LoadedModel,
-                            settings: FeatureSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            settings: FeatureSettings, *, cache: ScoreCache | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RMIA's population: the target's log-likelihood of each population text (one more pass
     over them), the shadows' from the shadow table, and which shadows trained on each."""
     texts = texts_from_list(population["texts"])
     if texts.ids != population["ids"]:
         raise IntegrityError("the attack's RMIA population texts do not match their ids; refit the attack")
-    token_scores = score_texts(target.model, target.tokenizer, texts.texts, batch_size=settings.batch_size,
-                               max_tokens=settings.max_tokens, description="RMIA population, target")
+    token_scores = score_texts_cached(target, texts.texts, cache=cache, batch_size=settings.batch_size,
+                                      max_tokens=settings.max_tokens, description="RMIA population, target")
     target_ll = compute_features(texts, parse_features(CALIBRATION_STATISTIC), token_scores)[
         CALIBRATION_STATISTIC].to_numpy(dtype=np.float64)
     scores, keep, ids = shadow_score_matrix(shadow_table, CALIBRATION_STATISTIC)

@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 from experiments.jobs.common import check_kept_fields, make_neighbours, write_parquet_atomic
+from llm_features.cache import default_score_cache, score_texts_cached
 from llm_features.errors import ConfigError, InputDataError, IntegrityError
 from llm_features.extract import compute_features, needs_of, score_neighbours
 from llm_features.io import atomic_path, check_writable_directory, sha256_file, write_json_atomic
 from llm_features.registry import parse_features
-from llm_features.scoring import score_texts
 from llm_features.settings import FeatureSettings
 from llm_features.texts import TextSet, load_texts
 
@@ -97,21 +97,21 @@ def shadow_features(out: Path, pool: TextSet, shadow_paths: list[Path], *, base:
     _drop_stale_tables(features_dir, inputs)
     needs = needs_of(requests)
 
+    cache = default_score_cache()
     reference_scores = None
     neighbour_texts = None
     pending = [k for k in range(len(shadow_paths))
                if not (features_dir / f"shadow_{k:03d}.parquet").is_file() or not token_path(features_dir, k).is_file()]
     if pending and "reference" in needs:
-        reference_scores = score_texts(base_model.model, base_model.tokenizer, pool.texts,
-                                       batch_size=settings.batch_size, max_tokens=settings.max_tokens,
-                                       description="scoring base (reference)")
+        reference_scores = score_texts_cached(base_model, pool.texts, cache=cache, batch_size=settings.batch_size,
+                                              max_tokens=settings.max_tokens, description="scoring base (reference)")
     if pending and "neighbours" in needs:
         neighbour_texts = cached_neighbours(features_dir, pool, generator=base_model, settings=settings,
                                             device=device)
     for k in pending:
         shadow = load_model(base, adapter=shadow_paths[k], dtype=dtype, device=device)
-        target_scores = score_texts(shadow.model, shadow.tokenizer, pool.texts, batch_size=settings.batch_size,
-                                    max_tokens=settings.max_tokens, description=f"shadow {k}")
+        target_scores = score_texts_cached(shadow, pool.texts, cache=cache, batch_size=settings.batch_size,
+                                           max_tokens=settings.max_tokens, description=f"shadow {k}")
         neighbour_scores = None
         if neighbour_texts is not None:
             neighbour_scores = score_neighbours(shadow.model, shadow.tokenizer, neighbour_texts,

@@ -1,0 +1,138 @@
+"""Is there membership evidence in the shadows' token log-probabilities beyond ``token_lira``?
+
+A study on a finished run's shadows only (no target, no target labels): every shadow in
+turn plays the target (leave-one-shadow-out), its pool texts' membership is the truth, and
+the other shadows are the attacker's. For each text the per-token z-scores against the
+OUT shadows (:mod:`attack_models.token_calibration`, nested: a training row never sees the
+held-out shadow) are summarised in several ways, and a classifier trained on the other
+shadows' rows combines them. If a combination beat ``token_lira`` here, the attack
+classifier would have the inputs to beat it on a target; if none does, the token
+log-probabilities of 8 shadows hold no evidence that ``token_lira`` leaves unused.
+
+    python -m experiments.studies.token_evidence runs/arxiv-hard
+
+Summaries of z_t (per text): the clipped mean at clips 1, 2, 3 (= ``token_lira``) and 5;
+the 10/50/90% quantiles; the share of tokens with z > 2 and z < -2; the clipped mean within
+five bins of the OUT shadows' mean log-prob (how predictable the token is). Reported: ROC
+AUC and TPR at 1% FPR, the mean over the folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from attack_models.token_calibration import CLIP, PRIOR_WEIGHT
+
+logger = logging.getLogger(__name__)
+
+#: Edges of the predictability bins, in nats of the OUT shadows' mean token log-prob.
+BIN_EDGES = (-np.inf, -6.0, -3.0, -1.0, -0.2, np.inf)
+
+
+def padded_logprobs(shadows_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``X[K, N, T]`` token log-probs of every shadow (0 past a text's end), ``mask[N, T]``, ``keep[K, N]``."""
+    from experiments.jobs.shadows import FEATURES_DIR, read_token_logprobs, token_path
+    from shadow.membership import load_membership
+
+    keep, ids = load_membership(shadows_dir)
+    ragged = [read_token_logprobs(token_path(shadows_dir / FEATURES_DIR, k), ids) for k in range(keep.shape[0])]
+    lengths = np.array([len(x) for x in ragged[0]])
+    mask = np.arange(lengths.max())[None, :] < lengths[:, None]
+    X = np.zeros((keep.shape[0], *mask.shape))
+    for k, texts in enumerate(ragged):
+        X[k][mask] = np.concatenate(texts)
+    return X, mask, keep.astype(bool)
+
+
+def z_scores(X: np.ndarray, keep: np.ndarray, row: int, excluded: set[int], pooled: float) -> tuple[np.ndarray, ...]:
+    """Shadow ``row``'s per-token z against the shadows OUT of each text, less ``excluded``
+    (the formula of :func:`attack_models.token_calibration.token_lira`), and the OUT mean."""
+    weights = (~keep).astype(float)
+    weights[[row, *excluded]] = 0.0
+    w = weights[:, :, None]
+    m = w.sum(axis=0)
+    mean = (w * X).sum(axis=0) / np.maximum(m, 1)
+    sample = (w * (X - mean) ** 2).sum(axis=0) / np.maximum(m - 1, 1)
+    variance = ((m - 1) * sample + PRIOR_WEIGHT * pooled) / (m - 1 + PRIOR_WEIGHT)
+    return (X[row] - mean) / np.sqrt(variance), mean
+
+
+def summaries(z: np.ndarray, out_mean: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
+    """Per-text summaries of the token z-scores (see the module docstring)."""
+    n = mask.sum(axis=1)
+    columns = {f"clipped_mean_{c:g}": (np.clip(z, -c, c) * mask).sum(axis=1) / n for c in (1, 2, CLIP, 5)}
+    masked = np.where(mask, z, np.nan)
+    columns.update({f"z_q{q}": np.nanpercentile(masked, q, axis=1) for q in (10, 50, 90)})
+    columns["share_z_above_2"] = ((z > 2) & mask).sum(axis=1) / n
+    columns["share_z_below_-2"] = ((z < -2) & mask).sum(axis=1) / n
+    clipped = np.clip(z, -CLIP, CLIP)
+    for b in range(len(BIN_EDGES) - 1):
+        inside = mask & (out_mean > BIN_EDGES[b]) & (out_mean <= BIN_EDGES[b + 1])
+        count = inside.sum(axis=1)
+        columns[f"bin{b}_clipped_mean"] = np.where(count > 0, (clipped * inside).sum(axis=1) / np.maximum(count, 1), 0.)
+    return pd.DataFrame(columns)
+
+
+def study(shadows_dir: Path) -> pd.DataFrame:
+    """Mean leave-one-shadow-out AUC and TPR@1%FPR of every summary and of two classifiers."""
+    import xgboost
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from attack_models.metrics import roc_auc, tpr_at_fpr
+
+    X, mask, keep = padded_logprobs(shadows_dir)
+    K = keep.shape[0]
+
+    def pooled(excluded: set[int]) -> float:
+        weights = (~keep).astype(float)
+        weights[list(excluded)] = 0.0
+        w = weights[:, :, None]
+        m = w.sum(axis=0)
+        mean = (w * X).sum(axis=0) / np.maximum(m, 1)
+        variance = (w * (X - mean) ** 2).sum(axis=0) / np.maximum(m - 1, 1)
+        return float(variance[(m >= 2) & mask].mean())
+
+    scores: dict[str, list[tuple[float, float]]] = {}
+    for held_out in range(K):
+        labels = keep[held_out].astype(int)
+        test = summaries(*z_scores(X, keep, held_out, set(), pooled(set())), mask)
+        fold_pooled = pooled({held_out})
+        train = pd.concat([summaries(*z_scores(X, keep, k, {held_out}, fold_pooled), mask).assign(label=keep[k])
+                           for k in range(K) if k != held_out])
+        predictions = {column: test[column].to_numpy() for column in test.columns}
+        for name, model in (("logistic on all summaries", make_pipeline(StandardScaler(),
+                                                                        LogisticRegression(max_iter=2000))),
+                            ("xgboost on all summaries", xgboost.XGBClassifier(
+                                n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8, n_jobs=2,
+                                random_state=0))):
+            model.fit(train[test.columns].to_numpy(), train["label"].to_numpy().astype(int))
+            predictions[name] = model.predict_proba(test.to_numpy())[:, 1]
+        for name, values in predictions.items():
+            scores.setdefault(name, []).append((roc_auc(labels, values), tpr_at_fpr(labels, values, fpr=0.01)))
+        logger.info("fold %d of %d", held_out + 1, K)
+    rows = [{"summary": name, "auc": float(np.mean([s[0] for s in values])),
+             "tpr_at_1%fpr": float(np.mean([s[1] for s in values]))} for name, values in scores.items()]
+    return pd.DataFrame(rows).sort_values("tpr_at_1%fpr", ascending=False, ignore_index=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a run directory (with shadows/) or a shadow directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = Path(args.run)
+    shadows_dir = root / "shadows" if (root / "shadows").is_dir() else root
+    table = study(shadows_dir)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
