@@ -168,13 +168,13 @@ def test_a_shadow_changed_after_the_fit_is_refused(shadows, tiny_model_dir, corp
     meta = {"shadows_dir": str(shadows), "base_model": str(tiny_model_dir), "shadow_manifests": recorded}
     settings = FeatureSettings(features="loss", max_tokens=16, batch_size=4)
     candidates = texts_from_list(corpus[40:44])
-    _shadow_calibration(meta, candidates, settings, dtype="float32", device="cpu")  # unchanged: fine
+    _shadow_calibration(meta, candidates, settings, dtype="float32", device="cpu", cache=None)  # unchanged: fine
     manifest_path = shadows / "shadow_001" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["loss_curve"] = [0.0]  # retrained or edited: the manifest (and what it lists) is another
     write_json_atomic(manifest_path, manifest)
     with pytest.raises(IntegrityError, match="shadow_001 changed since the attack was fitted"):
-        _shadow_calibration(meta, candidates, settings, dtype="float32", device="cpu")
+        _shadow_calibration(meta, candidates, settings, dtype="float32", device="cpu", cache=None)
 
 
 def test_an_unlisted_weight_file_in_an_adapter_is_refused(shadows):
