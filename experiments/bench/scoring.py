@@ -3,7 +3,10 @@
 In one run, on the same texts:
 
 1. the matrix-multiply peak of this machine: a large square matmul in bfloat16 and in
-   float32, GFLOP/s = 2 n^3 / seconds;
+   float32, GFLOP/s = 2 n^3 / seconds; and the fair limit for this model, the peak on its
+   own shapes: every linear layer's (rows x in) @ (in x out) product in the scorer's dtype,
+   with rows = a batch's tokens (batch size x the texts' median token count), timed alone
+   and summed over the layers (GFLOP/s = sum 2 rows in out / sum seconds);
 2. the naive way: float32 weights, one text at a time, a plain forward per text;
 3. the scorer: ``score_texts`` with batch-invariant length buckets in the automatic dtype,
    with the vocabulary statistics compiled (``torch.compile``, warm) and eager;
@@ -34,7 +37,6 @@ from llm_features.io import library_versions, write_json_atomic
 logger = logging.getLogger("shadowmia.bench")
 
 
-
 def matmul_gflops(dtype_name: str, *, n: int = 2048, repeats: int = 10) -> float:
     """Best-of-``repeats`` GFLOP/s of an n x n x n matmul in the given dtype."""
     import torch
@@ -51,6 +53,34 @@ def matmul_gflops(dtype_name: str, *, n: int = 2048, repeats: int = 10) -> float
         a @ b
         best = min(best, time.perf_counter() - started)
     return 2 * n**3 / best / 1e9
+
+
+def own_shape_gflops(model, *, rows: int, dtype_name: str, repeats: int = 10) -> float:
+    """GFLOP/s of the model's own linear layers, each as one (rows x in) @ (in x out) matmul
+    in ``dtype_name``, best of ``repeats`` per shape, FLOP and seconds summed over the layers."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    shapes: dict[tuple[int, int], int] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            key = (module.in_features, module.out_features)
+            shapes[key] = shapes.get(key, 0) + 1
+    generator = torch.Generator().manual_seed(0)
+    flop = seconds = 0.0
+    for (n_in, n_out), count in sorted(shapes.items()):
+        a = torch.randn(rows, n_in, generator=generator).to(dtype)
+        b = torch.randn(n_in, n_out, generator=generator).to(dtype)
+        for _ in range(2):
+            a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - started)
+        flop += count * 2 * rows * n_in * n_out
+        seconds += count * best
+    return flop / seconds / 1e9
 
 
 def time_scoring(model, tokenizer, texts, *, batch_size: int, max_tokens: int,
@@ -94,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 
     fast = load_model(args.model, dtype="auto")
     n_params = sum(p.numel() for p in fast.model.parameters())
+    from llm_features.scoring import tokenize
+
+    rows = args.batch_size * int(np.median([len(x) for x in tokenize(fast.tokenizer, texts,
+                                                                      max_tokens=args.max_tokens)[0]]))
+    own_peak = own_shape_gflops(fast.model, rows=rows, dtype_name=fast.dtype)
+    logger.info("own-shape peak (%d rows per matmul): %.0f GFLOP/s", rows, own_peak)
     compiled_seconds, n_tokens, compiled_scores = time_scoring(
         fast.model, fast.tokenizer, texts, batch_size=args.batch_size, max_tokens=args.max_tokens,
         compile_statistics="always")
@@ -132,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()},
         "scorer_gflops": round(fast_gflops, 1),
         "fraction_of_peak": round(fast_gflops / peak[scorer_dtype], 3),
+        "own_shape_rows": rows,
+        "own_shape_peak_gflops": round(own_peak, 1),
+        "fraction_of_own_shape_peak": round(fast_gflops / own_peak, 3),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "threads": torch.get_num_threads()},
         "versions": library_versions(),
