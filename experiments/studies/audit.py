@@ -13,10 +13,13 @@ Run"), one training run per epsilon:
    target's log-likelihood over the base model's) scores every canary under each target;
 4. epsilon lower bounds from the scores and the inclusion labels
    (:mod:`attack_models.privacy_bounds`): the one-run bound, valid for one training run with
-   many canaries, and the classic bound, which treats the canaries as independent trials
-   (a heuristic here; see that module);
+   many canaries; the f-DP one-run bound (Mahloujifar, Melis & Chaudhuri 2025) on the same
+   guesses, which rejects Gaussian DP curves (mu_LB) and reports the epsilon at the audit's
+   delta of the strongest one rejected (valid for a Gaussian-shaped privacy curve, as
+   DP-SGD's nearly is); and the classic bound, which treats the canaries as independent
+   trials (a heuristic here; see that module);
 5. ``report/``: ``audit.json``, ``audit.md`` (a table of epsilon_theory, the accountant's
-   epsilon, against the two lower bounds and each feature's AUC) and ``epsilon.png``.
+   epsilon, against the three lower bounds and each feature's AUC) and ``epsilon.png``.
 
 Every target is resumable (skipped when it verifies with the same settings). The true
 epsilon of each training lies in [epsilon_LB, epsilon_theory] with the stated confidence.
@@ -113,11 +116,12 @@ def group_privacy(epsilon: float, delta: float, group: int) -> tuple[float, floa
 
 def audit_bounds(labels: np.ndarray, scores: np.ndarray, *, delta: float, confidence: float,
                  seed: int) -> dict[str, Any]:
-    """Both lower bounds of one target's canary scores, as JSON-ready dicts."""
-    from attack_models.privacy_bounds import classic_epsilon_bound, one_run_epsilon_bound
+    """The three lower bounds of one target's canary scores (one-run, f-DP, classic), as JSON-ready dicts."""
+    from attack_models.privacy_bounds import classic_epsilon_bound, fdp_epsilon_bound, one_run_epsilon_bound
 
     return {"one-run": one_run_epsilon_bound(labels, scores, delta=delta, confidence=confidence,
                                              seed=seed).to_dict(),
+            "f-dp": fdp_epsilon_bound(labels, scores, delta=delta, confidence=confidence, seed=seed).to_dict(),
             "classic": classic_epsilon_bound(labels, scores, delta=delta, confidence=confidence,
                                              seed=seed).to_dict()}
 
@@ -179,9 +183,10 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                                             seed=config.seed)["auc"] for r in requests},
                 "wall_time_s": round(time.perf_counter() - stage, 1),
             })
-            logger.info("%s: epsilon_theory %.3g, one-run epsilon_LB %.3f, classic %.3f", epsilon_label(epsilon),
-                        rows[-1]["epsilon_theory"], rows[-1]["bounds"]["one-run"]["epsilon_lb"],
-                        rows[-1]["bounds"]["classic"]["epsilon_lb"])
+            bounds = rows[-1]["bounds"]
+            logger.info("%s: epsilon_theory %.3g, one-run epsilon_LB %.3f, f-DP %.3f (mu_LB %.3f), classic %.3f",
+                        epsilon_label(epsilon), rows[-1]["epsilon_theory"], bounds["one-run"]["epsilon_lb"],
+                        bounds["f-dp"]["epsilon_lb"], bounds["f-dp"]["mu_lb"], bounds["classic"]["epsilon_lb"])
         report = {
             "setting": {"name": config.name, "base_model": config.base_model, "statistic": statistic,
                         "canaries": len(canaries), "included": int(included.sum()),
@@ -199,17 +204,26 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
 
 
 def audit_table(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per target: epsilon_theory, both lower bounds, the statistic's AUC."""
+    """One row per target: epsilon_theory, the lower bounds (one-run, f-DP with its mu_LB, classic), the
+    statistic's AUC. A report written before the f-DP bound existed has no f-DP columns."""
     statistic = report["setting"]["statistic"]
-    return pd.DataFrame([{
-        "epsilon (target)": row["epsilon_target"],
-        "epsilon_theory": row["epsilon_theory"],
-        "epsilon_theory (canary)": row["epsilon_theory_canary"],
-        "delta (canary)": row["delta_canary"],
-        "epsilon_LB one-run": row["bounds"]["one-run"]["epsilon_lb"],
-        "epsilon_LB classic": row["bounds"]["classic"]["epsilon_lb"],
-        f"AUC ({statistic})": row["auc"][statistic],
-    } for row in report["targets"]])
+    rows = []
+    for row in report["targets"]:
+        bounds = row["bounds"]
+        entry = {
+            "epsilon (target)": row["epsilon_target"],
+            "epsilon_theory": row["epsilon_theory"],
+            "epsilon_theory (canary)": row["epsilon_theory_canary"],
+            "delta (canary)": row["delta_canary"],
+            "epsilon_LB one-run": bounds["one-run"]["epsilon_lb"],
+        }
+        if "f-dp" in bounds:
+            entry["epsilon_LB f-DP"] = bounds["f-dp"]["epsilon_lb"]
+            entry["mu_LB f-DP"] = bounds["f-dp"]["mu_lb"]
+        entry["epsilon_LB classic"] = bounds["classic"]["epsilon_lb"]
+        entry[f"AUC ({statistic})"] = row["auc"][statistic]
+        rows.append(entry)
+    return pd.DataFrame(rows)
 
 
 def audit_markdown(report: dict[str, Any]) -> str:
@@ -222,9 +236,13 @@ def audit_markdown(report: dict[str, Any]) -> str:
              f"one LoRA fine-tune of {setting['base_model']} per epsilon; the canaries scored by "
              f"`{setting['statistic']}`; delta = {setting['delta']:g}, confidence {setting['confidence']:g}.", "",
              "epsilon_theory is the accountant's epsilon of the training; epsilon_LB the lower bound that the "
-             "attack proves: the one-run bound (Steinke et al. 2023, valid for one run with many canaries) "
-             "and the classic bound (Clopper-Pearson on a held-out threshold, Jagielski et al. 2020; it treats "
-             "the canaries as independent trials, a heuristic for one training run). A canary repeated k "
+             "attack proves: the one-run bound (Steinke et al. 2023, valid for one run with many canaries); "
+             "the f-DP one-run bound (Mahloujifar, Melis & Chaudhuri 2025) on the same guesses: mu_LB, the "
+             "largest mu of Gaussian DP that they reject, and the epsilon at the canary's delta that mu_LB-GDP "
+             "implies (a lower bound for a Gaussian-shaped privacy curve, as DP-SGD's nearly is; by group "
+             "privacy a canary repeated k times is k mu-GDP under mu-GDP per record); and the classic bound "
+             "(Clopper-Pearson on a held-out threshold, Jagielski et al. 2020; it treats the canaries as "
+             "independent trials, a heuristic for one training run). A canary repeated k "
              "times is a group of k records: its guarantee is (k epsilon, k e^((k-1) epsilon) delta) by group "
              "privacy (Dwork & Roth 2014), the 'canary' columns, and the bounds are computed at that delta and "
              "compared with that epsilon.", "",
@@ -244,7 +262,7 @@ def label(row: dict[str, Any]) -> str:
 
 
 def epsilon_figure(report: dict[str, Any]):
-    """epsilon_LB (both bounds) against a canary's epsilon_theory; a non-private target sits at the right edge."""
+    """epsilon_LB (every bound) against a canary's epsilon_theory; a non-private target sits at the right edge."""
     from experiments.report import _new_figure
 
     table = audit_table(report)
@@ -254,10 +272,14 @@ def epsilon_figure(report: dict[str, Any]):
     x = theory.where(np.isfinite(theory), right)
     fig = _new_figure(5.0, 4.0)
     ax = fig.add_subplot()
-    top = max(right, float(table[["epsilon_LB one-run", "epsilon_LB classic"]].max().max()) * 1.1)
+    curves = [(column, marker, label) for column, marker, label in (
+        ("epsilon_LB one-run", "o-", "epsilon_LB, one-run"),
+        ("epsilon_LB f-DP", "^-", "epsilon_LB, f-DP (Gaussian)"),
+        ("epsilon_LB classic", "s-", "epsilon_LB, classic")) if column in table]
+    top = max(right, float(table[[c for c, _, _ in curves]].max().max()) * 1.1)
     ax.plot([0, right], [0, right], color="grey", linestyle="--", linewidth=1, label="epsilon_LB = epsilon_theory")
-    ax.plot(x, table["epsilon_LB one-run"], "o-", label="epsilon_LB, one-run")
-    ax.plot(x, table["epsilon_LB classic"], "s-", label="epsilon_LB, classic")
+    for column, marker, label in curves:
+        ax.plot(x, table[column], marker, label=label)
     ticks = list(finite) + ([right] if len(finite) < len(table) else [])
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:.3g}" for t in finite] + (["inf (no DP)"] if len(finite) < len(table) else []))
