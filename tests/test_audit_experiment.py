@@ -124,13 +124,17 @@ def test_audit_table_reads_reports_with_and_without_the_f_dp_bound():
            "bounds": {"one-run": bound(0.0), "f-dp": bound(0.5, mu_lb=0.9), "classic": bound(0.1)},
            "auc": {"loss": 0.7}}
     setting = {"name": "t", "statistic": "loss", "canaries": 10, "included": 5, "canary_repeats": 1, "fillers": 3,
-               "base_model": "b", "delta": 1e-5, "confidence": 0.95}
+               "base_model": "b", "delta": 1e-5, "confidence": 0.95, "canary_design": "random-tokens",
+               "canary_tokens": 16}
     table = audit_table({"setting": setting, "targets": [row]})
     assert list(table.columns) == ["epsilon (target)", "epsilon_theory", "epsilon_theory (canary)", "delta (canary)",
                                    "epsilon_LB one-run", "epsilon_LB f-DP", "mu_LB f-DP", "epsilon_LB classic",
                                    "AUC (loss)"]
-    assert "| 16 | 0.06 | 0 | 0.5 | 0.9 | 0.1 | 0.7 |" in audit_markdown({"setting": setting, "targets": [row]})
+    markdown = audit_markdown({"setting": setting, "targets": [row]})
+    assert "| 16 | 0.06 | 0 | 0.5 | 0.9 | 0.1 | 0.7 |" in markdown
+    assert "10 canaries (random-token sequences of 16 tokens)" in markdown
     old_row = {**row, "bounds": {k: v for k, v in row["bounds"].items() if k != "f-dp"}}
-    old = {"setting": setting, "targets": [old_row]}
+    old_setting = {k: v for k, v in setting.items() if k not in ("canary_design", "canary_tokens")}
+    old = {"setting": old_setting, "targets": [old_row]}
     assert "epsilon_LB f-DP" not in audit_table(old).columns
     assert "(synthetic patient records)" in audit_markdown(old)

@@ -3,10 +3,12 @@
 The experiment of Steinke, Nasr and Jagielski (2023, "Privacy Auditing with One (1) Training
 Run"), one training run per epsilon:
 
-1. ``audit.canaries`` synthetic patient records that the base model has never seen; each is
-   included in the training set with probability 1/2 (seeded by ``audit.canary_seed``), as
-   ``audit.canary_repeats`` copies; ``audit.fillers`` other texts from ``[data]`` complete
-   the training set;
+1. ``audit.canaries`` canaries that the base model has never seen, built as
+   ``audit.canary_design`` says (:mod:`experiments.data.canaries`: synthetic patient records,
+   random-token sequences, or records ending in the base model's least likely token); each
+   is included in the training set with probability 1/2 (seeded by ``audit.canary_seed``),
+   as ``audit.canary_repeats`` copies; ``audit.fillers`` other texts from ``[data]``
+   complete the training set;
 2. one target per epsilon in ``audit.epsilons``, fine-tuned as ``[target]`` says with
    DP-SGD at that epsilon (``inf``: without DP), all on the same training set;
 3. the attack statistic fixed in advance (``audit.statistic``; by default ``reference``, the
@@ -45,12 +47,31 @@ from llm_features.io import atomic_path, library_versions, write_json_atomic, wr
 logger = logging.getLogger(__name__)
 
 
-def canary_records(config: AuditExperimentConfig) -> tuple[list[str], np.ndarray]:
-    """The canary texts and whether each is included (a fair coin per canary, seeded)."""
-    from experiments.data.patients import generate_patient_records
+def canary_records(config: AuditExperimentConfig, *, base: Any = None) -> tuple[list[str], np.ndarray]:
+    """The canary texts and whether each is included (a fair coin per canary, seeded).
+
+    The texts are ``audit.canary_design``'s (:func:`experiments.data.canaries.make_canaries`).
+    A design that needs the base model's tokenizer or the model itself takes them from
+    ``base`` (a :class:`~llm_features.models.LoadedModel`), or loads them when ``base`` is None.
+    """
+    from experiments.data.canaries import DESIGN_NEEDS, make_canaries
 
     audit = config.audit
-    texts = [r["text"] for r in generate_patient_records(audit.canaries, seed=audit.canary_seed)]
+    needs = DESIGN_NEEDS[audit.canary_design]
+    tokenizer = model = None
+    if needs is not None and base is not None:
+        tokenizer, model = base.tokenizer, base.model
+    elif needs == "tokenizer":
+        from llm_features.models import load_tokenizer
+
+        tokenizer = load_tokenizer(config.base_model)
+    elif needs == "model":
+        from llm_features.models import load_model
+
+        loaded = load_model(config.base_model)
+        tokenizer, model = loaded.tokenizer, loaded.model
+    texts = make_canaries(audit.canary_design, audit.canaries, seed=audit.canary_seed, length=audit.canary_tokens,
+                          max_tokens=config.target.max_tokens, tokenizer=tokenizer, model=model)
     included = np.random.default_rng([audit.canary_seed, 1]).random(audit.canaries) < 0.5
     return texts, included
 
@@ -137,10 +158,17 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     from llm_features.texts import texts_from_list
     from shadow.adapter import read_manifest
 
+    from experiments.data.canaries import DESIGN_NEEDS
+
+    def canaries_and_training(base: Any) -> tuple[list[str], np.ndarray, list[str], list[str]]:
+        canaries, included = canary_records(config, base=base)
+        fillers = filler_texts(config, exclude=set(canaries))
+        return canaries, included, fillers, training_texts(canaries, included, fillers, config.audit.canary_repeats)
+
     out = Path(out)
-    canaries, included = canary_records(config)
-    fillers = filler_texts(config, exclude=set(canaries))
-    training = training_texts(canaries, included, fillers, config.audit.canary_repeats)
+    needs_base = DESIGN_NEEDS[config.audit.canary_design] is not None
+    if not needs_base:  # settings errors (too few fillers) before the run directory is claimed
+        canaries, included, fillers, training = canaries_and_training(None)
     out.mkdir(parents=True, exist_ok=True)
     claim_run_directory(out, config, force=force)
     audit = config.audit
@@ -148,12 +176,15 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     statistic = parse_features(audit.statistic)[0].column
     started = time.perf_counter()
     with log_to_file(out / "run.log"):
-        logger.info("audit %s: %d canaries (%d included x %d), %d fillers, epsilons %s", config.name,
-                    len(canaries), int(included.sum()), audit.canary_repeats, len(fillers), list(audit.epsilons))
+        base = load_model(config.base_model)
+        if needs_base:  # built from the base model's tokenizer or predictions
+            canaries, included, fillers, training = canaries_and_training(base)
+        logger.info("audit %s: %d canaries (%s; %d included x %d), %d fillers, epsilons %s", config.name,
+                    len(canaries), audit.canary_design, int(included.sum()), audit.canary_repeats, len(fillers),
+                    list(audit.epsilons))
         write_text_atomic(out / "data" / "canaries.jsonl", "".join(
             json.dumps({"text": t, "label": int(k)}) + "\n" for t, k in zip(canaries, included)))
         candidates = texts_from_list(canaries, label=[int(k) for k in included])
-        base = load_model(config.base_model)
         max_tokens = config.target.max_tokens
         base_scores = score_texts(base.model, base.tokenizer, candidates.texts, max_tokens=max_tokens,
                                   description="canaries, base model")
@@ -189,7 +220,9 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                         bounds["f-dp"]["epsilon_lb"], bounds["f-dp"]["mu_lb"], bounds["classic"]["epsilon_lb"])
         report = {
             "setting": {"name": config.name, "base_model": config.base_model, "statistic": statistic,
-                        "canaries": len(canaries), "included": int(included.sum()),
+                        "canaries": len(canaries), "canary_design": audit.canary_design,
+                        "canary_tokens": audit.canary_tokens if audit.canary_design == "random-tokens" else None,
+                        "included": int(included.sum()),
                         "canary_repeats": audit.canary_repeats, "fillers": len(fillers),
                         "training_texts": len(training), "delta": audit.delta, "confidence": audit.confidence,
                         "target_training": config.target.to_dict(), "seeds": {"fillers": config.seed,
@@ -228,10 +261,15 @@ def audit_table(report: dict[str, Any]) -> pd.DataFrame:
 
 def audit_markdown(report: dict[str, Any]) -> str:
     """The audit's table and setting as Markdown."""
+    from experiments.data.canaries import CANARY_DESIGNS
+
     setting = report["setting"]
     table = audit_table(report)
+    design = CANARY_DESIGNS.get(setting.get("canary_design", "patient-records"), setting.get("canary_design"))
+    if setting.get("canary_tokens"):
+        design += f" of {setting['canary_tokens']} tokens"
     lines = [f"# Privacy audit: {setting['name']}", "",
-             f"{setting['canaries']} canaries (synthetic patient records), {setting['included']} of them included "
+             f"{setting['canaries']} canaries ({design}), {setting['included']} of them included "
              f"(a fair coin each) x {setting['canary_repeats']}, among {setting['fillers']} fillers; "
              f"one LoRA fine-tune of {setting['base_model']} per epsilon; the canaries scored by "
              f"`{setting['statistic']}`; delta = {setting['delta']:g}, confidence {setting['confidence']:g}.", "",
