@@ -9,7 +9,7 @@ family and the atomic-file helpers.
 * :mod:`attack_models.selection`: leave-one-shadow-out comparison and choice.
 * :mod:`attack_models.calibrated`: LiRA (online/offline) and RMIA per-text scores.
 * :mod:`attack_models.persistence`: save/load with checksums and a type allowlist.
-* :mod:`attack_models.privacy_bounds`: epsilon lower bounds for DP auditing (classic, one-run).
+* :mod:`attack_models.privacy_bounds`: epsilon lower bounds for DP auditing (classic, one-run, f-DP one-run).
 """
 
 from attack_models.calibrated import (
@@ -50,11 +50,15 @@ from attack_models.metrics import (
 from attack_models.persistence import ALLOWED_TYPES, UntrustedArtifactError, load_attack, save_attack
 from attack_models.privacy_bounds import (
     ClassicAudit,
+    FdpAudit,
     OneRunAudit,
     classic_epsilon_bound,
     classic_epsilon_from_counts,
     clopper_pearson,
     default_guess_grid,
+    fdp_epsilon_bound,
+    gdp_epsilon,
+    gdp_mu_from_counts,
     one_run_epsilon_bound,
     one_run_epsilon_from_counts,
     one_run_p_value,
@@ -66,6 +70,7 @@ __all__ = [
     "CALIBRATED_METHODS",
     "CLASSIFIERS",
     "ClassicAudit",
+    "FdpAudit",
     "LiraStatistics",
     "LogisticAttack",
     "MLPAttack",
@@ -80,6 +85,9 @@ __all__ = [
     "classic_epsilon_from_counts",
     "clopper_pearson",
     "default_guess_grid",
+    "fdp_epsilon_bound",
+    "gdp_epsilon",
+    "gdp_mu_from_counts",
     "impute_nan",
     "leave_one_shadow_out",
     "leave_one_shadow_out_calibrated",

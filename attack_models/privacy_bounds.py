@@ -36,6 +36,15 @@ Two bounds
   and epsilon_LB is the largest epsilon whose right-hand side at the observed v is below
   ``1 - confidence``.
 
+* :func:`fdp_epsilon_bound` (Mahloujifar, Melis & Chaudhuri 2025, "Auditing f-Differential
+  Privacy in One Run", ICML 2025, arXiv 2410.22235): the same experiment and the same
+  guesses, tested against a hypothesised *tradeoff curve* instead of one (epsilon, delta)
+  pair. With the Gaussian (mu-GDP) family it gives mu_LB, the largest mu whose curve the
+  guesses reject, and the epsilon at the audit's delta that mu_LB-GDP implies (Dong, Roth &
+  Su 2022). The number is an (epsilon, delta) lower bound only for mechanisms whose privacy
+  curve is Gaussian-shaped (DP-SGD is close to it); see that function. For Gaussian
+  mechanisms it is tighter than the Steinke et al. bound at the same confidence.
+
 Confidence
 ----------
 Every bound holds with probability at least ``confidence`` over the randomness of the
@@ -62,7 +71,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
+from scipy import optimize, special, stats
 
 from attack_models.metrics import _roc_counts
 from llm_features.errors import ConfigError, InputDataError
@@ -72,11 +81,17 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ClassicAudit",
+    "FdpAudit",
     "OneRunAudit",
     "classic_epsilon_bound",
     "classic_epsilon_from_counts",
     "clopper_pearson",
     "default_guess_grid",
+    "fdp_epsilon_bound",
+    "fdp_one_run_sum",
+    "gdp_delta",
+    "gdp_epsilon",
+    "gdp_mu_from_counts",
     "one_run_epsilon_bound",
     "one_run_epsilon_from_counts",
     "one_run_p_value",
@@ -90,6 +105,11 @@ BALANCE_P_VALUE = 1e-3
 two-sided p-value below this: their canaries were not included with probability 1/2."""
 
 _EPS_CAP = 50.0  # q = 1 - 2e-22 at this epsilon: float precision ends here
+
+MU_CAP = 30.0
+"""The largest mu that :func:`gdp_mu_from_counts` tries (Phi(-30) = 5e-198, still a float; no
+audit of fewer than about 10^190 canaries comes near it). A bound that reaches it is
+returned as ``MU_CAP``, which is still a valid lower bound."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -383,6 +403,28 @@ def default_guess_grid(m: int) -> list[tuple[int, int]]:
     return list(dict.fromkeys(p for p in pairs if sum(p) <= m))
 
 
+def _check_pairs(pairs: Sequence[tuple[int, int]] | None, m: int) -> list[tuple[int, int]]:
+    """The (k+, k-) pairs to try: the default grid, or those given, checked."""
+    checked = default_guess_grid(m) if pairs is None else [(int(a), int(b)) for a, b in pairs]
+    if not checked or any(a < 0 or b < 0 or a + b > m or a + b == 0 for a, b in checked):
+        raise ConfigError(f"guesses must be (k_plus, k_minus) pairs with 0 < k_plus + k_minus <= {m}; got {pairs!r}.")
+    return checked
+
+
+def _guess(y: np.ndarray, s: np.ndarray, pairs: Sequence[tuple[int, int]], seed: int) -> tuple[np.ndarray, list[int]]:
+    """The canaries ranked by score (highest first) and, per (k+, k-) pair, the number v of
+    correct guesses when the k+ highest are guessed "in" and the k- lowest "out".
+
+    Ties between equal scores are broken by a random order drawn from ``seed``, so the order
+    of the rows cannot leak labels.
+    """
+    order = np.random.default_rng(seed).permutation(y.size)
+    ranked = order[np.argsort(-s[order], kind="stable")]  # highest score first, ties in random order
+    correct_in = np.cumsum(y[ranked] == 1)  # members among the top k, at index k - 1
+    correct_out = np.cumsum(y[ranked[::-1]] == 0)  # non-members among the bottom k
+    return ranked, [int((correct_in[a - 1] if a else 0) + (correct_out[b - 1] if b else 0)) for a, b in pairs]
+
+
 def _check_balance(y: np.ndarray) -> None:
     n_members = int(y.sum())
     p = stats.binomtest(n_members, y.size, 0.5).pvalue
@@ -447,9 +489,7 @@ def one_run_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float 
     y, s = _check_inputs(labels, scores)
     _check_balance(y)
     m = y.size
-    pairs = default_guess_grid(m) if guesses is None else [(int(a), int(b)) for a, b in guesses]
-    if not pairs or any(a < 0 or b < 0 or a + b > m or a + b == 0 for a, b in pairs):
-        raise ConfigError(f"guesses must be (k_plus, k_minus) pairs with 0 < k_plus + k_minus <= {m}; got {guesses!r}.")
+    pairs = _check_pairs(guesses, m)
     level = 1.0 - (1.0 - confidence) / len(pairs)
     common = dict(m=m, n_hypotheses=len(pairs), confidence=confidence, delta=delta, seed=seed, n_selection=0,
                   n_evaluation=m)
@@ -463,13 +503,9 @@ def one_run_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float 
         logger.warning(note)
         return OneRunAudit(epsilon_lb=0.0, k_plus=0, k_minus=0, r=0, v=0, in_threshold=float("nan"),
                            out_threshold=float("nan"), note=note, **common)
-    order = np.random.default_rng(seed).permutation(m)
-    ranked = order[np.argsort(-s[order], kind="stable")]  # highest score first, ties in random order
-    correct_in = np.cumsum(y[ranked] == 1)  # members among the top k, at index k - 1
-    correct_out = np.cumsum(y[ranked[::-1]] == 0)  # non-members among the bottom k
+    ranked, correct = _guess(y, s, pairs, seed)
     best = None
-    for k_plus, k_minus in pairs:
-        v = int((correct_in[k_plus - 1] if k_plus else 0) + (correct_out[k_minus - 1] if k_minus else 0))
+    for (k_plus, k_minus), v in zip(pairs, correct):
         eps = one_run_epsilon_from_counts(m, k_plus + k_minus, v, delta=delta, confidence=level)
         logger.debug("one-run: k+=%d k-=%d v=%d -> epsilon_LB %.4f", k_plus, k_minus, v, eps)
         if best is None or eps > best[0]:
@@ -482,3 +518,260 @@ def one_run_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float 
                        in_threshold=float(s[ranked[k_plus - 1]]) if k_plus else float("nan"),
                        out_threshold=float(s[ranked[m - k_minus]]) if k_minus else float("nan"),
                        note=note, **common)
+
+
+# --------------------------------------------------------------------------- f-DP one-run bound
+
+
+def gdp_delta(mu: float, epsilon: float) -> float:
+    """delta(epsilon) of mu-GDP (Dong, Roth & Su 2022, "Gaussian Differential Privacy", Cor. 2.13):
+
+        delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)
+
+    A mechanism is mu-GDP iff it is (eps, delta(eps))-DP for every eps >= 0; 0 at ``mu = 0``.
+    The second term is computed as ``exp(eps + log Phi(...))`` so that it neither overflows
+    nor underflows at large eps.
+    """
+    mu, epsilon = float(mu), float(epsilon)
+    if mu < 0 or epsilon < 0 or math.isnan(mu) or math.isnan(epsilon):
+        raise InputDataError(f"need mu >= 0 and epsilon >= 0; got mu={mu}, epsilon={epsilon}.")
+    if mu == 0.0:
+        return 0.0
+    if math.isinf(mu):
+        return 1.0
+    value = special.ndtr(-epsilon / mu + mu / 2.0) - math.exp(epsilon + special.log_ndtr(-epsilon / mu - mu / 2.0))
+    return float(min(max(value, 0.0), 1.0))
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """The epsilon of mu-GDP at ``delta``: the root of :func:`gdp_delta` ``(mu, eps) = delta``.
+
+    0 when ``delta(0) = 2 Phi(mu/2) - 1 <= delta`` (mu-GDP is then (0, delta)-DP). delta(eps)
+    falls strictly in eps, so the root is unique; it is found by Brent's method to 1e-12.
+    """
+    delta = _check_unit("delta", delta, "1e-5")
+    if gdp_delta(mu, 0.0) <= delta:
+        return 0.0
+    if math.isinf(mu):
+        return math.inf
+    high = 1.0
+    while gdp_delta(mu, high) > delta:
+        high *= 2.0
+    return float(optimize.brentq(lambda e: gdp_delta(mu, e) - delta, 0.0, high, xtol=1e-12))
+
+
+def _check_counts(m: int, r: int, v: int) -> None:
+    for name, value in (("m", m), ("r", r), ("v", v)):
+        check_int(value, name=name, low=0)
+    if not 0 <= v <= r <= m or r == 0:
+        raise InputDataError(f"need 0 <= v <= r <= m and r >= 1; got m={m}, r={r}, v={v}.")
+
+
+def _fdp_sums(m: int, r: int, v: int, mus: np.ndarray, tau: float) -> np.ndarray:
+    """``r_0 + h_0`` of the recursion of :func:`fdp_one_run_sum`, for each mu of ``mus`` at once.
+
+    Vectorised over mu; ``r`` is clipped to 1 only where it enters Phi^-1 (beyond 1 the sum
+    already exceeds ``r / m`` and can only grow, so the decision is unchanged).
+    """
+    mus = np.asarray(mus, dtype=np.float64)
+    right = np.full(mus.shape, tau * v / m)  # r_v
+    wrong = np.full(mus.shape, tau * (r - v) / m)  # h_v
+    for i in range(v - 1, -1, -1):
+        inverse = special.ndtr(special.ndtri(np.minimum(right, 1.0)) - mus)  # f-bar^-1(r_{i+1}), mu-GDP
+        new_wrong = np.maximum(wrong, inverse)
+        if np.array_equal(new_wrong, wrong):
+            break  # h unchanged: r is unchanged too, and so is every later step
+        right = right + (i / (r - i)) * (new_wrong - wrong)
+        wrong = new_wrong
+    return right + wrong
+
+
+def fdp_one_run_sum(m: int, r: int, v: int, mu: float, tau: float) -> float:
+    """``r_0 + h_0`` of Mahloujifar, Melis & Chaudhuri (2025)'s recursion for a mu-GDP mechanism.
+
+    ``m`` canaries (each included by an independent fair coin), ``r`` guesses (the rest
+    abstentions), ``v`` of them correct; ``tau`` the probability to be tested. With
+    ``f-bar(x) = 1 - f(x)`` and, for mu-GDP, ``f-bar^-1(x) = Phi(Phi^-1(x) - mu)``::
+
+        r_v = tau v / m,   h_v = tau (r - v) / m
+        for i = v - 1, ..., 0:
+            h_i = max(h_{i+1}, f-bar^-1(r_{i+1}))
+            r_i = r_{i+1} + i / (r - i) * (h_i - h_{i+1})
+
+    (the paper's ``audit_rh_with_cap`` with alphabet size k = 2). If the mechanism is mu-GDP
+    and ``P[at least v correct guesses] >= tau``, then ``r_0 + h_0 <= r / m``: so a sum above
+    ``r / m`` proves ``P[W >= v] < tau``, and observing v correct guesses rejects mu-GDP at
+    level tau. Why: r_i and h_i are lower bounds of the probabilities that the guess on a
+    uniformly random canary I is right, resp. wrong, and at least i guesses are right; their
+    true values sum to r / m at i = 0. "The guess on I is g and the other guesses have at
+    least i - 1 right" is one event of the output; with I's coin equal to g it says "right,
+    at least i right", otherwise "wrong, at least i - 1 right", so f-DP ties the two:
+    ``h_{i-1} >= f-bar^-1(r_i)``. Going from "at least i + 1" to "at least i" adds the runs
+    with exactly i right, whose guesses are i right to r - i wrong: hence the step of r_i.
+    The sum falls as mu grows.
+    """
+    _check_counts(m, r, v)
+    tau = _check_unit("tau", tau, "0.05")
+    if mu < 0 or math.isnan(mu):
+        raise InputDataError(f"need mu >= 0; got {mu}.")
+    return float(_fdp_sums(m, r, v, np.array([float(mu)]), tau)[0])
+
+
+def gdp_mu_from_counts(m: int, r: int, v: int, *, confidence: float = 0.95) -> float:
+    """The largest mu whose mu-GDP the guesses reject at level ``1 - confidence`` (0 if none).
+
+    mu-GDP is rejected when :func:`fdp_one_run_sum` ``(m, r, v, mu, 1 - confidence)`` exceeds
+    ``r / m``; the sum falls as mu grows, so the rejected mu form an interval ``[0, mu_LB)``.
+    Found by repeated 32-way search to 1e-7 on ``[0, MU_CAP]``; the value returned is a mu
+    that is rejected (the lower end of the last bracket), so it errs on the conservative side.
+    """
+    _check_counts(m, r, v)
+    confidence = _check_unit("confidence", confidence, "0.95")
+    tau = 1.0 - confidence
+    limit = r / m
+
+    def rejected(mus: np.ndarray) -> np.ndarray:
+        return _fdp_sums(m, r, v, mus, tau) > limit
+
+    if not rejected(np.array([0.0]))[0]:
+        return 0.0
+    if rejected(np.array([MU_CAP]))[0]:
+        return MU_CAP
+    low, high = 0.0, MU_CAP
+    while high - low > 1e-7:
+        grid = np.linspace(low, high, 33)
+        last = int(np.flatnonzero(rejected(grid)).max())  # grid[0] is rejected, grid[-1] is not
+        low, high = float(grid[last]), float(grid[last + 1])
+    return low
+
+
+@dataclasses.dataclass(frozen=True)
+class FdpAudit:
+    """Result of :func:`fdp_epsilon_bound` for the best (k+, k-) of the grid."""
+
+    epsilon_lb: float  # epsilon at delta of mu_lb-GDP
+    mu_lb: float  # largest mu whose mu-GDP the guesses reject
+    m: int  # canaries
+    k_plus: int  # guessed "in": the k+ highest scores
+    k_minus: int  # guessed "out": the k- lowest scores
+    r: int  # guesses, k+ + k-
+    v: int  # correct guesses
+    in_threshold: float  # lowest score guessed "in" (nan if k+ = 0)
+    out_threshold: float  # highest score guessed "out" (nan if k- = 0)
+    n_hypotheses: int  # (k+, k-) pairs tried; each tested at (1 - confidence) / n_hypotheses
+    confidence: float
+    delta: float
+    seed: int  # breaks ties between equal scores
+    n_selection: int  # 0: the pairs are fixed in advance, Bonferroni instead of a split
+    n_evaluation: int
+    note: str | None = None
+    family: str = "gaussian"  # the tradeoff curves tested: mu-GDP
+    method: str = "f-dp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_ready(dataclasses.asdict(self))
+
+
+def _fdp_needed(confidence: float) -> int | None:
+    """Smallest m for which all-correct guesses over the default grid reject some mu > 0, or
+    None when no m up to 2^20 does (a doubling search, then a bisection)."""
+    def positive(m: int) -> bool:
+        pairs = default_guess_grid(m)
+        level = 1.0 - (1.0 - confidence) / len(pairs)
+        return any(gdp_mu_from_counts(m, a + b, a + b, confidence=level) > 0.0 for a, b in pairs)
+
+    high = 2
+    while not positive(high):
+        if high >= 2**20:
+            return None
+        high *= 2
+    low = max(2, high // 2)
+    while low < high:
+        middle = (low + high) // 2
+        if positive(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def fdp_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float = 1e-5, confidence: float = 0.95,
+                      seed: int = 0, guesses: Sequence[tuple[int, int]] | None = None) -> FdpAudit:
+    """f-DP one-run bound (Mahloujifar, Melis & Chaudhuri 2025) with Gaussian tradeoff curves.
+
+    Reference: S. Mahloujifar, L. Melis, K. Chaudhuri, "Auditing f-Differential Privacy in
+    One Run", ICML 2025, arXiv 2410.22235.
+
+    The guesses are those of :func:`one_run_epsilon_bound`: for each (k+, k-) of ``guesses``
+    (default :func:`default_guess_grid`), "in" for the k+ highest scores and "out" for the
+    k- lowest (ties broken by a random order from ``seed``), v correct of r = k+ + k-. Each
+    pair gives :func:`gdp_mu_from_counts` at level ``1 - (1 - confidence) / len(guesses)``
+    (Bonferroni over the pairs, fixed before the scores are seen); the largest is ``mu_lb``,
+    and ``epsilon_lb = gdp_epsilon(mu_lb, delta)``, the epsilon at ``delta`` of mu_lb-GDP::
+
+        delta = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)
+
+    The test of each mu is the paper's recursion (:func:`fdp_one_run_sum`): reject mu-GDP
+    when ``r_0 + h_0 > r / m``.
+
+    Validity (what the theorem assumes):
+
+    * each of the m canaries is included independently by a fair coin (labels that a fair
+      coin would rarely give raise :class:`InputDataError`; a fixed-size half split is a
+      close approximation, not the theorem);
+    * one training run, on all canaries together;
+    * the guesses are made after training, from the trained model alone (the scores), with
+      the pairs chosen before the scores are seen.
+
+    What it proves: with probability ``confidence`` the training is *not* mu-GDP for any
+    mu < mu_lb (with respect to one canary's inclusion). ``epsilon_lb`` is the epsilon at
+    ``delta`` of the strongest rejected Gaussian curve: a lower bound on the (epsilon,
+    delta) of mechanisms whose privacy curve is Gaussian (DP-SGD with many steps is close to
+    one), not of an arbitrary (epsilon, delta)-DP mechanism -- for that, use
+    :func:`one_run_epsilon_bound`. For Gaussian mechanisms it is the tighter of the two.
+    When all-correct guesses could not reject any mu > 0, ``epsilon_lb`` and ``mu_lb`` are 0
+    and ``note`` says how many canaries are needed; when mu_lb > 0 but mu_lb-GDP already
+    holds at ``delta`` with epsilon 0 (``2 Phi(mu_lb / 2) - 1 <= delta``), ``epsilon_lb`` is 0
+    and ``note`` says so.
+    """
+    delta = _check_unit("delta", delta, "1e-5")
+    confidence = _check_unit("confidence", confidence, "0.95")
+    seed = _check_seed(seed)
+    y, s = _check_inputs(labels, scores)
+    _check_balance(y)
+    m = y.size
+    pairs = _check_pairs(guesses, m)
+    level = 1.0 - (1.0 - confidence) / len(pairs)
+    common = dict(m=m, n_hypotheses=len(pairs), confidence=confidence, delta=delta, seed=seed, n_selection=0,
+                  n_evaluation=m)
+    if all(gdp_mu_from_counts(m, a + b, a + b, confidence=level) == 0.0 for a, b in pairs):
+        needed = _fdp_needed(confidence)
+        remedy = (f"with the default grid at least {needed} canaries are needed" if needed is not None else
+                  "no number of canaries up to 2^20 gives one")
+        note = (f"too few canaries: with {m} canaries even all-correct guesses reject no mu-GDP at confidence "
+                f"{confidence:g} over {len(pairs)} (k+, k-) pair(s); {remedy}.")
+        logger.warning(note)
+        return FdpAudit(epsilon_lb=0.0, mu_lb=0.0, k_plus=0, k_minus=0, r=0, v=0, in_threshold=float("nan"),
+                        out_threshold=float("nan"), note=note, **common)
+    ranked, correct = _guess(y, s, pairs, seed)
+    best = None
+    for (k_plus, k_minus), v in zip(pairs, correct):
+        mu = gdp_mu_from_counts(m, k_plus + k_minus, v, confidence=level)
+        logger.debug("f-DP: k+=%d k-=%d v=%d -> mu_LB %.4f", k_plus, k_minus, v, mu)
+        if best is None or mu > best[0]:
+            best = (mu, k_plus, k_minus, v)
+    mu, k_plus, k_minus, v = best
+    eps = gdp_epsilon(mu, delta) if mu > 0 else 0.0
+    if mu == 0.0:
+        note = "no positive bound: no (k+, k-) pair guesses better than chance explains"
+    elif eps == 0.0:
+        note = (f"mu_LB = {mu:.4g} is rejected, but at delta {delta:g} mu-GDP with this mu already holds with "
+                f"epsilon 0 (2 Phi(mu/2) - 1 = {gdp_delta(mu, 0.0):.3g} <= delta): compare mu_LB, or lower delta")
+    else:
+        note = None
+    logger.info("f-DP bound: mu_LB = %.4f, epsilon_LB = %.4f at delta %g (k+=%d, k-=%d, %d of %d correct)", mu, eps,
+                delta, k_plus, k_minus, v, k_plus + k_minus)
+    return FdpAudit(epsilon_lb=eps, mu_lb=mu, k_plus=k_plus, k_minus=k_minus, r=k_plus + k_minus, v=v,
+                    in_threshold=float(s[ranked[k_plus - 1]]) if k_plus else float("nan"),
+                    out_threshold=float(s[ranked[m - k_minus]]) if k_minus else float("nan"),
+                    note=note, **common)

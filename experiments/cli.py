@@ -454,14 +454,20 @@ def _audit_parser(subparsers: argparse._SubParsersAction) -> None:
         "audit", help="epsilon lower bounds (DP auditing) from membership scores of canaries",
         description="Turns membership scores of canaries with known labels into statistically valid lower bounds "
                     "on the epsilon of (epsilon, delta)-DP: the classic bound (Jagielski et al. 2020) and the "
-                    "one-run bound (Steinke, Nasr & Jagielski 2023).")
+                    "one-run bound (Steinke, Nasr & Jagielski 2023); with --method f-dp or all also the f-DP "
+                    "one-run bound (Mahloujifar, Melis & Chaudhuri 2025): the largest mu of Gaussian DP that the "
+                    "guesses reject, and the epsilon at --delta that this mu implies (valid for mechanisms with a "
+                    "Gaussian privacy curve, such as DP-SGD).")
     parser.add_argument("--scores", required=True, help=".csv of scores, e.g. written by shadowmia score")
     parser.add_argument("--score-column", default="membership_probability", help="higher = more likely a member")
     parser.add_argument("--labels", help=".csv or .jsonl with id and label (1 member, 0 non-member), matched on id")
     parser.add_argument("--label-column", default="label", help="label column of --scores when --labels is not given")
     parser.add_argument("--delta", type=float, default=1e-5, help="delta of the (epsilon, delta)-DP being audited")
     parser.add_argument("--confidence", type=float, default=0.95, help="probability that the bounds hold")
-    parser.add_argument("--method", choices=("classic", "one-run", "both"), default="both")
+    # experiments.jobs.audit.METHOD_CHOICES, written out so that building the parser imports no scipy
+    # (tests/test_audit_cli.py checks that the two agree)
+    parser.add_argument("--method", choices=("classic", "one-run", "f-dp", "both", "all"), default="both",
+                        help="both: classic and one-run; all: also f-dp")
     parser.add_argument("--seed", type=int, default=0, help="seed of the classic bound's split and of tie-breaking")
     parser.add_argument("--out", help="write the result to this .json file")
     parser.set_defaults(handler=_run_audit)
@@ -487,6 +493,8 @@ def _run_audit(args: argparse.Namespace) -> int:
         else:
             details = (f"{r['v']} of {r['r']} guesses right (k+ {r['k_plus']}, k- {r['k_minus']}, m {r['m']}; "
                        f"best of {r['n_hypotheses']} pairs)")
+            if name == "f-dp":
+                details = f"mu_LB {r['mu_lb']:.4f} (Gaussian DP); " + details
         print(f"{name:<10}{r['epsilon_lb']:>11.4f}  {details}")
         if r["note"]:
             print(f"{'':<23}note: {r['note']}")

@@ -111,3 +111,45 @@ def test_audit_reports_too_few_canaries_instead_of_a_number(tmp_path, capsys):
     for name in ("classic", "one-run"):
         assert results[name]["epsilon_lb"] == 0.0 and "too few canaries" in results[name]["note"]
     assert capsys.readouterr().out.count("note: too few canaries") == 2
+
+
+def test_audit_f_dp_method_and_all(scored, tmp_path, capsys):
+    from attack_models.privacy_bounds import fdp_epsilon_bound
+
+    path, table = scored
+    out = tmp_path / "all.json"
+    assert main(["audit", "--scores", str(path), "--out", str(out), "--method", "all", "--seed", "3"]) == 0
+    report = json.loads(out.read_text())
+    assert report["inputs"]["methods"] == ["classic", "one-run", "f-dp"]
+    fdp = report["results"]["f-dp"]
+    y, s = table["label"].to_numpy(), table["membership_probability"].to_numpy()
+    expected = fdp_epsilon_bound(y, s, seed=3)
+    assert fdp["epsilon_lb"] == expected.epsilon_lb and fdp["mu_lb"] == expected.mu_lb
+    assert fdp["method"] == "f-dp" and fdp["family"] == "gaussian"
+    assert fdp["epsilon_lb"] >= report["results"]["one-run"]["epsilon_lb"] > 1.0
+    printed = capsys.readouterr().out
+    assert f"f-dp{fdp['epsilon_lb']:>17.4f}" in printed and f"mu_LB {fdp['mu_lb']:.4f}" in printed
+    only = tmp_path / "fdp.json"
+    assert main(["audit", "--scores", str(path), "--out", str(only), "--method", "f-dp", "--seed", "3"]) == 0
+    assert list(json.loads(only.read_text())["results"]) == ["f-dp"]
+
+
+def test_audit_f_dp_reports_too_few_canaries(tmp_path, capsys):
+    path = tmp_path / "few.csv"
+    pd.DataFrame({"id": list("abcdef"), "membership_probability": [0.9, 0.8, 0.95, 0.1, 0.2, 0.05],
+                  "label": [1, 1, 1, 0, 0, 0]}).to_csv(path, index=False)
+    out = tmp_path / "few.json"
+    assert main(["audit", "--scores", str(path), "--out", str(out), "--method", "f-dp"]) == 0
+    result = json.loads(out.read_text())["results"]["f-dp"]
+    assert result["epsilon_lb"] == 0.0 and result["mu_lb"] == 0.0 and "too few canaries" in result["note"]
+    assert "note: too few canaries" in capsys.readouterr().out
+
+
+def test_cli_method_choices_are_those_of_the_job():
+    from experiments.cli import build_parser
+    from experiments.jobs.audit import METHOD_CHOICES
+
+    parser = build_parser()
+    audit = parser._subparsers._group_actions[0].choices["audit"]  # noqa: SLF001
+    method = next(a for a in audit._actions if a.dest == "method")  # noqa: SLF001
+    assert tuple(method.choices) == METHOD_CHOICES

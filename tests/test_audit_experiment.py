@@ -80,7 +80,7 @@ def test_audit_run_bounds_epsilon_below_the_accountant(config_file, tmp_path, ca
     # each included canary is in the training set twice: a group of 2 records
     assert private["epsilon_theory_canary"] == pytest.approx(2 * private["epsilon_theory"])
     assert private["delta_canary"] == pytest.approx(2 * math.exp(private["epsilon_theory"]) * 1e-5)
-    for method in ("one-run", "classic"):
+    for method in ("one-run", "f-dp", "classic"):
         assert 0.0 <= private["bounds"][method]["epsilon_lb"] <= private["epsilon_theory_canary"]
         assert private["bounds"][method]["delta"] == pytest.approx(private["delta_canary"])
     # the non-private target memorises its canaries: the attack proves a positive epsilon
@@ -112,3 +112,29 @@ def test_group_privacy_of_a_repeated_canary():
     assert group_privacy(2.0, 1e-5, 3) == pytest.approx((6.0, 3 * math.exp(4.0) * 1e-5))
     assert group_privacy(math.inf, 1e-5, 3) == (math.inf, 1e-5)
     assert group_privacy(8.0, 1e-2, 4)[1] == 1.0  # capped
+
+
+def test_audit_table_reads_reports_with_and_without_the_f_dp_bound():
+    from experiments.studies.audit import audit_markdown, audit_table
+
+    def bound(eps, **extra):
+        return {"epsilon_lb": eps, "note": None, **extra}
+
+    row = {"epsilon_target": 8.0, "epsilon_theory": 8.0, "epsilon_theory_canary": 16.0, "delta_canary": 0.06,
+           "bounds": {"one-run": bound(0.0), "f-dp": bound(0.5, mu_lb=0.9), "classic": bound(0.1)},
+           "auc": {"loss": 0.7}}
+    setting = {"name": "t", "statistic": "loss", "canaries": 10, "included": 5, "canary_repeats": 1, "fillers": 3,
+               "base_model": "b", "delta": 1e-5, "confidence": 0.95, "canary_design": "random-tokens",
+               "canary_tokens": 16}
+    table = audit_table({"setting": setting, "targets": [row]})
+    assert list(table.columns) == ["epsilon (target)", "epsilon_theory", "epsilon_theory (canary)", "delta (canary)",
+                                   "epsilon_LB one-run", "epsilon_LB f-DP", "mu_LB f-DP", "epsilon_LB classic",
+                                   "AUC (loss)"]
+    markdown = audit_markdown({"setting": setting, "targets": [row]})
+    assert "| 16 | 0.06 | 0 | 0.5 | 0.9 | 0.1 | 0.7 |" in markdown
+    assert "10 canaries (random-token sequences of 16 tokens)" in markdown
+    old_row = {**row, "bounds": {k: v for k, v in row["bounds"].items() if k != "f-dp"}}
+    old_setting = {k: v for k, v in setting.items() if k not in ("canary_design", "canary_tokens")}
+    old = {"setting": old_setting, "targets": [old_row]}
+    assert "epsilon_LB f-DP" not in audit_table(old).columns
+    assert "(synthetic patient records)" in audit_markdown(old)

@@ -15,15 +15,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attack_models.privacy_bounds import classic_epsilon_bound, one_run_epsilon_bound
+from attack_models.privacy_bounds import classic_epsilon_bound, fdp_epsilon_bound, one_run_epsilon_bound
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.io import write_json_atomic
 from llm_features.validation import check_labels
 
 logger = logging.getLogger(__name__)
 
-METHODS = {"classic": classic_epsilon_bound, "one-run": one_run_epsilon_bound}
-METHOD_CHOICES = ("classic", "one-run", "both")
+METHODS = {"classic": classic_epsilon_bound, "one-run": one_run_epsilon_bound, "f-dp": fdp_epsilon_bound}
+"""The bounds by name: the classic bound, the one-run bound of Steinke et al. (2023), and the
+f-DP one-run bound of Mahloujifar et al. (2025) with Gaussian curves (mu_LB and its epsilon)."""
+METHOD_GROUPS = {"both": ("classic", "one-run"), "all": ("classic", "one-run", "f-dp")}
+"""Names for several methods: ``both`` (the default, the two (epsilon, delta) bounds) and ``all``."""
+METHOD_CHOICES = (*METHODS, *METHOD_GROUPS)
 
 
 def _read_table(path: Path, *, what: str) -> pd.DataFrame:
@@ -97,7 +101,9 @@ def audit_job(*, scores: str | Path, score_column: str = "membership_probability
     """Epsilon lower bounds of the scores in ``scores`` (CSV), returned and optionally written to ``out``.
 
     Labels come from ``labels`` (a .csv or .jsonl file of ``id``, ``label``, matched on the
-    scores' ``id`` column) or, without it, from the scores' ``label_column``.
+    scores' ``id`` column) or, without it, from the scores' ``label_column``. ``method`` is one
+    of :data:`METHODS` or a group of :data:`METHOD_GROUPS` (``both``: classic and one-run;
+    ``all``: those and ``f-dp``).
     """
     if method not in METHOD_CHOICES:
         raise ConfigError(f"method must be one of {', '.join(METHOD_CHOICES)}; got {method!r}.")
@@ -114,7 +120,7 @@ def audit_job(*, scores: str | Path, score_column: str = "membership_probability
         _require_columns(table, scores_path, (label_column,), "; give the labels with --labels FILE (id, label)")
         y = _check_labels(table[label_column].to_numpy(), scores_path, label_column)
     s = _check_scores(table, scores_path, score_column)
-    methods = ("classic", "one-run") if method == "both" else (method,)
+    methods = METHOD_GROUPS.get(method, (method,))
     results = {name: METHODS[name](y, s, delta=delta, confidence=confidence, seed=seed).to_dict() for name in methods}
     report = {
         "inputs": {"scores": str(scores_path), "score_column": score_column,

@@ -3,20 +3,25 @@
 The experiment of Steinke, Nasr and Jagielski (2023, "Privacy Auditing with One (1) Training
 Run"), one training run per epsilon:
 
-1. ``audit.canaries`` synthetic patient records that the base model has never seen; each is
-   included in the training set with probability 1/2 (seeded by ``audit.canary_seed``), as
-   ``audit.canary_repeats`` copies; ``audit.fillers`` other texts from ``[data]`` complete
-   the training set;
+1. ``audit.canaries`` canaries that the base model has never seen, built as
+   ``audit.canary_design`` says (:mod:`experiments.data.canaries`: synthetic patient records,
+   random-token sequences, or records ending in the base model's least likely token); each
+   is included in the training set with probability 1/2 (seeded by ``audit.canary_seed``),
+   as ``audit.canary_repeats`` copies; ``audit.fillers`` other texts from ``[data]``
+   complete the training set;
 2. one target per epsilon in ``audit.epsilons``, fine-tuned as ``[target]`` says with
    DP-SGD at that epsilon (``inf``: without DP), all on the same training set;
 3. the attack statistic fixed in advance (``audit.statistic``; by default ``reference``, the
    target's log-likelihood over the base model's) scores every canary under each target;
 4. epsilon lower bounds from the scores and the inclusion labels
    (:mod:`attack_models.privacy_bounds`): the one-run bound, valid for one training run with
-   many canaries, and the classic bound, which treats the canaries as independent trials
-   (a heuristic here; see that module);
+   many canaries; the f-DP one-run bound (Mahloujifar, Melis & Chaudhuri 2025) on the same
+   guesses, which rejects Gaussian DP curves (mu_LB) and reports the epsilon at the audit's
+   delta of the strongest one rejected (valid for a Gaussian-shaped privacy curve, as
+   DP-SGD's nearly is); and the classic bound, which treats the canaries as independent
+   trials (a heuristic here; see that module);
 5. ``report/``: ``audit.json``, ``audit.md`` (a table of epsilon_theory, the accountant's
-   epsilon, against the two lower bounds and each feature's AUC) and ``epsilon.png``.
+   epsilon, against the three lower bounds and each feature's AUC) and ``epsilon.png``.
 
 Every target is resumable (skipped when it verifies with the same settings). The true
 epsilon of each training lies in [epsilon_LB, epsilon_theory] with the stated confidence.
@@ -42,12 +47,31 @@ from llm_features.io import atomic_path, library_versions, write_json_atomic, wr
 logger = logging.getLogger(__name__)
 
 
-def canary_records(config: AuditExperimentConfig) -> tuple[list[str], np.ndarray]:
-    """The canary texts and whether each is included (a fair coin per canary, seeded)."""
-    from experiments.data.patients import generate_patient_records
+def canary_records(config: AuditExperimentConfig, *, base: Any = None) -> tuple[list[str], np.ndarray]:
+    """The canary texts and whether each is included (a fair coin per canary, seeded).
+
+    The texts are ``audit.canary_design``'s (:func:`experiments.data.canaries.make_canaries`).
+    A design that needs the base model's tokenizer or the model itself takes them from
+    ``base`` (a :class:`~llm_features.models.LoadedModel`), or loads them when ``base`` is None.
+    """
+    from experiments.data.canaries import DESIGN_NEEDS, make_canaries
 
     audit = config.audit
-    texts = [r["text"] for r in generate_patient_records(audit.canaries, seed=audit.canary_seed)]
+    needs = DESIGN_NEEDS[audit.canary_design]
+    tokenizer = model = None
+    if needs is not None and base is not None:
+        tokenizer, model = base.tokenizer, base.model
+    elif needs == "tokenizer":
+        from llm_features.models import load_tokenizer
+
+        tokenizer = load_tokenizer(config.base_model)
+    elif needs == "model":
+        from llm_features.models import load_model
+
+        loaded = load_model(config.base_model)
+        tokenizer, model = loaded.tokenizer, loaded.model
+    texts = make_canaries(audit.canary_design, audit.canaries, seed=audit.canary_seed, length=audit.canary_tokens,
+                          max_tokens=config.target.max_tokens, tokenizer=tokenizer, model=model)
     included = np.random.default_rng([audit.canary_seed, 1]).random(audit.canaries) < 0.5
     return texts, included
 
@@ -113,11 +137,12 @@ def group_privacy(epsilon: float, delta: float, group: int) -> tuple[float, floa
 
 def audit_bounds(labels: np.ndarray, scores: np.ndarray, *, delta: float, confidence: float,
                  seed: int) -> dict[str, Any]:
-    """Both lower bounds of one target's canary scores, as JSON-ready dicts."""
-    from attack_models.privacy_bounds import classic_epsilon_bound, one_run_epsilon_bound
+    """The three lower bounds of one target's canary scores (one-run, f-DP, classic), as JSON-ready dicts."""
+    from attack_models.privacy_bounds import classic_epsilon_bound, fdp_epsilon_bound, one_run_epsilon_bound
 
     return {"one-run": one_run_epsilon_bound(labels, scores, delta=delta, confidence=confidence,
                                              seed=seed).to_dict(),
+            "f-dp": fdp_epsilon_bound(labels, scores, delta=delta, confidence=confidence, seed=seed).to_dict(),
             "classic": classic_epsilon_bound(labels, scores, delta=delta, confidence=confidence,
                                              seed=seed).to_dict()}
 
@@ -133,10 +158,17 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     from llm_features.texts import texts_from_list
     from shadow.adapter import read_manifest
 
+    from experiments.data.canaries import DESIGN_NEEDS
+
+    def canaries_and_training(base: Any) -> tuple[list[str], np.ndarray, list[str], list[str]]:
+        canaries, included = canary_records(config, base=base)
+        fillers = filler_texts(config, exclude=set(canaries))
+        return canaries, included, fillers, training_texts(canaries, included, fillers, config.audit.canary_repeats)
+
     out = Path(out)
-    canaries, included = canary_records(config)
-    fillers = filler_texts(config, exclude=set(canaries))
-    training = training_texts(canaries, included, fillers, config.audit.canary_repeats)
+    needs_base = DESIGN_NEEDS[config.audit.canary_design] is not None
+    if not needs_base:  # settings errors (too few fillers) before the run directory is claimed
+        canaries, included, fillers, training = canaries_and_training(None)
     out.mkdir(parents=True, exist_ok=True)
     claim_run_directory(out, config, force=force)
     audit = config.audit
@@ -144,12 +176,15 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     statistic = parse_features(audit.statistic)[0].column
     started = time.perf_counter()
     with log_to_file(out / "run.log"):
-        logger.info("audit %s: %d canaries (%d included x %d), %d fillers, epsilons %s", config.name,
-                    len(canaries), int(included.sum()), audit.canary_repeats, len(fillers), list(audit.epsilons))
+        base = load_model(config.base_model)
+        if needs_base:  # built from the base model's tokenizer or predictions
+            canaries, included, fillers, training = canaries_and_training(base)
+        logger.info("audit %s: %d canaries (%s; %d included x %d), %d fillers, epsilons %s", config.name,
+                    len(canaries), audit.canary_design, int(included.sum()), audit.canary_repeats, len(fillers),
+                    list(audit.epsilons))
         write_text_atomic(out / "data" / "canaries.jsonl", "".join(
             json.dumps({"text": t, "label": int(k)}) + "\n" for t, k in zip(canaries, included)))
         candidates = texts_from_list(canaries, label=[int(k) for k in included])
-        base = load_model(config.base_model)
         max_tokens = config.target.max_tokens
         base_scores = score_texts(base.model, base.tokenizer, candidates.texts, max_tokens=max_tokens,
                                   description="canaries, base model")
@@ -179,12 +214,15 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                                             seed=config.seed)["auc"] for r in requests},
                 "wall_time_s": round(time.perf_counter() - stage, 1),
             })
-            logger.info("%s: epsilon_theory %.3g, one-run epsilon_LB %.3f, classic %.3f", epsilon_label(epsilon),
-                        rows[-1]["epsilon_theory"], rows[-1]["bounds"]["one-run"]["epsilon_lb"],
-                        rows[-1]["bounds"]["classic"]["epsilon_lb"])
+            bounds = rows[-1]["bounds"]
+            logger.info("%s: epsilon_theory %.3g, one-run epsilon_LB %.3f, f-DP %.3f (mu_LB %.3f), classic %.3f",
+                        epsilon_label(epsilon), rows[-1]["epsilon_theory"], bounds["one-run"]["epsilon_lb"],
+                        bounds["f-dp"]["epsilon_lb"], bounds["f-dp"]["mu_lb"], bounds["classic"]["epsilon_lb"])
         report = {
             "setting": {"name": config.name, "base_model": config.base_model, "statistic": statistic,
-                        "canaries": len(canaries), "included": int(included.sum()),
+                        "canaries": len(canaries), "canary_design": audit.canary_design,
+                        "canary_tokens": audit.canary_tokens if audit.canary_design == "random-tokens" else None,
+                        "included": int(included.sum()),
                         "canary_repeats": audit.canary_repeats, "fillers": len(fillers),
                         "training_texts": len(training), "delta": audit.delta, "confidence": audit.confidence,
                         "target_training": config.target.to_dict(), "seeds": {"fillers": config.seed,
@@ -199,32 +237,50 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
 
 
 def audit_table(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per target: epsilon_theory, both lower bounds, the statistic's AUC."""
+    """One row per target: epsilon_theory, the lower bounds (one-run, f-DP with its mu_LB, classic), the
+    statistic's AUC. A report written before the f-DP bound existed has no f-DP columns."""
     statistic = report["setting"]["statistic"]
-    return pd.DataFrame([{
-        "epsilon (target)": row["epsilon_target"],
-        "epsilon_theory": row["epsilon_theory"],
-        "epsilon_theory (canary)": row["epsilon_theory_canary"],
-        "delta (canary)": row["delta_canary"],
-        "epsilon_LB one-run": row["bounds"]["one-run"]["epsilon_lb"],
-        "epsilon_LB classic": row["bounds"]["classic"]["epsilon_lb"],
-        f"AUC ({statistic})": row["auc"][statistic],
-    } for row in report["targets"]])
+    rows = []
+    for row in report["targets"]:
+        bounds = row["bounds"]
+        entry = {
+            "epsilon (target)": row["epsilon_target"],
+            "epsilon_theory": row["epsilon_theory"],
+            "epsilon_theory (canary)": row["epsilon_theory_canary"],
+            "delta (canary)": row["delta_canary"],
+            "epsilon_LB one-run": bounds["one-run"]["epsilon_lb"],
+        }
+        if "f-dp" in bounds:
+            entry["epsilon_LB f-DP"] = bounds["f-dp"]["epsilon_lb"]
+            entry["mu_LB f-DP"] = bounds["f-dp"]["mu_lb"]
+        entry["epsilon_LB classic"] = bounds["classic"]["epsilon_lb"]
+        entry[f"AUC ({statistic})"] = row["auc"][statistic]
+        rows.append(entry)
+    return pd.DataFrame(rows)
 
 
 def audit_markdown(report: dict[str, Any]) -> str:
     """The audit's table and setting as Markdown."""
+    from experiments.data.canaries import CANARY_DESIGNS
+
     setting = report["setting"]
     table = audit_table(report)
+    design = CANARY_DESIGNS.get(setting.get("canary_design", "patient-records"), setting.get("canary_design"))
+    if setting.get("canary_tokens"):
+        design += f" of {setting['canary_tokens']} tokens"
     lines = [f"# Privacy audit: {setting['name']}", "",
-             f"{setting['canaries']} canaries (synthetic patient records), {setting['included']} of them included "
+             f"{setting['canaries']} canaries ({design}), {setting['included']} of them included "
              f"(a fair coin each) x {setting['canary_repeats']}, among {setting['fillers']} fillers; "
              f"one LoRA fine-tune of {setting['base_model']} per epsilon; the canaries scored by "
              f"`{setting['statistic']}`; delta = {setting['delta']:g}, confidence {setting['confidence']:g}.", "",
              "epsilon_theory is the accountant's epsilon of the training; epsilon_LB the lower bound that the "
-             "attack proves: the one-run bound (Steinke et al. 2023, valid for one run with many canaries) "
-             "and the classic bound (Clopper-Pearson on a held-out threshold, Jagielski et al. 2020; it treats "
-             "the canaries as independent trials, a heuristic for one training run). A canary repeated k "
+             "attack proves: the one-run bound (Steinke et al. 2023, valid for one run with many canaries); "
+             "the f-DP one-run bound (Mahloujifar, Melis & Chaudhuri 2025) on the same guesses: mu_LB, the "
+             "largest mu of Gaussian DP that they reject, and the epsilon at the canary's delta that mu_LB-GDP "
+             "implies (a lower bound for a Gaussian-shaped privacy curve, as DP-SGD's nearly is; by group "
+             "privacy a canary repeated k times is k mu-GDP under mu-GDP per record); and the classic bound "
+             "(Clopper-Pearson on a held-out threshold, Jagielski et al. 2020; it treats the canaries as "
+             "independent trials, a heuristic for one training run). A canary repeated k "
              "times is a group of k records: its guarantee is (k epsilon, k e^((k-1) epsilon) delta) by group "
              "privacy (Dwork & Roth 2014), the 'canary' columns, and the bounds are computed at that delta and "
              "compared with that epsilon.", "",
@@ -244,7 +300,7 @@ def label(row: dict[str, Any]) -> str:
 
 
 def epsilon_figure(report: dict[str, Any]):
-    """epsilon_LB (both bounds) against a canary's epsilon_theory; a non-private target sits at the right edge."""
+    """epsilon_LB (every bound) against a canary's epsilon_theory; a non-private target sits at the right edge."""
     from experiments.report import _new_figure
 
     table = audit_table(report)
@@ -254,10 +310,14 @@ def epsilon_figure(report: dict[str, Any]):
     x = theory.where(np.isfinite(theory), right)
     fig = _new_figure(5.0, 4.0)
     ax = fig.add_subplot()
-    top = max(right, float(table[["epsilon_LB one-run", "epsilon_LB classic"]].max().max()) * 1.1)
+    curves = [(column, marker, label) for column, marker, label in (
+        ("epsilon_LB one-run", "o-", "epsilon_LB, one-run"),
+        ("epsilon_LB f-DP", "^-", "epsilon_LB, f-DP (Gaussian)"),
+        ("epsilon_LB classic", "s-", "epsilon_LB, classic")) if column in table]
+    top = max(right, float(table[[c for c, _, _ in curves]].max().max()) * 1.1)
     ax.plot([0, right], [0, right], color="grey", linestyle="--", linewidth=1, label="epsilon_LB = epsilon_theory")
-    ax.plot(x, table["epsilon_LB one-run"], "o-", label="epsilon_LB, one-run")
-    ax.plot(x, table["epsilon_LB classic"], "s-", label="epsilon_LB, classic")
+    for column, marker, label in curves:
+        ax.plot(x, table[column], marker, label=label)
     ticks = list(finite) + ([right] if len(finite) < len(table) else [])
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:.3g}" for t in finite] + (["inf (no DP)"] if len(finite) < len(table) else []))

@@ -406,10 +406,19 @@ class AuditConfig:
     """The ``[audit]`` section of a privacy-audit experiment (:mod:`experiments.studies.audit`).
 
     Attributes:
-        canaries: synthetic patient records (never seen by the base model) that each enter
-            the training set with probability 1/2 (>= 2). The attack scores all of them.
+        canaries: canary texts (never seen by the base model) that each enter the training
+            set with probability 1/2 (>= 2). The attack scores all of them.
+        canary_design: how the canaries are built (:mod:`experiments.data.canaries`):
+            ``"patient-records"`` (synthetic patient records; the default),
+            ``"random-tokens"`` (``canary_tokens`` tokens drawn uniformly from the base
+            model's vocabulary, decoded) or ``"rare-token"`` (a patient record ending in the
+            token the base model finds least likely after it; Panda et al. 2025, "Privacy
+            auditing of large language models", arXiv 2503.06808, find such canaries far
+            easier to detect).
+        canary_tokens: the length in tokens of a random-token canary (1..100000; below
+            ``target.max_tokens``); unused by the other designs.
         canary_repeats: how many copies of an included canary the training set holds (>= 1).
-        canary_seed: seed of the canary records and of which of them are included.
+        canary_seed: seed of the canary texts and of which of them are included.
         fillers: the other training texts, drawn from ``[data]`` (>= 0).
         epsilons: the targets' epsilons; ``inf`` trains without DP.
         delta: the delta of the DP guarantee and of the bounds, in (0, 1).
@@ -420,6 +429,8 @@ class AuditConfig:
     """
 
     canaries: int = 200
+    canary_design: str = "patient-records"
+    canary_tokens: int = 32
     canary_repeats: int = 1
     canary_seed: int = 0
     fillers: int = 100
@@ -432,7 +443,13 @@ class AuditConfig:
     def __post_init__(self) -> None:
         from llm_features.registry import parse_features
 
+        from experiments.data.canaries import CANARY_DESIGNS
+
         _check_int("canaries", self.canaries, 2, 10_000_000)
+        if not isinstance(self.canary_design, str) or self.canary_design not in CANARY_DESIGNS:
+            raise ConfigError(f"canary_design={self.canary_design!r} must be one of "
+                              f"{', '.join(map(repr, CANARY_DESIGNS))}, e.g. canary_design = \"rare-token\"")
+        _check_int("canary_tokens", self.canary_tokens, 1, 100_000)
         _check_int("canary_repeats", self.canary_repeats, 1, 10_000)
         _check_int("canary_seed", self.canary_seed, 0, _MAX_SEED)
         _check_int("fillers", self.fillers, 0, 100_000_000)
@@ -487,6 +504,13 @@ class AuditExperimentConfig:
                               "epsilon from audit.epsilons; remove them from [target]")
         if self.target.max_grad_norm is None:
             raise ConfigError("target.max_grad_norm is needed: it is the per-text clipping norm of DP training")
+        if self.audit.canary_design == "random-tokens" and self.audit.canary_tokens >= self.target.max_tokens:
+            raise ConfigError(f"audit.canary_tokens={self.audit.canary_tokens} must be below target.max_tokens="
+                              f"{self.target.max_tokens}, or training would cut the random-token canaries; lower "
+                              "audit.canary_tokens or raise target.max_tokens")
+        if self.audit.canary_design == "rare-token" and self.target.max_tokens < 3:
+            raise ConfigError(f"target.max_tokens={self.target.max_tokens}: a rare-token canary needs at least 3 "
+                              "tokens (a record and its rare last token)")
 
 
 # ----------------------------------------------------------------------------- schema
