@@ -5,15 +5,19 @@ Every feature is arithmetic on the per-position arrays of one forward pass
 deviation, ranks). Those arrays are kept on disk, one small ``.npz`` file per text, under
 a directory per *scoring key*: everything that determines them,
 
-    SHA-256 of (the weights the model scores with, byte for byte, in their dtype and name
-                order; the tokenizer fingerprint; dtype; device type; max_tokens; batch_size;
-                eager or compiled vocabulary statistics; the cache format)
+    SHA-256 of (the SHA-256 of the base model's weight and config files and of the
+                adapter's files; the tokenizer fingerprint; dtype; device type;
+                max_tokens; batch_size; eager or compiled vocabulary statistics; the
+                torch, transformers and peft versions; the cache format)
 
+(a model that is not on disk, a hub id, is keyed by its loaded weights, byte for byte),
 so a changed adapter, another ``max_tokens`` or another tokenizer misses, and a hit holds
 exactly the numbers the same call would compute (scoring is batch-invariant, see
 :func:`~llm_features.scoring.score_texts`). A text's file is named by its id (SHA-256 of
 the text). ``transfer`` then pays the K shadows' passes over the candidates once for all
-variants, and a refit-and-rescore of a finished run pays no forward pass at all.
+variants, and a refit-and-rescore of a finished run pays no forward pass at all. Since the
+key comes from the files, a model given as a :class:`ModelSpec` is loaded only when some
+text is missing.
 
 Files are written to a temporary name and renamed into place, so concurrent writers (two
 jobs, Ray workers on one disk) never expose half a file; both write the same bytes. A file
@@ -29,6 +33,8 @@ takes ``--score-cache DIR`` / ``--no-score-cache``; ``shadowmia cache info`` and
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -47,7 +53,8 @@ from llm_features.texts import text_id
 if TYPE_CHECKING:
     from llm_features.models import LoadedModel
 
-__all__ = ["CACHE_ENV", "ScoreCache", "default_score_cache", "score_texts_cached", "scoring_key"]
+__all__ = ["CACHE_ENV", "ModelSpec", "ScoreCache", "default_score_cache", "model_identity", "score_texts_cached",
+           "scoring_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +66,81 @@ _ARRAYS = ("token_logprobs", "vocab_mean", "vocab_std", "token_ranks")
 _FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
+#: Files of a model or adapter directory that determine its weights.
+_MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model not loaded yet (the arguments of :func:`llm_features.models.load_model`): the
+    cache keys it from its files, so a model whose scores are all cached is never loaded."""
+
+    spec: str
+    adapter: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from llm_features.models import resolve_device, resolve_dtype
+
+        device = resolve_device(self.device)
+        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype, device=device))
+        object.__setattr__(self, "spec", str(self.spec))
+        object.__setattr__(self, "adapter", None if self.adapter is None else str(self.adapter))
+
+    def load(self) -> "LoadedModel":
+        from llm_features.models import load_model
+
+        return load_model(self.spec, adapter=self.adapter, dtype=self.dtype, device=self.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, remembered while its size and modification time stay the same."""
+    from llm_features.io import sha256_file
+
+    return sha256_file(path)
+
+
+def _files_digest(path: Path) -> str | None:
+    """SHA-256 over the weight and config files of a model/adapter directory or a .gguf file,
+    or None where ``path`` is not on disk (a hub id)."""
+    files = [path] if path.is_file() else sorted(f for f in path.glob("*") if f.is_file()
+                                                 and f.suffix in _MODEL_FILES) if path.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.name}:{_file_sha256(str(f), stat.st_size, stat.st_mtime_ns)}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def model_identity(spec: str, adapter: str | None) -> str | None:
+    """What determines a model's weights, from its files: the base's weight and config files
+    (the built-in model's converted copy) and the adapter's; None for a hub id (not on disk),
+    whose loaded weights are hashed instead (:func:`weights_digest`)."""
+    from llm_features.models import weights_source
+
+    source, gguf_file = weights_source(spec)
+    base = _files_digest(Path(source) / gguf_file if gguf_file else Path(source))
+    if base is None:
+        return None
+    if adapter is None:
+        return f"base={base}"
+    adapter_digest = _files_digest(Path(adapter))
+    return None if adapter_digest is None else f"base={base};adapter={adapter_digest};merged"
+
+
+_WEIGHT_DIGESTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
 def weights_digest(model: Any) -> str:
-    """SHA-256 of every parameter and buffer of ``model`` as it scores: name, shape, dtype and
-    raw bytes, in name order (a merged adapter changes it; so does another dtype). Computed
-    once per model object (~0.5 s for 135M parameters)."""
-    if model in _FINGERPRINTS:
-        return _FINGERPRINTS[model]
+    """SHA-256 of every parameter and buffer of a loaded model: name, shape, dtype and raw
+    bytes, in name order (for models not on disk). Computed once per model object."""
+    if model in _WEIGHT_DIGESTS:
+        return _WEIGHT_DIGESTS[model]
     import torch
 
     digest = hashlib.sha256()
@@ -72,16 +148,48 @@ def weights_digest(model: Any) -> str:
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode("utf-8"))
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    _FINGERPRINTS[model] = digest.hexdigest()
-    return _FINGERPRINTS[model]
+    _WEIGHT_DIGESTS[model] = digest.hexdigest()
+    return _WEIGHT_DIGESTS[model]
 
 
-def scoring_key(model: "LoadedModel", *, max_tokens: int, batch_size: int, compiled: bool) -> str:
+def _configured_vocabulary(spec: str, tokenizer: Any) -> int:
+    """The vocabulary size a model of ``spec`` will have once loaded (its config.json's
+    ``vocab_size``, as :func:`~llm_features.scoring.vocabulary_size` reads it), without loading it."""
+    import json
+
+    from llm_features.models import weights_source
+
+    source, gguf_file = weights_source(spec)
+    config = Path(source) / "config.json"
+    if gguf_file is None and config.is_file():
+        size = json.loads(config.read_text(encoding="utf-8")).get("vocab_size")
+        if isinstance(size, int) and size > 0:
+            return size
+    return len(tokenizer)
+
+
+@functools.lru_cache(maxsize=64)
+def _tokenizer(spec: str) -> Any:
+    from llm_features.models import load_tokenizer
+
+    return load_tokenizer(spec)
+
+
+def scoring_key(model: "LoadedModel | ModelSpec", *, max_tokens: int, batch_size: int, compiled: bool) -> str:
     """The directory name of a model's entries (see the module docstring)."""
-    parts = [f"format={CACHE_FORMAT}", f"weights={weights_digest(model.model)}",
-             f"tokenizer={model.tokenizer_hash}", f"dtype={model.dtype}",
-             f"device={str(model.device).split(':')[0]}", f"max_tokens={max_tokens}",
-             f"batch_size={batch_size}", f"statistics={'compiled' if compiled else 'eager'}"]
+    from llm_features.io import library_versions
+    from llm_features.models import tokenizer_fingerprint
+
+    identity = model_identity(model.spec, model.adapter)
+    if identity is None:
+        loaded = model if not isinstance(model, ModelSpec) else model.load()
+        identity = f"weights={weights_digest(loaded.model)}"
+    tokenizer = model.tokenizer if not isinstance(model, ModelSpec) else _tokenizer(model.spec)
+    versions = library_versions()
+    parts = [f"format={CACHE_FORMAT}", identity, f"tokenizer={tokenizer_fingerprint(tokenizer)}",
+             f"dtype={model.dtype}", f"device={str(model.device).split(':')[0]}", f"max_tokens={max_tokens}",
+             f"batch_size={batch_size}", f"statistics={'compiled' if compiled else 'eager'}",
+             *(f"{name}={versions.get(name)}" for name in ("torch", "transformers", "peft"))]
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
@@ -157,24 +265,30 @@ def default_score_cache() -> ScoreCache | None:
     return ScoreCache(Path(setting).expanduser() if setting else cache_dir() / "scores")
 
 
-def score_texts_cached(model: "LoadedModel", texts: Sequence[str], *, cache: ScoreCache | None,
+def score_texts_cached(model: "LoadedModel | ModelSpec", texts: Sequence[str], *, cache: ScoreCache | None,
                        batch_size: int = 32, max_tokens: int = 512, description: str = "scoring",
                        progress: bool = True) -> list[TokenScores]:
     """:func:`~llm_features.scoring.score_texts` through ``cache``: the texts it holds are read,
     the others scored in one call (with the statistics kernel the whole call would use, so
-    the numbers are those of an uncached call) and stored. ``cache=None`` scores them all."""
+    the numbers are those of an uncached call) and stored. ``cache=None`` scores them all.
+    A :class:`ModelSpec` is loaded only if some text is not in the cache."""
+    loaded = model if not isinstance(model, ModelSpec) else None
     if cache is None:
-        return score_texts(model.model, model.tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens,
+        loaded = loaded or model.load()
+        return score_texts(loaded.model, loaded.tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens,
                            progress=progress, description=description)
-    lengths = [len(ids) for ids in tokenize(model.tokenizer, texts, max_tokens=max_tokens)[0]]
-    compiled = choose_statistics("auto", n_elements=sum(lengths) * vocabulary_size(model.model)).compiled
+    tokenizer = loaded.tokenizer if loaded is not None else _tokenizer(model.spec)
+    lengths = [len(ids) for ids in tokenize(tokenizer, texts, max_tokens=max_tokens)[0]]
+    vocabulary = vocabulary_size(loaded.model) if loaded is not None else _configured_vocabulary(model.spec, tokenizer)
+    compiled = choose_statistics("auto", n_elements=sum(lengths) * vocabulary).compiled
     key = scoring_key(model, max_tokens=max_tokens, batch_size=batch_size, compiled=compiled)
     results: list[TokenScores | None] = [cache.get(key, text) for text in texts]
     missing = [i for i, r in enumerate(results) if r is None]
     logger.info("%s: %d of %d texts from the score cache %s", description, len(texts) - len(missing), len(texts),
                 cache.directory)
     if missing:
-        computed = score_texts(model.model, model.tokenizer, [texts[i] for i in missing], batch_size=batch_size,
+        loaded = loaded or model.load()
+        computed = score_texts(loaded.model, loaded.tokenizer, [texts[i] for i in missing], batch_size=batch_size,
                                max_tokens=max_tokens, progress=progress, description=description,
                                compile_statistics="always" if compiled else "never")
         for i, scores in zip(missing, computed):

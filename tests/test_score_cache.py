@@ -157,3 +157,41 @@ def test_info_clear_and_the_command_line(tmp_path, base, corpus, monkeypatch, ca
     assert cache.info()["entries"] == 0
     monkeypatch.setenv("SHADOWMIA_SCORE_CACHE", "off")
     assert main(["cache", "info"]) == 0 and "off" in capsys.readouterr().out
+
+
+def test_a_model_spec_whose_texts_are_all_cached_is_never_loaded(tmp_path, tiny_model_dir, corpus, monkeypatch):
+    from llm_features.cache import ModelSpec
+
+    cache = ScoreCache(tmp_path)
+    spec = ModelSpec(str(tiny_model_dir), dtype="float32", device="cpu")
+    first = score_texts_cached(spec, corpus[:5], cache=cache, batch_size=4, max_tokens=16, progress=False)
+    loaded = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    # the key comes from the files: the loaded model and its spec share their entries
+    assert_same(first, score_texts_cached(loaded, corpus[:5], cache=cache, batch_size=4, max_tokens=16,
+                                          progress=False))
+
+    def refuse():
+        raise AssertionError("a model whose scores are all cached was loaded")
+
+    monkeypatch.setattr(ModelSpec, "load", lambda self: refuse())
+    assert_same(first, score_texts_cached(spec, corpus[:5], cache=cache, batch_size=4, max_tokens=16,
+                                          progress=False))
+
+
+def test_a_changed_adapter_file_misses(tmp_path, tiny_model_dir, corpus):
+    from llm_features.cache import ModelSpec, model_identity
+    from shadow.finetune import FinetuneConfig, finetune
+
+    adapter = tmp_path / "adapter"
+    finetune(str(tiny_model_dir), corpus[:8], adapter, FinetuneConfig(epochs=1, batch_size=4, max_tokens=16),
+             progress=False)
+    before = model_identity(str(tiny_model_dir), str(adapter))
+    assert before is not None and before != model_identity(str(tiny_model_dir), None)
+    weights = next(adapter.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert model_identity(str(tiny_model_dir), str(adapter)) != before
+    spec = ModelSpec(str(tiny_model_dir), adapter=str(adapter), dtype="float32", device="cpu")
+    assert scoring_key(spec, max_tokens=16, batch_size=4, compiled=False) != scoring_key(
+        ModelSpec(str(tiny_model_dir), dtype="float32", device="cpu"), max_tokens=16, batch_size=4, compiled=False)

@@ -20,7 +20,7 @@ from experiments.jobs.shadows import (FEATURES_DIR, SHADOW_TABLE, read_token_log
 from experiments.jobs.attack import load_fitted_attack, calibrated_inputs, shadow_score_matrix
 from attack_models.candidates import (CALIBRATION_STATISTIC, TOKEN_LIRA, ShadowScores, TargetTokens,
                                        calibrated_scores, classifier_inputs)
-from llm_features.cache import ScoreCache, default_score_cache, score_texts_cached
+from llm_features.cache import ModelSpec, ScoreCache, default_score_cache, score_texts_cached
 from llm_features.errors import ConfigError, IncompatibleArtifactError, IntegrityError
 from llm_features.extract import compute_features, needs_of, score_neighbours
 from llm_features.io import atomic_path, sha256_file
@@ -254,7 +254,6 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
     A candidate outside the pool was trained on by no shadow (keep = False); a candidate in
     the pool keeps its row of the membership matrix.
     """
-    from llm_features.models import load_model
     from shadow.adapter import verify_adapter
     from shadow.membership import load_membership
     from shadow.shadows import shadow_dirs
@@ -289,7 +288,7 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
     logger.info("scoring the %d candidates with each of the %d shadows (for LiRA/RMIA offline)", len(candidates),
                 len(directories))
     for k, directory in enumerate(directories):
-        shadow = load_model(meta["base_model"], adapter=directory, dtype=dtype, device=device)
+        shadow = ModelSpec(meta["base_model"], adapter=str(directory), dtype=dtype, device=device)
         token_scores = score_texts_cached(shadow, candidates.texts, cache=cache, batch_size=settings.batch_size,
                                           max_tokens=settings.max_tokens, description=f"candidates, shadow {k}")
         values = compute_features(candidates, requests, token_scores, reference_scores=reference_scores)
@@ -298,7 +297,6 @@ def _shadow_calibration(meta: dict[str, Any], candidates: TextSet, settings: Fea
             features[view][k] = values[view].to_numpy()
         if tokens is not None:
             tokens.append([np.asarray(t.token_logprobs, dtype=np.float64) for t in token_scores])
-        del shadow
     return ShadowScores(scores=scores, keep=keep, features=features, token_logprobs=tokens)
 
 

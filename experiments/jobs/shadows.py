@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.jobs.common import check_kept_fields, make_neighbours, write_parquet_atomic
-from llm_features.cache import default_score_cache, score_texts_cached
+from llm_features.cache import ModelSpec, default_score_cache, score_texts_cached
 from llm_features.errors import ConfigError, InputDataError, IntegrityError
 from llm_features.extract import compute_features, needs_of, score_neighbours
 from llm_features.io import atomic_path, check_writable_directory, sha256_file, write_json_atomic
@@ -109,7 +109,8 @@ def shadow_features(out: Path, pool: TextSet, shadow_paths: list[Path], *, base:
         neighbour_texts = cached_neighbours(features_dir, pool, generator=base_model, settings=settings,
                                             device=device)
     for k in pending:
-        shadow = load_model(base, adapter=shadow_paths[k], dtype=dtype, device=device)
+        spec = ModelSpec(base, adapter=str(shadow_paths[k]), dtype=dtype, device=device)
+        shadow = spec.load() if neighbour_texts is not None else spec  # loaded when it scores the neighbours too
         target_scores = score_texts_cached(shadow, pool.texts, cache=cache, batch_size=settings.batch_size,
                                            max_tokens=settings.max_tokens, description=f"shadow {k}")
         neighbour_scores = None
