@@ -44,7 +44,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from attack_models.metrics import _auc_unchecked
+from attack_models.metrics import auc_unchecked
 from llm_features.errors import ConfigError, InputDataError
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class ThresholdAttack(_BinaryAttack):
     def fit(self, X: Any, y: Any) -> "ThresholdAttack":
         """Choose and orient the column, then fit the logistic map on it."""
         X, y01 = self._validate_fit(X, y)
-        aucs = np.array([_auc_unchecked(y01, X[:, j]) for j in range(X.shape[1])])
+        aucs = np.array([auc_unchecked(y01, X[:, j]) for j in range(X.shape[1])])
         j = self._resolve_feature(aucs)
         names = _column_labels(self, X.shape[1])
         self.column_aucs_ = aucs

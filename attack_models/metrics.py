@@ -82,7 +82,7 @@ def _check_fpr(fpr: float) -> float:
 # --------------------------------------------------------------------------- ROC and AUC
 
 
-def _roc_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative (false positives, true positives, thresholds) at each distinct score.
 
     Thresholds run from ``+inf`` (nothing predicted a member) down to the smallest score
@@ -117,7 +117,7 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
     drop_intermediate=False)``.
     """
     y, s = _validate(labels, scores)
-    fps, tps, thresholds = _roc_counts(y, s)
+    fps, tps, thresholds = roc_counts(y, s)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     return fps / n_neg, tps / n_pos, thresholds
@@ -133,10 +133,12 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     area under :func:`roc_curve` (Hanley & McNeil 1982).
     """
     y, s = _validate(labels, scores)
-    return _auc_unchecked(y, s)
+    return auc_unchecked(y, s)
 
 
-def _auc_unchecked(y: np.ndarray, s: np.ndarray) -> float:
+def auc_unchecked(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC AUC of validated 0/1 labels ``y`` and finite scores ``s`` (the Mann-Whitney form of
+    :func:`roc_auc`, without its checks: for callers that have checked already)."""
     ranks = rankdata(s, method="average")
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
@@ -178,7 +180,7 @@ def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, *, fpr: float) -> float:
             "tpr_at_fpr(fpr=%g) with only %d non-members: the smallest non-zero FPR is %.3g, "
             "so only thresholds with zero false positives qualify.", f, n_neg, 1.0 / n_neg,
         )
-    fps, tps, _ = _roc_counts(y, s)
+    fps, tps, _ = roc_counts(y, s)
     return _tpr_at_fpr_unchecked(fps, tps, n_pos, n_neg, f)
 
 
@@ -197,7 +199,7 @@ def partial_auc(labels: ArrayLike, scores: ArrayLike, *, max_fpr: float) -> floa
 
 
 def _partial_auc_unchecked(y: np.ndarray, s: np.ndarray, max_fpr: float) -> float:
-    fps, tps, _ = _roc_counts(y, s)
+    fps, tps, _ = roc_counts(y, s)
     n_pos = int(y.sum())
     fpr = np.concatenate([[0.0], fps / (y.size - n_pos)])
     tpr = np.concatenate([[0.0], tps / n_pos])
@@ -307,8 +309,8 @@ def tpr_key(fpr: float) -> str:
 def _auc_and_tprs(y: np.ndarray, s: np.ndarray, fprs: Sequence[float]) -> np.ndarray:
     """[AUC, TPR at each FPR in ``fprs``] of checked labels and scores, from one ROC."""
     n_pos = int(y.sum())
-    fps, tps, _ = _roc_counts(y, s)
-    return np.array([_auc_unchecked(y, s)] + [_tpr_at_fpr_unchecked(fps, tps, n_pos, y.size - n_pos, f) for f in fprs])
+    fps, tps, _ = roc_counts(y, s)
+    return np.array([auc_unchecked(y, s)] + [_tpr_at_fpr_unchecked(fps, tps, n_pos, y.size - n_pos, f) for f in fprs])
 
 
 def summarize(
@@ -355,7 +357,7 @@ def summarize(
     boot = np.stack([_auc_and_tprs(y[row], s[row], fprs) for row in idx])
     low, high = _percentile_interval(boot, confidence)
 
-    fps, tps, _ = _roc_counts(y, s)
+    fps, tps, _ = roc_counts(y, s)
     best_bacc = float(np.max((tps / n_pos + 1.0 - fps / n_neg) / 2.0))
 
     out: dict[str, float | int] = {

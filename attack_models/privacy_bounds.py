@@ -73,7 +73,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, special, stats
 
-from attack_models.metrics import _roc_counts
+from attack_models.metrics import roc_counts
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.validation import check_binary_problem, check_int
 
@@ -262,7 +262,7 @@ def _select_threshold(y: np.ndarray, s: np.ndarray, *, delta: float, confidence:
     The threshold returned lies halfway between the chosen score and the next lower one, so
     a canary of the evaluation half falling in that gap is classified like its side.
     """
-    fps, tps, thresholds = _roc_counts(y, s)
+    fps, tps, thresholds = roc_counts(y, s)
     fps, tps, thresholds = fps[1:], tps[1:], thresholds[1:]  # drop +inf (nothing predicted a member)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos

@@ -185,7 +185,7 @@ def _markdown(setting: Mapping[str, Any], summaries: Mapping[str, dict], order: 
 # --------------------------------------------------------------------------- figures
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
     """A figure on the Agg canvas, independent of pyplot (headless, no global state to close)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -205,7 +205,7 @@ def _roc_figure(y: np.ndarray, scores: Mapping[str, np.ndarray], summaries: Mapp
     n_neg = int(np.sum(y == 0))
     n_pos = int(np.sum(y == 1))
     lo = min(1e-3, 1.0 / n_neg)
-    fig = _new_figure(5.2, 5.0)
+    fig = new_figure(5.2, 5.0)
     ax = fig.add_subplot()
     for i, name in enumerate(order):
         fpr, tpr, _ = roc_curve(y, scores[name])
@@ -239,7 +239,7 @@ def _roc_figure(y: np.ndarray, scores: Mapping[str, np.ndarray], summaries: Mapp
 def _histogram_figure(y: np.ndarray, s: np.ndarray, name: str, summary: Mapping[str, Any]):
     """Member vs non-member score histograms on shared bins (infinite scores noted, not binned)."""
     finite = np.isfinite(s)
-    fig = _new_figure(6.0, 3.8)
+    fig = new_figure(6.0, 3.8)
     ax = fig.add_subplot()
     if finite.any():
         edges = np.histogram_bin_edges(s[finite], bins=min(50, max(10, int(np.sqrt(finite.sum())))))
@@ -259,7 +259,8 @@ def _histogram_figure(y: np.ndarray, s: np.ndarray, name: str, summary: Mapping[
     return fig
 
 
-def _save_png(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically (temporary name, then rename) and release it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     fig.clear()
@@ -351,8 +352,8 @@ def write_report(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _save_png(roc_fig, out / "roc.png")
-    _save_png(hist_fig, out / "histogram.png")
+    save_png(roc_fig, out / "roc.png")
+    save_png(hist_fig, out / "histogram.png")
     write_text_atomic(out / "report.md", markdown)
     write_json_atomic(out / "report.json", report)  # last: its presence marks a complete report
     logger.info(

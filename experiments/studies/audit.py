@@ -301,14 +301,14 @@ def label(row: dict[str, Any]) -> str:
 
 def epsilon_figure(report: dict[str, Any]):
     """epsilon_LB (every bound) against a canary's epsilon_theory; a non-private target sits at the right edge."""
-    from experiments.report import _new_figure
+    from experiments.report import new_figure
 
     table = audit_table(report)
     theory = table["epsilon_theory (canary)"]
     finite = theory[np.isfinite(theory)]
     right = 2.0 * (finite.max() if len(finite) else 10.0)
     x = theory.where(np.isfinite(theory), right)
-    fig = _new_figure(5.0, 4.0)
+    fig = new_figure(5.0, 4.0)
     ax = fig.add_subplot()
     curves = [(column, marker, label) for column, marker, label in (
         ("epsilon_LB one-run", "o-", "epsilon_LB, one-run"),
@@ -343,10 +343,10 @@ def json_ready(value: Any) -> Any:
 
 def write_audit_report(directory: Path, report: dict[str, Any]) -> None:
     """``audit.md``, ``epsilon.png``, then ``audit.json`` (last: its presence means complete)."""
-    from experiments.report import _save_png
+    from experiments.report import save_png
 
     directory.mkdir(parents=True, exist_ok=True)
     write_text_atomic(directory / "audit.md", audit_markdown(report))
-    _save_png(epsilon_figure(report), directory / "epsilon.png")
+    save_png(epsilon_figure(report), directory / "epsilon.png")
     write_json_atomic(directory / "audit.json", json_ready(report))
     logger.info("audit report: %s", directory / "audit.md")
