@@ -37,14 +37,15 @@ from llm_features.io import library_versions, write_json_atomic
 logger = logging.getLogger("shadowmia.bench")
 
 
-def matmul_gflops(dtype_name: str, *, n: int = 2048, repeats: int = 10) -> float:
-    """Best-of-``repeats`` GFLOP/s of an n x n x n matmul in the given dtype."""
+def matmul_seconds(rows: int, inner: int, columns: int, *, dtype_name: str, repeats: int = 10) -> float:
+    """Best-of-``repeats`` seconds of one (rows x inner) @ (inner x columns) matmul in the
+    given dtype, after two warm-up products."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=generator).to(dtype)
-    b = torch.randn(n, n, generator=generator).to(dtype)
+    a = torch.randn(rows, inner, generator=generator).to(dtype)
+    b = torch.randn(inner, columns, generator=generator).to(dtype)
     for _ in range(2):
         a @ b
     best = float("inf")
@@ -52,7 +53,12 @@ def matmul_gflops(dtype_name: str, *, n: int = 2048, repeats: int = 10) -> float
         started = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - started)
-    return 2 * n**3 / best / 1e9
+    return best
+
+
+def matmul_gflops(dtype_name: str, *, n: int = 2048, repeats: int = 10) -> float:
+    """Best-of-``repeats`` GFLOP/s of an n x n x n matmul in the given dtype."""
+    return 2 * n**3 / matmul_seconds(n, n, n, dtype_name=dtype_name, repeats=repeats) / 1e9
 
 
 def own_shape_gflops(model, *, rows: int, dtype_name: str, repeats: int = 10) -> float:
@@ -60,26 +66,15 @@ def own_shape_gflops(model, *, rows: int, dtype_name: str, repeats: int = 10) ->
     in ``dtype_name``, best of ``repeats`` per shape, FLOP and seconds summed over the layers."""
     import torch
 
-    dtype = getattr(torch, dtype_name)
     shapes: dict[tuple[int, int], int] = {}
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             key = (module.in_features, module.out_features)
             shapes[key] = shapes.get(key, 0) + 1
-    generator = torch.Generator().manual_seed(0)
     flop = seconds = 0.0
     for (n_in, n_out), count in sorted(shapes.items()):
-        a = torch.randn(rows, n_in, generator=generator).to(dtype)
-        b = torch.randn(n_in, n_out, generator=generator).to(dtype)
-        for _ in range(2):
-            a @ b
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - started)
         flop += count * 2 * rows * n_in * n_out
-        seconds += count * best
+        seconds += count * matmul_seconds(rows, n_in, n_out, dtype_name=dtype_name, repeats=repeats)
     return flop / seconds / 1e9
 
 
