@@ -37,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python -m experiments.bench.scoring --data $(BENCH_DATA)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -35,7 +35,7 @@ def _train_shadows_job(tmp_path: Path, out: Path):
 @pytest.fixture
 def fake_stages(monkeypatch):
     """train_shadows and shadow_features replaced by recorders (no model is trained or loaded)."""
-    import experiments.jobs.shadows as attack_jobs
+    import experiments.jobs.shadows as shadow_jobs
     import shadow.shadows as shadows
 
     calls: list[tuple[str, str | None]] = []
@@ -53,7 +53,7 @@ def fake_stages(monkeypatch):
         return "features"
 
     monkeypatch.setattr(shadows, "train_shadows", fake_train)
-    monkeypatch.setattr(attack_jobs, "shadow_features", fake_features)
+    monkeypatch.setattr(shadow_jobs, "shadow_features", fake_features)
     return calls
 
 
