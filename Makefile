@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# pyflakes errors and syntax errors (pyproject.toml [tool.ruff]); CI runs it beside the tests
+# syntax errors, pyflakes and import order (pyproject.toml [tool.ruff]); CI runs it beside the tests
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

@@ -9,6 +9,7 @@ registry and registers each; the registry itself imports no feature), so
 ``llm_features.registry.FEATURES`` is complete whichever submodule is imported first.
 """
 
+from llm_features import features as _builtin_features  # noqa: F401  (registers the built-in features)
 from llm_features.errors import (
     ConfigError,
     IncompatibleArtifactError,
@@ -17,7 +18,6 @@ from llm_features.errors import (
     ModelLoadError,
     ShadowMIAError,
 )
-from llm_features import features as _builtin_features  # noqa: F401  (registers the built-in features)
 
 __all__ = [
     "ConfigError",

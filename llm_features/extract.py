@@ -14,10 +14,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from llm_features.cache import ScoreCache, score_texts_cached
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.features import FeatureInput
 from llm_features.registry import FeatureRequest
-from llm_features.cache import ScoreCache, score_texts_cached
 from llm_features.scoring import TokenScores, score_texts
 from llm_features.texts import TextSet
 

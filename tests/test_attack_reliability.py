@@ -148,9 +148,9 @@ def test_score_refuses_metadata_without_what_it_needs(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def shadows(tmp_path_factory, tiny_model_dir, corpus):
+    from llm_features.texts import texts_from_list
     from shadow.finetune import FinetuneConfig
     from shadow.shadows import train_shadows
-    from llm_features.texts import texts_from_list
 
     out = tmp_path_factory.mktemp("attack_reliability") / "shadows"
     train_shadows(str(tiny_model_dir), texts_from_list(corpus[:8]), out, n_shadows=2,

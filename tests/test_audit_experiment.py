@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from experiments.studies.audit import canary_records, training_texts
 from experiments.cli import main
-from experiments.studies.config import load_config
 from experiments.data.patients import generate_patient_records
+from experiments.studies.audit import canary_records, training_texts
+from experiments.studies.config import load_config
 from llm_features.errors import ConfigError
 from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from llm_features.settings import FeatureSettings
 from experiments.studies.config import (
     DataConfig,
     ExperimentConfig,
@@ -20,6 +19,7 @@ from experiments.studies.config import (
     to_dict,
 )
 from llm_features.errors import ConfigError
+from llm_features.settings import FeatureSettings
 from shadow.finetune import FinetuneConfig
 
 DEMO = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.toml"

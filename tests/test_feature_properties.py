@@ -26,8 +26,8 @@ from hypothesis.extra.numpy import arrays
 from llm_features.features import (
     FeatureInput,
     error_zone,
-    lowest_fraction_mean,
     loss,
+    lowest_fraction_mean,
     min_k,
     min_k_plus_plus,
     neighbour_gap,

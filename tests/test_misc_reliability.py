@@ -282,8 +282,8 @@ def loss_attack(monkeypatch, tmp_path, tiny_model_dir):
 
     import attack_models
     import attack_models.persistence
-    from llm_features.settings import FeatureSettings
     from llm_features.models import load_tokenizer, tokenizer_fingerprint
+    from llm_features.settings import FeatureSettings
 
     rng = np.random.default_rng(0)
     x = pd.DataFrame({"loss": np.concatenate([rng.normal(-4, 0.5, 20), rng.normal(-6, 0.5, 20)])})

@@ -9,15 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.jobs.attack import fit_attack_job
-
-from experiments.jobs.score import score_job
-
-from experiments.jobs.shadows import train_shadows_job
-
-from llm_features.settings import FeatureSettings
 from experiments.cli import main
+from experiments.jobs.attack import fit_attack_job
+from experiments.jobs.score import score_job
+from experiments.jobs.shadows import train_shadows_job
 from llm_features.errors import ConfigError, IncompatibleArtifactError, IntegrityError
+from llm_features.settings import FeatureSettings
 from shadow.finetune import FinetuneConfig, finetune
 from shadow.membership import load_membership
 from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model

@@ -12,13 +12,18 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import experiments.studies.pretraining as pretraining
-from llm_features.settings import FeatureSettings
 import llm_features.models
 from experiments.cli import main
-from experiments.studies.pretraining import (BLIND_BASELINE, BLIND_COLUMN, blind_baseline_name, blind_baseline_scores,
-                                     run_pretraining_detection)
+from experiments.studies.pretraining import (
+    BLIND_BASELINE,
+    BLIND_COLUMN,
+    blind_baseline_name,
+    blind_baseline_scores,
+    run_pretraining_detection,
+)
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.registry import known_features
+from llm_features.settings import FeatureSettings
 from tests.tiny import WORDS, make_corpus
 
 FAST = ["--device", "cpu", "--dtype", "float32", "--batch-size", "16", "--neighbours", "2"]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from llm_features.extract import extract_features
 from llm_features.models import load_model
 from llm_features.registry import parse_features
-from llm_features.extract import extract_features
 from llm_features.scoring import length_batches, score_texts, tokenize
 from llm_features.texts import texts_from_list
 from tests.reference_impl import score_one_by_one

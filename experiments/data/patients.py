@@ -48,8 +48,8 @@ from experiments.data.patient_vocabulary import (
     WARDS,
     WITH_ARTICLE,
 )
-from llm_features.validation import check_int
 from llm_features.io import atomic_path
+from llm_features.validation import check_int
 
 __all__ = [
     "CONDITIONS",

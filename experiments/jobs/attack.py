@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from experiments.jobs.shadows import (FEATURES_DIR, SHADOW_TABLE, load_shadow_table,
-                                      read_token_logprobs, token_path)
 from attack_models.candidates import CALIBRATION_STATISTIC, TOKEN_LIRA
+from experiments.jobs.shadows import FEATURES_DIR, SHADOW_TABLE, load_shadow_table, read_token_logprobs, token_path
 from llm_features.errors import ConfigError, InputDataError, IntegrityError
 from llm_features.io import check_writable_directory, sha256_file
 from llm_features.registry import parse_features
@@ -202,8 +201,13 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     tokens = None
     raw = table
     if calibrated:
-        from attack_models.fusion import (calibrated_column, distinct_views, out_reference_counts, pooled_out_stds,
-                                           shadow_matrix)
+        from attack_models.fusion import (
+            calibrated_column,
+            distinct_views,
+            out_reference_counts,
+            pooled_out_stds,
+            shadow_matrix,
+        )
 
         if CALIBRATION_STATISTIC not in table.columns:
             raise ConfigError(f"--calibrated {calibration} needs the loss feature in the shadow table")

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from llm_features.errors import ConfigError, InputDataError
-from llm_features.settings import FeatureSettings
 from llm_features.io import atomic_path, check_writable_directory
+from llm_features.settings import FeatureSettings
 from llm_features.texts import TextSet
 
 if TYPE_CHECKING:

@@ -10,13 +10,13 @@ import logging
 from typing import Any
 
 import pandas as pd
-from llm_features.settings import FeatureSettings
 
 from experiments.jobs.common import check_kept_fields, check_output_path, make_neighbours, write_parquet_atomic
 from llm_features.cache import default_score_cache
 from llm_features.errors import ConfigError
 from llm_features.extract import extract_features, needs_of
 from llm_features.registry import FeatureRequest, parse_features
+from llm_features.settings import FeatureSettings
 from llm_features.texts import load_texts
 
 logger = logging.getLogger(__name__)

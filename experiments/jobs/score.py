@@ -15,11 +15,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from attack_models.candidates import (
+    CALIBRATION_STATISTIC,
+    TOKEN_LIRA,
+    ShadowScores,
+    TargetTokens,
+    calibrated_scores,
+    classifier_inputs,
+)
+from experiments.jobs.attack import calibrated_inputs, load_fitted_attack, shadow_score_matrix
 from experiments.jobs.common import check_kept_fields, check_output_path, make_neighbours
-from experiments.jobs.shadows import (FEATURES_DIR, SHADOW_TABLE, read_token_logprobs, token_path)
-from experiments.jobs.attack import load_fitted_attack, calibrated_inputs, shadow_score_matrix
-from attack_models.candidates import (CALIBRATION_STATISTIC, TOKEN_LIRA, ShadowScores, TargetTokens,
-                                       calibrated_scores, classifier_inputs)
+from experiments.jobs.shadows import FEATURES_DIR, SHADOW_TABLE, read_token_logprobs, token_path
 from llm_features.cache import ModelSpec, ScoreCache, default_score_cache, score_texts_cached
 from llm_features.errors import ConfigError, IncompatibleArtifactError, IntegrityError
 from llm_features.extract import compute_features, needs_of, score_neighbours

@@ -150,6 +150,7 @@ def audit_bounds(labels: np.ndarray, scores: np.ndarray, *, delta: float, confid
 def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, force: bool = False) -> dict[str, Any]:
     """Train the targets, score the canaries, bound epsilon; return ``audit.json``'s content."""
     from attack_models import summarize
+    from experiments.data.canaries import DESIGN_NEEDS
     from experiments.studies.run import claim_run_directory, log_to_file, train_target
     from llm_features.extract import extract_features
     from llm_features.models import load_model
@@ -157,8 +158,6 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     from llm_features.scoring import score_texts
     from llm_features.texts import texts_from_list
     from shadow.adapter import read_manifest
-
-    from experiments.data.canaries import DESIGN_NEEDS
 
     def canaries_and_training(base: Any) -> tuple[list[str], np.ndarray, list[str], list[str]]:
         canaries, included = canary_records(config, base=base)

@@ -441,9 +441,8 @@ class AuditConfig:
     features: str = "loss,reference,min_k_plus_plus,zlib_ratio"
 
     def __post_init__(self) -> None:
-        from llm_features.registry import parse_features
-
         from experiments.data.canaries import CANARY_DESIGNS
+        from llm_features.registry import parse_features
 
         _check_int("canaries", self.canaries, 2, 10_000_000)
         if not isinstance(self.canary_design, str) or self.canary_design not in CANARY_DESIGNS:

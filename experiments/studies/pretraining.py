@@ -23,7 +23,6 @@ atomically.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import time
 from pathlib import Path
@@ -32,9 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.jobs.common import check_kept_fields, write_parquet_atomic
-
 from experiments.jobs.features import features_job
-
 from llm_features.errors import ConfigError, InputDataError
 from llm_features.io import library_versions, write_json_atomic
 from llm_features.registry import FeatureRequest, known_features, parse_features
