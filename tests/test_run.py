@@ -145,7 +145,8 @@ def test_transfer_variants_change_only_what_they_name():
 
 def test_a_config_naming_a_saved_data_set_runs_end_to_end(config_file, tmp_path_factory):
     """Issue 13: ``[data] dataset`` (a DatasetDict saved with save_to_disk) instead of ``path``."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     from experiments.studies.run import read_pool
 
     root = tmp_path_factory.mktemp("by-name")
