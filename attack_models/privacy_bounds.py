@@ -435,6 +435,45 @@ def _check_balance(y: np.ndarray) -> None:
             "the imbalance, not leakage; audit with canaries included by a fair coin, or use the classic bound."
         )
 
+@dataclasses.dataclass(frozen=True)
+class _Guesses:
+    """The checked inputs of a one-run bound and the correct count of every (k+, k-) pair."""
+
+    y: np.ndarray
+    s: np.ndarray
+    pairs: list[tuple[int, int]]
+    level: float  # each pair's confidence, Bonferroni over the pairs
+    common: dict[str, Any]  # the audit fields every result shares
+
+
+def _prepared(labels: ArrayLike, scores: ArrayLike, *, delta: float, confidence: float, seed: int,
+              guesses: Sequence[tuple[int, int]] | None) -> tuple[_Guesses, float, float]:
+    """Check the inputs of a one-run bound; return them with the (k+, k-) grid, and the checked delta and confidence."""
+    delta = _check_unit("delta", delta, "1e-5")
+    confidence = _check_unit("confidence", confidence, "0.95")
+    seed = _check_seed(seed)
+    y, s = _check_inputs(labels, scores)
+    _check_balance(y)
+    m = y.size
+    pairs = _check_pairs(guesses, m)
+    common = dict(m=m, n_hypotheses=len(pairs), confidence=confidence, delta=delta, seed=seed, n_selection=0,
+                  n_evaluation=m)
+    return _Guesses(y=y, s=s, pairs=pairs, level=1.0 - (1.0 - confidence) / len(pairs), common=common), delta, confidence
+
+
+def _best_pair(g: _Guesses, bound: Any) -> tuple[float, int, int, int, dict[str, float]]:
+    """The (k+, k-) pair whose correct count ``v`` gives the largest ``bound(r, v)``: that
+    value, k+, k-, v and the lowest "in" / highest "out" scores guessed."""
+    ranked, correct = _guess(g.y, g.s, g.pairs, g.common["seed"])
+    best = max(((bound(k_plus + k_minus, v), k_plus, k_minus, v) for (k_plus, k_minus), v in zip(g.pairs, correct)),
+               key=lambda item: item[0])
+    value, k_plus, k_minus, v = best
+    m = g.y.size
+    thresholds = {"in_threshold": float(g.s[ranked[k_plus - 1]]) if k_plus else float("nan"),
+                  "out_threshold": float(g.s[ranked[m - k_minus]]) if k_minus else float("nan")}
+    return value, k_plus, k_minus, v, thresholds
+
+
 
 def _perfect_one_run(m: int, pairs: Sequence[tuple[int, int]], *, delta: float, confidence: float) -> float:
     """The bound if every guess of the pair with the most guesses were right."""
@@ -483,16 +522,8 @@ def one_run_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float 
     fixed-size random half split instead of coin flips the bound is a close approximation,
     not a theorem.
     """
-    delta = _check_unit("delta", delta, "1e-5")
-    confidence = _check_unit("confidence", confidence, "0.95")
-    seed = _check_seed(seed)
-    y, s = _check_inputs(labels, scores)
-    _check_balance(y)
-    m = y.size
-    pairs = _check_pairs(guesses, m)
-    level = 1.0 - (1.0 - confidence) / len(pairs)
-    common = dict(m=m, n_hypotheses=len(pairs), confidence=confidence, delta=delta, seed=seed, n_selection=0,
-                  n_evaluation=m)
+    g, delta, confidence = _prepared(labels, scores, delta=delta, confidence=confidence, seed=seed, guesses=guesses)
+    m, pairs = g.y.size, g.pairs
     if _perfect_one_run(m, pairs, delta=delta, confidence=confidence) == 0.0:
         needed = _one_run_needed(delta, confidence)
         remedy = (f"with the default grid at least {needed} canaries are needed" if needed is not None else
@@ -502,22 +533,14 @@ def one_run_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float 
                 f"confidence {confidence:g}, delta {delta:g}, over {len(pairs)} (k+, k-) pair(s); {remedy}.")
         logger.warning(note)
         return OneRunAudit(epsilon_lb=0.0, k_plus=0, k_minus=0, r=0, v=0, in_threshold=float("nan"),
-                           out_threshold=float("nan"), note=note, **common)
-    ranked, correct = _guess(y, s, pairs, seed)
-    best = None
-    for (k_plus, k_minus), v in zip(pairs, correct):
-        eps = one_run_epsilon_from_counts(m, k_plus + k_minus, v, delta=delta, confidence=level)
-        logger.debug("one-run: k+=%d k-=%d v=%d -> epsilon_LB %.4f", k_plus, k_minus, v, eps)
-        if best is None or eps > best[0]:
-            best = (eps, k_plus, k_minus, v)
-    eps, k_plus, k_minus, v = best
+                           out_threshold=float("nan"), note=note, **g.common)
+    eps, k_plus, k_minus, v, thresholds = _best_pair(
+        g, lambda r, v: one_run_epsilon_from_counts(m, r, v, delta=delta, confidence=g.level))
     note = None if eps > 0 else "no positive bound: no (k+, k-) pair guesses better than chance explains"
     logger.info("one-run bound: epsilon_LB = %.4f (k+=%d, k-=%d, %d of %d correct)", eps, k_plus, k_minus, v,
                 k_plus + k_minus)
-    return OneRunAudit(epsilon_lb=eps, k_plus=k_plus, k_minus=k_minus, r=k_plus + k_minus, v=v,
-                       in_threshold=float(s[ranked[k_plus - 1]]) if k_plus else float("nan"),
-                       out_threshold=float(s[ranked[m - k_minus]]) if k_minus else float("nan"),
-                       note=note, **common)
+    return OneRunAudit(epsilon_lb=eps, k_plus=k_plus, k_minus=k_minus, r=k_plus + k_minus, v=v, note=note,
+                       **thresholds, **g.common)
 
 
 # --------------------------------------------------------------------------- f-DP one-run bound
@@ -645,26 +668,13 @@ def gdp_mu_from_counts(m: int, r: int, v: int, *, confidence: float = 0.95) -> f
     return low
 
 
-@dataclasses.dataclass(frozen=True)
-class FdpAudit:
-    """Result of :func:`fdp_epsilon_bound` for the best (k+, k-) of the grid."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FdpAudit(OneRunAudit):
+    """Result of :func:`fdp_epsilon_bound` for the best (k+, k-) of the grid: the fields of
+    :class:`OneRunAudit` (``epsilon_lb`` being the epsilon at ``delta`` of mu_lb-GDP) and
+    ``mu_lb``, the largest mu whose mu-GDP the guesses reject."""
 
-    epsilon_lb: float  # epsilon at delta of mu_lb-GDP
-    mu_lb: float  # largest mu whose mu-GDP the guesses reject
-    m: int  # canaries
-    k_plus: int  # guessed "in": the k+ highest scores
-    k_minus: int  # guessed "out": the k- lowest scores
-    r: int  # guesses, k+ + k-
-    v: int  # correct guesses
-    in_threshold: float  # lowest score guessed "in" (nan if k+ = 0)
-    out_threshold: float  # highest score guessed "out" (nan if k- = 0)
-    n_hypotheses: int  # (k+, k-) pairs tried; each tested at (1 - confidence) / n_hypotheses
-    confidence: float
-    delta: float
-    seed: int  # breaks ties between equal scores
-    n_selection: int  # 0: the pairs are fixed in advance, Bonferroni instead of a split
-    n_evaluation: int
-    note: str | None = None
+    mu_lb: float
     family: str = "gaussian"  # the tradeoff curves tested: mu-GDP
     method: str = "f-dp"
 
@@ -734,16 +744,8 @@ def fdp_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float = 1e
     holds at ``delta`` with epsilon 0 (``2 Phi(mu_lb / 2) - 1 <= delta``), ``epsilon_lb`` is 0
     and ``note`` says so.
     """
-    delta = _check_unit("delta", delta, "1e-5")
-    confidence = _check_unit("confidence", confidence, "0.95")
-    seed = _check_seed(seed)
-    y, s = _check_inputs(labels, scores)
-    _check_balance(y)
-    m = y.size
-    pairs = _check_pairs(guesses, m)
-    level = 1.0 - (1.0 - confidence) / len(pairs)
-    common = dict(m=m, n_hypotheses=len(pairs), confidence=confidence, delta=delta, seed=seed, n_selection=0,
-                  n_evaluation=m)
+    g, delta, confidence = _prepared(labels, scores, delta=delta, confidence=confidence, seed=seed, guesses=guesses)
+    m, pairs, level = g.y.size, g.pairs, g.level
     if all(gdp_mu_from_counts(m, a + b, a + b, confidence=level) == 0.0 for a, b in pairs):
         needed = _fdp_needed(confidence)
         remedy = (f"with the default grid at least {needed} canaries are needed" if needed is not None else
@@ -752,15 +754,9 @@ def fdp_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float = 1e
                 f"{confidence:g} over {len(pairs)} (k+, k-) pair(s); {remedy}.")
         logger.warning(note)
         return FdpAudit(epsilon_lb=0.0, mu_lb=0.0, k_plus=0, k_minus=0, r=0, v=0, in_threshold=float("nan"),
-                        out_threshold=float("nan"), note=note, **common)
-    ranked, correct = _guess(y, s, pairs, seed)
-    best = None
-    for (k_plus, k_minus), v in zip(pairs, correct):
-        mu = gdp_mu_from_counts(m, k_plus + k_minus, v, confidence=level)
-        logger.debug("f-DP: k+=%d k-=%d v=%d -> mu_LB %.4f", k_plus, k_minus, v, mu)
-        if best is None or mu > best[0]:
-            best = (mu, k_plus, k_minus, v)
-    mu, k_plus, k_minus, v = best
+                        out_threshold=float("nan"), note=note, **g.common)
+    mu, k_plus, k_minus, v, thresholds = _best_pair(
+        g, lambda r, v: gdp_mu_from_counts(m, r, v, confidence=level))
     eps = gdp_epsilon(mu, delta) if mu > 0 else 0.0
     if mu == 0.0:
         note = "no positive bound: no (k+, k-) pair guesses better than chance explains"
@@ -771,7 +767,5 @@ def fdp_epsilon_bound(labels: ArrayLike, scores: ArrayLike, *, delta: float = 1e
         note = None
     logger.info("f-DP bound: mu_LB = %.4f, epsilon_LB = %.4f at delta %g (k+=%d, k-=%d, %d of %d correct)", mu, eps,
                 delta, k_plus, k_minus, v, k_plus + k_minus)
-    return FdpAudit(epsilon_lb=eps, mu_lb=mu, k_plus=k_plus, k_minus=k_minus, r=k_plus + k_minus, v=v,
-                    in_threshold=float(s[ranked[k_plus - 1]]) if k_plus else float("nan"),
-                    out_threshold=float(s[ranked[m - k_minus]]) if k_minus else float("nan"),
-                    note=note, **common)
+    return FdpAudit(epsilon_lb=eps, mu_lb=mu, k_plus=k_plus, k_minus=k_minus, r=k_plus + k_minus, v=v, note=note,
+                    **thresholds, **g.common)
