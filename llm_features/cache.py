@@ -278,7 +278,8 @@ def score_texts_cached(model: "LoadedModel | ModelSpec", texts: Sequence[str], *
         return score_texts(loaded.model, loaded.tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens,
                            progress=progress, description=description)
     tokenizer = loaded.tokenizer if loaded is not None else _tokenizer(model.spec)
-    lengths = [len(ids) for ids in tokenize(tokenizer, texts, max_tokens=max_tokens)[0]]
+    token_ids, truncated = tokenize(tokenizer, texts, max_tokens=max_tokens)  # once, for the key and the scorer
+    lengths = [len(ids) for ids in token_ids]
     vocabulary = vocabulary_size(loaded.model) if loaded is not None else _configured_vocabulary(model.spec, tokenizer)
     compiled = choose_statistics("auto", n_elements=sum(lengths) * vocabulary).compiled
     key = scoring_key(model, max_tokens=max_tokens, batch_size=batch_size, compiled=compiled)
@@ -290,7 +291,8 @@ def score_texts_cached(model: "LoadedModel | ModelSpec", texts: Sequence[str], *
         loaded = loaded or model.load()
         computed = score_texts(loaded.model, loaded.tokenizer, [texts[i] for i in missing], batch_size=batch_size,
                                max_tokens=max_tokens, progress=progress, description=description,
-                               compile_statistics="always" if compiled else "never")
+                               compile_statistics="always" if compiled else "never",
+                               tokenized=([token_ids[i] for i in missing], [truncated[i] for i in missing]))
         for i, scores in zip(missing, computed):
             cache.put(key, texts[i], scores)
             results[i] = scores

@@ -119,6 +119,7 @@ def score_texts(
     description: str = "scoring",
     compile_statistics: str = "auto",
     batch_invariant: bool = True,
+    tokenized: tuple[list[list[int]], list[bool]] | None = None,
 ) -> list[TokenScores]:
     """Score every text with one batched forward pass; see the module docstring.
 
@@ -144,6 +145,8 @@ def score_texts(
             between calls (SmolLM2-135M, AG News), with it the scores are identical. It
             costs the padding to the bucket width and the dummy rows of each bucket's last
             batch. ``False``: length-sorted dynamic padding (faster, company-dependent).
+        tokenized: ``tokenize(tokenizer, texts, max_tokens=max_tokens)`` when the caller
+            has it already (the score cache does), so the texts are not tokenized twice.
 
     Returns:
         One :class:`TokenScores` per text, in the order of ``texts``.
@@ -151,7 +154,7 @@ def score_texts(
     import torch
     from tqdm.auto import tqdm
 
-    token_ids, truncated = tokenize(tokenizer, texts, max_tokens=max_tokens)
+    token_ids, truncated = tokenized if tokenized is not None else tokenize(tokenizer, texts, max_tokens=max_tokens)
     n_truncated = sum(truncated)
     if n_truncated:
         logger.info("%d of %d texts were longer than %d tokens and were truncated",
