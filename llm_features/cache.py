@@ -10,7 +10,7 @@ a directory per *scoring key*: everything that determines them,
                 max_tokens; batch_size; eager or compiled vocabulary statistics; the
                 torch, transformers and peft versions; the cache format)
 
-(a model that is not on disk, a hub id, is keyed by its loaded weights, byte for byte),
+(a model that is not on disk, a hub id, is keyed by the fingerprint of its loaded weights),
 so a changed adapter, another ``max_tokens`` or another tokenizer misses, and a hit holds
 exactly the numbers the same call would compute (scoring is batch-invariant, see
 :func:`~llm_features.scoring.score_texts`). A text's file is named by its id (SHA-256 of
@@ -39,7 +39,6 @@ import hashlib
 import logging
 import os
 import shutil
-import weakref
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -63,7 +62,6 @@ CACHE_ENV = "SHADOWMIA_SCORE_CACHE"
 #: Bumped whenever what an entry holds or how it is computed changes: old entries then miss.
 CACHE_FORMAT = 1
 _ARRAYS = ("token_logprobs", "vocab_mean", "vocab_std", "token_ranks")
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
 #: Files of a model or adapter directory that determine its weights.
@@ -120,7 +118,8 @@ def _files_digest(path: Path) -> str | None:
 def model_identity(spec: str, adapter: str | None) -> str | None:
     """What determines a model's weights, from its files: the base's weight and config files
     (the built-in model's converted copy) and the adapter's; None for a hub id (not on disk),
-    whose loaded weights are hashed instead (:func:`weights_digest`)."""
+    whose loaded weights are hashed instead
+    (:func:`llm_features.models.weights_fingerprint`, with the dtype beside it in the key)."""
     from llm_features.models import weights_source
 
     source, gguf_file = weights_source(spec)
@@ -131,25 +130,6 @@ def model_identity(spec: str, adapter: str | None) -> str | None:
         return f"base={base}"
     adapter_digest = _files_digest(Path(adapter))
     return None if adapter_digest is None else f"base={base};adapter={adapter_digest};merged"
-
-
-_WEIGHT_DIGESTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-
-
-def weights_digest(model: Any) -> str:
-    """SHA-256 of every parameter and buffer of a loaded model: name, shape, dtype and raw
-    bytes, in name order (for models not on disk). Computed once per model object."""
-    if model in _WEIGHT_DIGESTS:
-        return _WEIGHT_DIGESTS[model]
-    import torch
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode("utf-8"))
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    _WEIGHT_DIGESTS[model] = digest.hexdigest()
-    return _WEIGHT_DIGESTS[model]
 
 
 def _configured_vocabulary(spec: str, tokenizer: Any) -> int:
@@ -178,12 +158,12 @@ def _tokenizer(spec: str) -> Any:
 def scoring_key(model: "LoadedModel | ModelSpec", *, max_tokens: int, batch_size: int, compiled: bool) -> str:
     """The directory name of a model's entries (see the module docstring)."""
     from llm_features.io import library_versions
-    from llm_features.models import tokenizer_fingerprint
+    from llm_features.models import tokenizer_fingerprint, weights_fingerprint
 
     identity = model_identity(model.spec, model.adapter)
     if identity is None:
         loaded = model if not isinstance(model, ModelSpec) else model.load()
-        identity = f"weights={weights_digest(loaded.model)}"
+        identity = f"weights={weights_fingerprint(loaded.model)}"
     tokenizer = model.tokenizer if not isinstance(model, ModelSpec) else _tokenizer(model.spec)
     versions = library_versions()
     parts = [f"format={CACHE_FORMAT}", identity, f"tokenizer={tokenizer_fingerprint(tokenizer)}",
