@@ -206,6 +206,38 @@ def error_zone(x: FeatureInput) -> float:
     return float(deltas[deltas > 0].sum()) / negative
 
 
+def check_suffix_tokens(*, tokens: int) -> None:
+    """Raise ConfigError (a ValueError) unless ``tokens`` is a whole number >= 1."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ConfigError(f"tokens={tokens!r} must be a whole number >= 1: how many final tokens are summed")
+
+
+@register_feature("suffix_ratio", needs=("reference",), validate=check_suffix_tokens)
+def suffix_ratio(x: FeatureInput, *, tokens: int = 1) -> float:
+    """Target-over-reference log-likelihood ratio of the final ``tokens`` scored tokens only.
+
+    For canaries that end in a secret or rare token (the ``rare-token`` design of
+    :mod:`experiments.data.canaries`, after Panda et al., "Privacy Auditing of Large Language
+    Models", ICLR 2025, arXiv 2503.06808): the membership evidence sits in the last token,
+    and a whole-text statistic such as ``reference`` averages it with every ordinary one.
+    With d_t = log p_target(x_t | x_<t) - log p_ref(x_t | x_<t) over the predicted positions
+    t = 1 .. T-1 of the T scored tokens, and n = ``tokens``,
+
+        SR_n(x) = sum_{t = max(1, T-n)}^{T-1} d_t
+
+    (all predicted positions when n >= T - 1; NaN for a text with nothing to predict).
+
+    Truncation: the sum is over the last *scored* positions. A text cut to ``max_tokens``
+    (``x.target.truncated``) loses its end, so then the positions summed are not its final
+    tokens; rare-token canaries are built to fit in ``max_tokens`` and are never cut. A
+    tokenizer that appends an end-of-text token makes that token the last position (use
+    ``tokens=2`` there); SmolLM2's does not.
+    """
+    if x.target.n_predicted == 0:
+        return math.nan
+    return float(np.sum(token_log_ratios(x)[-tokens:], dtype=np.float64))
+
+
 @register_feature("token_log_ratio", needs=("reference",), validate=check_quantile, presets=TOKEN_QUANTILES)
 def token_log_ratio(x: FeatureInput, *, q: float = 0.5) -> float:
     """Quantile q of the per-token log-ratio log p_target(x_t) - log p_reference(x_t).

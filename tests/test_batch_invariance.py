@@ -32,7 +32,7 @@ def bf16_model(tiny_model_dir):
 
 
 def feature_table(model, texts, *, batch_size=4):
-    requests = parse_features("all,-neighbour_gap,-reference,-error_zone,-token_log_ratio")
+    requests = parse_features("all,-neighbour_gap,-reference,-error_zone,-suffix_ratio,-token_log_ratio")
     text_set = texts_from_list(texts)
     scores = score_texts(model.model, model.tokenizer, texts, batch_size=batch_size, max_tokens=64, progress=False)
     return compute_features(text_set, requests, scores).drop(columns=["id"]).to_numpy(dtype=np.float64)
