@@ -86,9 +86,10 @@ def test_each_design_is_seeded_counted_and_distinct(tiny, design):
     assert set(make_canaries(design, 24, seed=4, **kwargs)).isdisjoint(texts)
 
 
-def test_patient_records_are_todays_canaries(tiny):
-    config = load_config(tiny["config"])
-    assert config.audit.canary_design == "patient-records" and config.audit.canary_repeats == 1
+def test_rare_token_canaries_once_each_are_the_default_and_patient_records_are_as_before(tiny):
+    default = load_config(tiny["config"]).audit
+    assert default.canary_design == "rare-token" and default.canary_repeats == 1
+    config = load_config(tiny["config"], overrides=["audit.canary_design=\"patient-records\""])
     texts, included = canary_records(config)
     assert texts == [r["text"] for r in generate_patient_records(24, seed=3)]
     assert (included == (np.random.default_rng([3, 1]).random(24) < 0.5)).all()
@@ -146,7 +147,7 @@ def test_designs_that_need_the_model_say_so():
     ("audit.canary_design=\"rare_tokens\"", "audit.canary_design='rare_tokens' must be one of"),
     ("audit.canary_design=3", "audit.canary_design=3: expected a value of type string"),
     ("audit.canary_tokens=0", "canary_tokens"),
-    ("audit.canary_tokens=48", None),  # fine for the default design, which does not use it
+    ("audit.canary_tokens=48", None),  # fine for the default design (rare-token), which does not use it
 ])
 def test_canary_config_errors_name_the_key(tiny, override, message):
     if message is None:

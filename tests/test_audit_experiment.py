@@ -31,6 +31,7 @@ max_grad_norm = 1.0
 
 [audit]
 canaries = 48
+canary_design = "patient-records"
 canary_repeats = 2
 canary_seed = 3
 fillers = 24
@@ -93,7 +94,10 @@ def test_audit_run_bounds_epsilon_below_the_accountant(config_file, tmp_path, ca
 
 
 @pytest.mark.parametrize("override, message", [
-    ("audit.statistic=min_k", "must be one of the features"),
+    ("audit.statistic=min_k", "audit.statistic='min_k' must be \"auto\" or one of the features "
+                              r"\(audit.features\): auto, loss, reference"),
+    ("audit.statistic=lossy", "audit.statistic='lossy' must be \"auto\" or one of the features"),
+    ("audit.features=\"loss,lossy\"", "audit.features='loss,lossy': unknown feature 'lossy'"),
     ("audit.epsilons=[0.0]", "distinct positive numbers"),
     ("audit.delta=1.5", "delta=1.5 is out of range"),
     ("target.dp_epsilon=4.0", "sets each target's epsilon"),

@@ -11,8 +11,18 @@ Run"), one training run per epsilon:
    complete the training set;
 2. one target per epsilon in ``audit.epsilons``, fine-tuned as ``[target]`` says with
    DP-SGD at that epsilon (``inf``: without DP), all on the same training set;
-3. the attack statistic fixed in advance (``audit.statistic``; by default ``reference``, the
-   target's log-likelihood over the base model's) scores every canary under each target;
+3. the attack statistic fixed in advance scores every canary under each target: the feature
+   named by ``audit.statistic``, or, with ``"auto"`` (the default), the one chosen *before*
+   the audit on a separate calibration target (:func:`choose_statistic`): a fine-tune with
+   the same recipe at the largest of ``audit.epsilons`` (``inf`` when there), on an
+   independent canary draw (seed :func:`calibration_seed`, the first child of
+   ``SeedSequence(canary_seed)``, with its own coin flips) and the same fillers. Every
+   feature of ``audit.features`` scores the calibration canaries; the one whose guesses
+   reject the largest mu of Gaussian DP (mu_LB of the f-DP one-run bound) is the statistic,
+   ties to the earlier feature. The audited canaries and their coins are never read for
+   the choice, so the bounds stay valid. (The shadow classifier is not a candidate: it
+   needs shadow fine-tunes, each as costly as a target, which the audit does not train.)
+   The calibration target is trained once and reused on a rerun (``targets/calibration``);
 4. epsilon lower bounds from the scores and the inclusion labels
    (:mod:`attack_models.privacy_bounds`): the one-run bound, valid for one training run with
    many canaries; the f-DP one-run bound (Mahloujifar, Melis & Chaudhuri 2025) on the same
@@ -21,7 +31,8 @@ Run"), one training run per epsilon:
    DP-SGD's nearly is); and the classic bound, which treats the canaries as independent
    trials (a heuristic here; see that module);
 5. ``report/``: ``audit.json``, ``audit.md`` (a table of epsilon_theory, the accountant's
-   epsilon, against the three lower bounds and each feature's AUC) and ``epsilon.png``.
+   epsilon, against the three lower bounds and each feature's AUC; with ``"auto"``, the
+   calibration target's mu_LB and AUC per feature and the statistic chosen) and ``epsilon.png``.
 
 Every target is resumable (skipped when it verifies with the same settings). The true
 epsilon of each training lies in [epsilon_LB, epsilon_theory] with the stated confidence.
@@ -41,22 +52,26 @@ import numpy as np
 import pandas as pd
 
 from experiments.studies.config import AuditExperimentConfig, config_hash
-from llm_features.errors import ConfigError
+from llm_features.errors import ConfigError, InputDataError
 from llm_features.io import atomic_path, library_versions, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 
-def canary_records(config: AuditExperimentConfig, *, base: Any = None) -> tuple[list[str], np.ndarray]:
+def canary_records(config: AuditExperimentConfig, *, base: Any = None,
+                   seed: int | None = None) -> tuple[list[str], np.ndarray]:
     """The canary texts and whether each is included (a fair coin per canary, seeded).
 
-    The texts are ``audit.canary_design``'s (:func:`experiments.data.canaries.make_canaries`).
+    The texts are ``audit.canary_design``'s (:func:`experiments.data.canaries.make_canaries`),
+    drawn with ``seed`` (default ``audit.canary_seed``; the calibration canaries use
+    :func:`calibration_seed`), and the coins with ``numpy.random.default_rng([seed, 1])``.
     A design that needs the base model's tokenizer or the model itself takes them from
     ``base`` (a :class:`~llm_features.models.LoadedModel`), or loads them when ``base`` is None.
     """
     from experiments.data.canaries import DESIGN_NEEDS, make_canaries
 
     audit = config.audit
+    seed = audit.canary_seed if seed is None else seed
     needs = DESIGN_NEEDS[audit.canary_design]
     tokenizer = model = None
     if needs is not None and base is not None:
@@ -70,10 +85,69 @@ def canary_records(config: AuditExperimentConfig, *, base: Any = None) -> tuple[
 
         loaded = load_model(config.base_model)
         tokenizer, model = loaded.tokenizer, loaded.model
-    texts = make_canaries(audit.canary_design, audit.canaries, seed=audit.canary_seed, length=audit.canary_tokens,
+    texts = make_canaries(audit.canary_design, audit.canaries, seed=seed, length=audit.canary_tokens,
                           max_tokens=config.target.max_tokens, tokenizer=tokenizer, model=model)
-    included = np.random.default_rng([audit.canary_seed, 1]).random(audit.canaries) < 0.5
+    included = np.random.default_rng([seed, 1]).random(audit.canaries) < 0.5
     return texts, included
+
+
+def calibration_seed(canary_seed: int) -> int:
+    """The seed of the calibration canaries and their coins: the first child of
+    ``numpy.random.SeedSequence(canary_seed)``, as a 32-bit integer.
+
+    A spawned child's stream is independent of its parent's by construction (NumPy's
+    ``SeedSequence`` mixes the spawn key into the entropy), so the calibration canaries and
+    coin flips share nothing with the audited ones drawn from ``canary_seed``.
+    """
+    return int(np.random.SeedSequence(canary_seed).spawn(1)[0].generate_state(1)[0])
+
+
+def calibration_epsilon(epsilons: tuple[float, ...]) -> float:
+    """The epsilon of the calibration target: the largest of ``audit.epsilons`` (``inf``, no
+    DP, when it is there), the audited target that leaks most, so that the features differ
+    most in what they detect; at small epsilon every feature is near chance and the choice
+    would be decided by noise."""
+    return max(epsilons)
+
+
+def statistic_criteria(labels: np.ndarray, scores: dict[str, np.ndarray], *, confidence: float,
+                       seed: int) -> dict[str, float]:
+    """mu_LB of the f-DP one-run bound for each feature's scores of the calibration canaries.
+
+    mu_LB (Mahloujifar, Melis & Chaudhuri 2025, "Auditing f-Differential Privacy in One
+    Run", arXiv 2410.22235; :func:`attack_models.privacy_bounds.fdp_epsilon_bound`) is the
+    largest mu of mu-GDP that the feature's guesses (the k+ highest scores "in", the k-
+    lowest "out", over the default grid) reject at ``confidence``. It is the criterion
+    rather than the one-run epsilon_LB (Steinke et al. 2023) because it does not depend on
+    delta: the calibration target is audited at the audit's delta, the audited targets at a
+    canary's group delta, and the one-run bound's 2 m delta term can force it to 0 for every
+    feature (no choice left), while mu_LB still ranks them. Both bounds are functions of the
+    same guesses, so the feature that guesses best is the best for both.
+
+    A feature with a non-finite score for some canary gets NaN (it cannot be chosen).
+    """
+    from attack_models.privacy_bounds import fdp_epsilon_bound
+
+    criteria = {}
+    for column, values in scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(values).all():
+            logger.warning("calibration: %s is not finite for %d canaries; it cannot be the statistic", column,
+                           int((~np.isfinite(values)).sum()))
+            criteria[column] = math.nan
+            continue
+        criteria[column] = fdp_epsilon_bound(labels, values, confidence=confidence, seed=seed).mu_lb
+    return criteria
+
+
+def select_statistic(criteria: dict[str, float]) -> str:
+    """The feature with the largest criterion (:func:`statistic_criteria`); ties go to the
+    earlier one in ``criteria``'s order (``audit.features``), NaN is never chosen."""
+    finite = [(value, -i, column) for i, (column, value) in enumerate(criteria.items()) if not math.isnan(value)]
+    if not finite:
+        raise InputDataError(f"no feature of {', '.join(criteria)} scores every calibration canary; "
+                             "name audit.statistic instead of \"auto\"")
+    return max(finite)[2]
 
 
 def filler_texts(config: AuditExperimentConfig, exclude: set[str]) -> list[str]:
@@ -148,7 +222,12 @@ def audit_bounds(labels: np.ndarray, scores: np.ndarray, *, delta: float, confid
 
 
 def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, force: bool = False) -> dict[str, Any]:
-    """Train the targets, score the canaries, bound epsilon; return ``audit.json``'s content."""
+    """Train the targets, score the canaries, bound epsilon; return ``audit.json``'s content.
+
+    With ``audit.statistic = "auto"`` a calibration target is trained and scored first
+    (:func:`choose_statistic`); the audited targets are then scored with the one statistic
+    it picked.
+    """
     from attack_models import summarize
     from experiments.data.canaries import DESIGN_NEEDS
     from experiments.studies.run import claim_run_directory, log_to_file, train_target
@@ -159,20 +238,34 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     from llm_features.texts import texts_from_list
     from shadow.adapter import read_manifest
 
-    def canaries_and_training(base: Any) -> tuple[list[str], np.ndarray, list[str], list[str]]:
-        canaries, included = canary_records(config, base=base)
-        fillers = filler_texts(config, exclude=set(canaries))
+    def canaries_and_training(base: Any, seed: int | None = None,
+                              exclude: frozenset[str] = frozenset()) -> tuple[list[str], np.ndarray, list[str], list[str]]:
+        canaries, included = canary_records(config, base=base, seed=seed)
+        fillers = filler_texts(config, exclude=set(canaries) | exclude)
         return canaries, included, fillers, training_texts(canaries, included, fillers, config.audit.canary_repeats)
 
+    def train_and_score(name: str, epsilon: float, training: list[str], canaries: list[str], included: np.ndarray,
+                        scores_of_base: list[Any]) -> tuple[pd.DataFrame, float]:
+        """Train (or reuse) the target ``targets/NAME`` at ``epsilon``, score ``canaries`` with every feature."""
+        directory = out / "targets" / name
+        train_target(config.base_model, training, directory, target_training(config, epsilon))
+        target = load_model(config.base_model, adapter=directory)
+        table = extract_features(target, texts_from_list(canaries, label=[int(k) for k in included]), requests, reference_scores=scores_of_base,
+                                 max_tokens=config.target.max_tokens)
+        del target
+        with atomic_path(directory.parent / f"{name}_scores.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        return table, epsilon_theory(read_manifest(directory))
+
     out = Path(out)
-    needs_base = DESIGN_NEEDS[config.audit.canary_design] is not None
+    audit = config.audit
+    auto = audit.statistic == "auto"
+    needs_base = DESIGN_NEEDS[audit.canary_design] is not None
     if not needs_base:  # settings errors (too few fillers) before the run directory is claimed
         canaries, included, fillers, training = canaries_and_training(None)
     out.mkdir(parents=True, exist_ok=True)
     claim_run_directory(out, config, force=force)
-    audit = config.audit
     requests = parse_features(audit.features)
-    statistic = parse_features(audit.statistic)[0].column
     started = time.perf_counter()
     with log_to_file(out / "run.log"):
         base = load_model(config.base_model)
@@ -181,26 +274,43 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
         logger.info("audit %s: %d canaries (%s; %d included x %d), %d fillers, epsilons %s", config.name,
                     len(canaries), audit.canary_design, int(included.sum()), audit.canary_repeats, len(fillers),
                     list(audit.epsilons))
-        write_text_atomic(out / "data" / "canaries.jsonl", "".join(
-            json.dumps({"text": t, "label": int(k)}) + "\n" for t, k in zip(canaries, included)))
-        candidates = texts_from_list(canaries, label=[int(k) for k in included])
+        write_text_atomic(out / "data" / "canaries.jsonl", canaries_jsonl(canaries, included))
         max_tokens = config.target.max_tokens
-        base_scores = score_texts(base.model, base.tokenizer, candidates.texts, max_tokens=max_tokens,
+        if auto:  # the calibration draw never sees the audited coins; its texts avoid the audited canaries
+            seed = calibration_seed(audit.canary_seed)
+            cal_canaries, cal_included, cal_fillers, cal_training = canaries_and_training(
+                base, seed=seed, exclude=frozenset(canaries))
+            write_text_atomic(out / "data" / "calibration_canaries.jsonl", canaries_jsonl(cal_canaries, cal_included))
+            cal_base_scores = score_texts(base.model, base.tokenizer, cal_canaries, max_tokens=max_tokens,
+                                          description="calibration canaries, base model")
+        base_scores = score_texts(base.model, base.tokenizer, canaries, max_tokens=max_tokens,
                                   description="canaries, base model")
         del base
+        if auto:
+            stage = time.perf_counter()
+            epsilon = calibration_epsilon(audit.epsilons)
+            logger.info("calibration target (epsilon %s): %d canaries of seed %d, %d included, %d fillers",
+                        epsilon, len(cal_canaries), seed, int(cal_included.sum()), len(cal_fillers))
+            table, theory = train_and_score(CALIBRATION, epsilon, cal_training, cal_canaries, cal_included,
+                                           cal_base_scores)
+            choice = choose_statistic(cal_included.astype(int), table, [r.column for r in requests],
+                                      confidence=audit.confidence, seed=config.seed)
+            choice["calibration"] = {
+                "epsilon_target": epsilon, "epsilon_theory": theory, "canary_seed": seed,
+                "canaries": len(cal_canaries), "included": int(cal_included.sum()), "fillers": len(cal_fillers),
+                "shared_with_audited_canaries": len(set(cal_canaries) & set(canaries)),
+                "auc": {r.column: summarize(cal_included.astype(int), table[r.column].to_numpy(),
+                                            seed=config.seed)["auc"] for r in requests},
+                "wall_time_s": round(time.perf_counter() - stage, 1)}
+        else:
+            choice = {"mode": "fixed", "statistic": parse_features(audit.statistic)[0].column}
+        statistic = choice["statistic"]
         rows: list[dict[str, Any]] = []
         for epsilon in audit.epsilons:
             stage = time.perf_counter()
-            directory = out / "targets" / epsilon_label(epsilon)
-            train_target(config.base_model, training, directory, target_training(config, epsilon))
-            target = load_model(config.base_model, adapter=directory)
-            table = extract_features(target, candidates, requests, reference_scores=base_scores,
-                                     max_tokens=max_tokens)
-            del target
-            with atomic_path(directory.parent / f"{epsilon_label(epsilon)}_scores.csv") as tmp:
-                table.to_csv(tmp, index=False)
+            table, per_record = train_and_score(epsilon_label(epsilon), epsilon, training, canaries, included,
+                                                 base_scores)
             scores = table[statistic].to_numpy(dtype=np.float64)
-            per_record = epsilon_theory(read_manifest(directory))
             per_canary, canary_delta = group_privacy(per_record, audit.delta, audit.canary_repeats)
             rows.append({
                 "epsilon_target": epsilon,
@@ -219,6 +329,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                         bounds["f-dp"]["epsilon_lb"], bounds["f-dp"]["mu_lb"], bounds["classic"]["epsilon_lb"])
         report = {
             "setting": {"name": config.name, "base_model": config.base_model, "statistic": statistic,
+                        "statistic_choice": choice,
                         "canaries": len(canaries), "canary_design": audit.canary_design,
                         "canary_tokens": audit.canary_tokens if audit.canary_design == "random-tokens" else None,
                         "included": int(included.sum()),
@@ -233,6 +344,44 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
         write_json_atomic(out / "run.json", {"config_hash": config_hash(config),
                                              "library_versions": library_versions()})
     return report
+
+
+CALIBRATION = "calibration"
+"""The calibration target's name: ``targets/calibration`` and ``targets/calibration_scores.csv``."""
+
+CRITERION = "mu_lb"
+"""What ``"auto"`` maximises over the features on the calibration canaries (:func:`statistic_criteria`)."""
+
+
+def canaries_jsonl(canaries: list[str], included: np.ndarray) -> str:
+    """One JSON line per canary: its text and whether it is included (``label``)."""
+    return "".join(json.dumps({"text": t, "label": int(k)}) + "\n" for t, k in zip(canaries, included))
+
+
+def choose_statistic(labels: np.ndarray, table: pd.DataFrame, columns: list[str], *, confidence: float,
+                     seed: int) -> dict[str, Any]:
+    """``audit.statistic = "auto"``: the statistic of the audit, chosen on the calibration target.
+
+    ``labels`` are the calibration canaries' coins and ``table`` their scores under the
+    calibration target (one column per feature of ``columns``, ``audit.features``); the
+    audited canaries, their coins and the audited targets are never read. Returns the
+    report's record: ``statistic`` (:func:`select_statistic` of the ``values``,
+    :func:`statistic_criteria`), the criterion and where the choice was made.
+
+    The shadow classifier of the issue is not a candidate: it needs shadow fine-tunes (K
+    more trainings, each as costly as a target), which the audit does not train.
+    """
+    criteria = statistic_criteria(labels, {c: table[c].to_numpy(dtype=np.float64) for c in columns},
+                                  confidence=confidence, seed=seed)
+    statistic = select_statistic(criteria)
+    if criteria[statistic] == 0.0:
+        logger.warning("calibration: no feature rejects any mu-GDP on the calibration canaries; the statistic "
+                       "falls to the first of audit.features, %s", statistic)
+    logger.info("calibration: statistic %s (mu_LB %s)", statistic,
+                ", ".join(f"{c} {v:.3f}" for c, v in criteria.items()))
+    return {"mode": "auto", "statistic": statistic, "criterion": CRITERION,
+            "made_on": "calibration target: its own canaries and coin flips, never the audited ones",
+            "values": {c: (None if math.isnan(v) else v) for c, v in criteria.items()}}
 
 
 def audit_table(report: dict[str, Any]) -> pd.DataFrame:
@@ -287,11 +436,37 @@ def audit_markdown(report: dict[str, Any]) -> str:
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) and not math.isinf(v) else
                                         ("inf (no DP)" if isinstance(v, float) else str(v)) for v in row) + " |")
+    lines += choice_markdown(setting.get("statistic_choice"))
     notes = [f"- {label(row)}: {method} note: {bound['note']}" for row in report["targets"]
              for method, bound in row["bounds"].items() if bound.get("note")]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def choice_markdown(choice: dict[str, Any] | None) -> list[str]:
+    """How the statistic was chosen, as Markdown lines: nothing for a fixed one (or a report
+    written before ``"auto"`` existed), else the calibration target's mu_LB and AUC per feature."""
+    if not choice or choice.get("mode") != "auto":
+        return []
+    calibration = choice["calibration"]
+    epsilon = calibration["epsilon_target"]
+    epsilon = "inf (no DP)" if isinstance(epsilon, str) or math.isinf(epsilon) else f"{epsilon:g}"
+    lines = ["", "## The statistic, chosen before the audit", "",
+             f"`{choice['statistic']}` was chosen on a calibration target, never on the audited canaries or "
+             f"their labels: a fine-tune at epsilon {epsilon} with the same recipe, on "
+             f"{calibration['canaries']} other canaries of the same design (seed {calibration['canary_seed']}, "
+             f"their own fair coins: {calibration['included']} included) and {calibration['fillers']} fillers. "
+             "Of `audit.features`, the one whose guesses on those canaries reject the largest mu of Gaussian DP "
+             "(mu_LB of the f-DP one-run bound) was chosen; ties go to the earlier feature.", "",
+             "| feature | mu_LB (calibration) | AUC (calibration) |", "|---|---|---|"]
+    for column, value in choice["values"].items():
+        shown = "n/a" if value is None else f"{value:.3g}"
+        if column == choice["statistic"]:
+            column, shown = f"**{column}**", f"**{shown}**"
+        auc = calibration["auc"].get(column.strip("*"))
+        lines.append(f"| {column} | {shown} | {'n/a' if auc is None else f'{auc:.3g}'} |")
+    return lines
 
 
 def label(row: dict[str, Any]) -> str:

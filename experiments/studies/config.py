@@ -424,12 +424,17 @@ class AuditConfig:
         delta: the delta of the DP guarantee and of the bounds, in (0, 1).
         confidence: the bounds' confidence, in (0, 1).
         statistic: the feature that scores the canaries, fixed before the audit (choosing it
-            after seeing the scores would invalidate the bounds).
-        features: the features reported beside it (their AUCs), e.g. ``"loss,min_k_plus_plus"``.
+            after seeing the audited scores would invalidate the bounds): one of ``features``,
+            or ``"auto"`` (the default), which picks it among ``features`` on a separate
+            calibration target with its own canaries and coin flips
+            (:func:`experiments.studies.audit.select_statistic`).
+        features: the features reported beside it (their AUCs), and the candidates of
+            ``"auto"``, e.g. ``"loss,min_k_plus_plus"``; ties under ``"auto"`` go to the
+            earlier one.
     """
 
-    canaries: int = 200
-    canary_design: str = "patient-records"
+    canaries: int = 512
+    canary_design: str = "rare-token"
     canary_tokens: int = 32
     canary_repeats: int = 1
     canary_seed: int = 0
@@ -437,8 +442,8 @@ class AuditConfig:
     epsilons: tuple[float, ...] = (1.0, 8.0, math.inf)
     delta: float = 1e-5
     confidence: float = 0.95
-    statistic: str = "reference"
-    features: str = "loss,reference,min_k_plus_plus,zlib_ratio"
+    statistic: str = "auto"
+    features: str = "reference,suffix_ratio,loss,min_k_plus_plus,zlib_ratio,error_zone"
 
     def __post_init__(self) -> None:
         from experiments.data.canaries import CANARY_DESIGNS
@@ -463,13 +468,18 @@ class AuditConfig:
             object.__setattr__(self, name, value)
         try:
             columns = [r.column for r in parse_features(self.features)]
-            statistic = [r.column for r in parse_features(self.statistic)]
         except ConfigError as exc:
-            raise ConfigError(f"features/statistic: {exc}") from None
-        if len(statistic) != 1:
-            raise ConfigError(f"statistic={self.statistic!r} must name one feature (e.g. \"reference\")")
-        if statistic[0] not in columns:
-            raise ConfigError(f"statistic={self.statistic!r} must be one of the features ({', '.join(columns)})")
+            raise ConfigError(f"features={self.features!r}: {exc}") from None
+        choices = ", ".join(["auto", *columns])
+        if not isinstance(self.statistic, str) or self.statistic == "auto":
+            return
+        try:
+            statistic = [r.column for r in parse_features(self.statistic)]
+        except ConfigError:
+            statistic = []
+        if len(statistic) != 1 or statistic[0] not in columns:
+            raise ConfigError(f"statistic={self.statistic!r} must be \"auto\" or one of the features "
+                              f"(audit.features): {choices}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
