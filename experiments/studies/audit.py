@@ -379,7 +379,7 @@ def choose_statistic(labels: np.ndarray, table: pd.DataFrame, columns: list[str]
                        "falls to the first of audit.features, %s", statistic)
     logger.info("calibration: statistic %s (mu_LB %s)", statistic,
                 ", ".join(f"{c} {v:.3f}" for c, v in criteria.items()))
-    return {"mode": "auto", "statistic": statistic, "criterion": CRITERION,
+    return {"mode": "auto", "statistic": statistic, "criterion": CRITERION, "candidates": list(columns),
             "made_on": "calibration target: its own canaries and coin flips, never the audited ones",
             "values": {c: (None if math.isnan(v) else v) for c, v in criteria.items()}}
 
@@ -460,7 +460,8 @@ def choice_markdown(choice: dict[str, Any] | None) -> list[str]:
              "Of `audit.features`, the one whose guesses on those canaries reject the largest mu of Gaussian DP "
              "(mu_LB of the f-DP one-run bound) was chosen; ties go to the earlier feature.", "",
              "| feature | mu_LB (calibration) | AUC (calibration) |", "|---|---|---|"]
-    for column, value in choice["values"].items():
+    for column in choice.get("candidates", choice["values"]):
+        value = choice["values"][column]
         shown = "n/a" if value is None else f"{value:.3g}"
         if column == choice["statistic"]:
             column, shown = f"**{column}**", f"**{shown}**"

@@ -1,0 +1,180 @@
+"""``audit.statistic = "auto"``: the statistic is chosen on a calibration target, never on the audited labels."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.cli import main
+from experiments.data.patients import generate_patient_records
+from experiments.studies import audit as audit_module
+from experiments.studies.audit import (
+    calibration_epsilon,
+    calibration_seed,
+    canary_records,
+    choose_statistic,
+    select_statistic,
+    statistic_criteria,
+)
+from experiments.studies.config import load_config
+from llm_features.errors import InputDataError
+from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
+
+CONFIG = """
+name = "tiny-auto"
+base_model = "{base}"
+seed = 0
+
+[data]
+path = "{fillers}"
+
+[target]
+epochs = 20
+lr = 1e-2
+batch_size = 8
+max_tokens = 48
+max_grad_norm = 1.0
+
+[audit]
+canaries = 48
+canary_seed = 3
+fillers = 24
+epsilons = [inf]
+features = "reference,suffix_ratio,loss"
+"""
+
+
+def test_select_statistic_takes_the_largest_ties_to_the_earlier_never_nan():
+    assert select_statistic({"loss": 0.5, "reference": 1.5, "suffix_ratio": 1.0}) == "reference"
+    assert select_statistic({"loss": 1.0, "reference": 1.0, "suffix_ratio": 0.2}) == "loss"
+    assert select_statistic({"reference": 1.0, "loss": 1.0}) == "reference"  # the order of audit.features decides
+    assert select_statistic({"loss": math.nan, "reference": 0.0}) == "reference"
+    assert select_statistic({"loss": 0.0, "reference": 0.0}) == "loss"
+    with pytest.raises(InputDataError, match="name audit.statistic instead"):
+        select_statistic({"loss": math.nan})
+
+
+def synthetic_scores(seed: int = 0, m: int = 400) -> tuple[np.ndarray, pd.DataFrame]:
+    """Fair-coin labels and three features: one that separates them well, one weakly, one not at all."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(m) < 0.5).astype(int)
+    table = pd.DataFrame({"loss": rng.normal(size=m), "reference": 0.5 * labels + rng.normal(size=m),
+                          "suffix_ratio": 3.0 * labels + rng.normal(size=m)})
+    return labels, table
+
+
+def test_the_feature_that_guesses_best_has_the_largest_mu_lb_and_is_chosen():
+    labels, table = synthetic_scores()
+    criteria = statistic_criteria(labels, {c: table[c].to_numpy() for c in table}, confidence=0.95, seed=0)
+    assert criteria["suffix_ratio"] > criteria["reference"] > criteria["loss"]
+    assert criteria["loss"] < 0.5  # no signal: close to 0
+    choice = choose_statistic(labels, table, ["loss", "reference", "suffix_ratio"], confidence=0.95, seed=0)
+    assert choice["statistic"] == "suffix_ratio" and choice["mode"] == "auto" and choice["criterion"] == "mu_lb"
+    assert choice["values"] == pytest.approx(criteria)
+    assert list(choice["values"]) == choice["candidates"] == ["loss", "reference", "suffix_ratio"]
+
+
+def test_a_feature_with_a_nan_score_cannot_be_chosen():
+    labels, table = synthetic_scores()
+    table.loc[3, "suffix_ratio"] = np.nan
+    choice = choose_statistic(labels, table, ["loss", "reference", "suffix_ratio"], confidence=0.95, seed=0)
+    assert choice["values"]["suffix_ratio"] is None and choice["statistic"] == "reference"
+
+
+def test_calibration_seed_and_epsilon():
+    assert calibration_seed(3) == calibration_seed(3) != calibration_seed(4)
+    assert calibration_seed(3) != 3
+    assert calibration_seed(3) == int(np.random.SeedSequence(3).spawn(1)[0].generate_state(1)[0])
+    assert math.isinf(calibration_epsilon((1.0, 8.0, math.inf)))
+    assert calibration_epsilon((1.0, 8.0)) == 8.0
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("auto")
+    corpus = make_corpus(120, seed=31)
+    records = [r["text"] for r in generate_patient_records(8, seed=3)]
+    tokenizer = build_tokenizer(corpus + records)
+    base = build_tiny_llama(tokenizer, seed=4)
+    overfit(base, tokenizer, corpus[60:120], steps=30, lr=3e-3)
+    base_dir = save_model(base, tokenizer, root / "base")
+    fillers = root / "fillers.jsonl"
+    fillers.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus[:40]))
+    path = root / "audit.toml"
+    path.write_text(CONFIG.format(base=base_dir, fillers=fillers))
+    return path
+
+
+def test_the_calibration_canaries_are_another_draw(config_file):
+    config = load_config(config_file)
+    assert config.audit.statistic == "auto" and config.audit.canary_design == "rare-token"
+    texts, included = canary_records(config)
+    other, coins = canary_records(config, seed=calibration_seed(3))
+    assert len(other) == len(texts) == 48 and set(other).isdisjoint(texts)
+    assert (coins == (np.random.default_rng([calibration_seed(3), 1]).random(48) < 0.5)).all()
+    assert not (coins == included).all()
+
+
+def test_auto_audit_chooses_on_the_calibration_target_whatever_the_audited_labels(config_file, tmp_path,
+                                                                                   monkeypatch, caplog):
+    out = tmp_path / "audit"
+    assert main(["run", str(config_file), "--out", str(out)]) == 0
+    report = json.loads((out / "report" / "audit.json").read_text())
+    setting = report["setting"]
+    choice = setting["statistic_choice"]
+    assert choice["mode"] == "auto" and choice["criterion"] == "mu_lb" and "calibration target" in choice["made_on"]
+    assert choice["candidates"] == ["reference", "suffix_ratio", "loss"] and set(choice["values"]) == {
+        "reference", "suffix_ratio", "loss"}  # JSON sorts the keys; the candidates keep audit.features' order
+    in_order = {c: choice["values"][c] for c in choice["candidates"]}
+    assert setting["statistic"] == choice["statistic"] == select_statistic(in_order)
+    calibration = choice["calibration"]
+    assert calibration["epsilon_target"] == "inf" and calibration["epsilon_theory"] == "inf"
+    assert calibration["canary_seed"] == calibration_seed(3) and calibration["canaries"] == 48
+    assert calibration["shared_with_audited_canaries"] == 0
+    # the non-private calibration target memorised its canaries: the chosen feature finds them
+    assert choice["values"][choice["statistic"]] > 0.0 and calibration["auc"][choice["statistic"]] > 0.8
+    assert (out / "targets" / "calibration" / "manifest.json").is_file()
+    calibration_data = [json.loads(line) for line in (out / "data" / "calibration_canaries.jsonl").read_text()
+                        .splitlines()]
+    audited_data = [json.loads(line) for line in (out / "data" / "canaries.jsonl").read_text().splitlines()]
+    assert {r["text"] for r in calibration_data}.isdisjoint(r["text"] for r in audited_data)
+    scores = pd.read_csv(out / "targets" / "calibration_scores.csv")
+    assert set(choice["values"]) <= set(scores.columns)
+    markdown = (out / "report" / "audit.md").read_text()
+    assert "chosen before the audit" in markdown and f"**{choice['statistic']}**" in markdown
+    for row in report["targets"]:
+        assert row["bounds"]["one-run"]["epsilon_lb"] >= 0.0 and setting["statistic"] in row["auc"]
+
+    # the audited coins flipped: other audited targets, the same calibration target, the same choice
+    original = audit_module.canary_records
+
+    def flipped(config, *, base=None, seed=None):
+        texts, included = original(config, base=base, seed=seed)
+        return texts, (included if seed is not None else ~included)
+
+    monkeypatch.setattr(audit_module, "canary_records", flipped)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(["run", str(config_file), "--out", str(out)]) == 0
+    again = json.loads((out / "report" / "audit.json").read_text())
+    assert again["setting"]["included"] == 48 - setting["included"]
+    assert again["setting"]["statistic_choice"]["values"] == choice["values"]
+    assert again["setting"]["statistic"] == setting["statistic"]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "targets/calibration is complete and verified; skipping it" in logged
+    assert "targets/eps_inf was trained on other inputs" in logged
+
+
+def test_a_fixed_statistic_trains_no_calibration_target(config_file, tmp_path):
+    out = tmp_path / "fixed"
+    assert main(["run", str(config_file), "--out", str(out), "--set", "audit.statistic=suffix_ratio"]) == 0
+    report = json.loads((out / "report" / "audit.json").read_text())
+    assert report["setting"]["statistic"] == "suffix_ratio"
+    assert report["setting"]["statistic_choice"] == {"mode": "fixed", "statistic": "suffix_ratio"}
+    assert not (out / "targets" / "calibration").exists()
+    assert not (out / "data" / "calibration_canaries.jsonl").exists()
+    assert "chosen before the audit" not in (out / "report" / "audit.md").read_text()
