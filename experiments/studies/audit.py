@@ -366,7 +366,9 @@ def choose_statistic(labels: np.ndarray, table: pd.DataFrame, columns: list[str]
     calibration target (one column per feature of ``columns``, ``audit.features``); the
     audited canaries, their coins and the audited targets are never read. Returns the
     report's record: ``statistic`` (:func:`select_statistic` of the ``values``,
-    :func:`statistic_criteria`), the criterion and where the choice was made.
+    :func:`statistic_criteria`), the criterion, where the choice was made, and the
+    ``candidates`` in the order of ``columns`` (``audit.json`` sorts the keys of ``values``;
+    the order decides ties).
 
     The shadow classifier of the issue is not a candidate: it needs shadow fine-tunes (K
     more trainings, each as costly as a target), which the audit does not train.
