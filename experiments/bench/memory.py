@@ -15,9 +15,14 @@ larger than the file, the file is cycled and every repeat gets a unique suffix
 ``--repo`` runs the command from another checkout (``python -m experiments.cli`` with
 that directory as the working directory), to measure the code before streaming.
 
+``--held-bytes N`` instead measures, without a model run, what one text costs while held
+(its token ids and its per-position arrays), the part of the memory that grew with the
+number of texts before streaming.
+
 Usage::
 
     python -m experiments.bench.memory --data ../shared/data/ag_news_test/data.jsonl --n-texts 1000 10000 --out bench_out/memory.json
+    python -m experiments.bench.memory --data ../shared/data/ag_news_test/data.jsonl --held-bytes 2000 --max-tokens 32
 """
 
 from __future__ import annotations
@@ -125,6 +130,31 @@ def measure(args: argparse.Namespace) -> dict:
             "work_dir": str(work), "versions": library_versions()}
 
 
+def held_bytes_per_text(texts: list[str], *, model: str, max_tokens: int) -> dict[str, float]:
+    """What one text costs while it is held (``tracemalloc``, no model run): its token ids (a list of
+    ints, as ``score_texts`` keeps them) and a :class:`~llm_features.scoring.TokenScores` of their length.
+
+    The code before streaming held both for every text until the end of the job; the
+    streamed job holds them for one chunk.
+    """
+    import tracemalloc
+
+    from llm_features.models import load_tokenizer
+    from llm_features.scoring import TokenScores, tokenize
+
+    tokenizer = load_tokenizer(model)
+    tracemalloc.start()
+    token_ids, _ = tokenize(tokenizer, texts, max_tokens=max_tokens)
+    ids_bytes = tracemalloc.get_traced_memory()[0]
+    scores = [TokenScores(*(np.zeros(len(ids) - 1, np.float32) for _ in range(3)), np.zeros(len(ids) - 1, np.int32),
+                          n_tokens=len(ids)) for ids in token_ids]
+    scores_bytes = tracemalloc.get_traced_memory()[0] - ids_bytes
+    tracemalloc.stop()
+    del scores
+    return {"tokens_per_text": sum(map(len, token_ids)) / len(texts), "token_ids_bytes": ids_bytes / len(texts),
+            "token_scores_bytes": scores_bytes / len(texts)}
+
+
 def markdown(result: dict) -> str:
     """The runs as a Markdown table."""
     lines = ["| texts | peak RSS (GiB) | above the model (GiB) | seconds |", "|---|---|---|---|",
@@ -145,12 +175,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, help="passed to shadowmia features when given")
     parser.add_argument("--repo", default=".", help="checkout whose experiments.cli is run (default: this one)")
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    parser.add_argument("--held-bytes", type=int, metavar="N",
+                        help="instead: bytes a text costs while held, over N texts (no model run)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    if args.held_bytes:
+        held = held_bytes_per_text(make_texts(args.held_bytes, args.data), model=args.model, max_tokens=args.max_tokens)
+        logger.info("max_tokens=%d: %.0f tokens a text; token ids %.0f B, TokenScores %.0f B a text", args.max_tokens,
+                    held["tokens_per_text"], held["token_ids_bytes"], held["token_scores_bytes"])
+        return 0
     result = measure(args)
     if args.out:
         write_json_atomic(args.out, result)
