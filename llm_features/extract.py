@@ -38,9 +38,10 @@ from llm_features.validation import check_int
 
 logger = logging.getLogger(__name__)
 
-#: Texts per chunk of :func:`stream_features`. A chunk's per-position arrays take 16 bytes a
-#: position (4 arrays of 4 bytes) plus ~0.6 kB of objects a text: ~35 MB for 4096 texts of
-#: 512 tokens. A few thousand keeps the per-chunk costs (a cache key, a progress bar) small.
+#: Texts per chunk of :func:`stream_features`. A chunk holds its token ids (~38 bytes a token
+#: as Python ints) and per-position arrays (16 bytes a position, ~0.6 kB of objects a text):
+#: ~0.1 GB for 4096 texts of 512 tokens, ~10 MB of 32 (``experiments/bench/memory.py``
+#: ``--held-bytes``). A few thousand keeps the per-chunk costs (a cache key, a bar) small.
 DEFAULT_CHUNK_SIZE = 4096
 
 #: Makes the neighbour texts of a chunk of texts (one list per text), e.g. a partial of
