@@ -55,18 +55,24 @@ def _features_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--neighbour-model", help="masked LM (name or path) to make neighbours instead of the reference LM")
     parser.add_argument("--seed", type=int, default=0, help="seed of the neighbour generator")
     parser.add_argument("--out", required=True, help="output .parquet file")
+    parser.add_argument("--chunk-size", type=int, metavar="N",
+                        help="texts scored and written at a time (default 4096): memory holds one chunk's scores, "
+                             "whatever the number of texts")
     _add_model_options(parser)
     parser.set_defaults(handler=_run_features)
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    from experiments.jobs.features import feature_summary, features_job
+    from experiments.jobs.features import feature_summary, features_job, read_feature_columns
+    from llm_features.extract import DEFAULT_CHUNK_SIZE
     from llm_features.registry import parse_features
 
-    table = features_job(model=args.model, adapter=args.adapter, reference=args.reference, data=args.data,
-                         text_field=args.text_field, settings=_feature_settings(args), dtype=args.dtype,
-                         device=args.device, out=args.out, trust_remote_code=args.trust_remote_code)
+    out = features_job(model=args.model, adapter=args.adapter, reference=args.reference, data=args.data,
+                       text_field=args.text_field, settings=_feature_settings(args), dtype=args.dtype,
+                       device=args.device, out=args.out, trust_remote_code=args.trust_remote_code,
+                       chunk_size=DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size)
     columns = [r.column for r in parse_features(args.features)]
+    table = read_feature_columns(out, columns)
     summary = feature_summary(table, columns)
     print(f"{len(table)} texts -> {args.out}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -247,21 +247,26 @@ def default_score_cache() -> ScoreCache | None:
 
 def score_texts_cached(model: "LoadedModel | ModelSpec", texts: Sequence[str], *, cache: ScoreCache | None,
                        batch_size: int = 32, max_tokens: int = 512, description: str = "scoring",
-                       progress: bool = True) -> list[TokenScores]:
+                       progress: bool = True, compile_statistics: str = "auto") -> list[TokenScores]:
     """:func:`~llm_features.scoring.score_texts` through ``cache``: the texts it holds are read,
     the others scored in one call (with the statistics kernel the whole call would use, so
     the numbers are those of an uncached call) and stored. ``cache=None`` scores them all.
-    A :class:`ModelSpec` is loaded only if some text is not in the cache."""
+    A :class:`ModelSpec` is loaded only if some text is not in the cache.
+
+    ``compile_statistics`` is :func:`~llm_features.scoring.score_texts`' choice of kernel
+    (``auto``: by the size of this call); a caller that scores one job in chunks passes the
+    choice of the whole job, so that every chunk has the numbers and the cache key of the
+    one-call job."""
     loaded = model if not isinstance(model, ModelSpec) else None
     if cache is None:
         loaded = loaded or model.load()
         return score_texts(loaded.model, loaded.tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens,
-                           progress=progress, description=description)
+                           progress=progress, description=description, compile_statistics=compile_statistics)
     tokenizer = loaded.tokenizer if loaded is not None else _tokenizer(model.spec)
     token_ids, truncated = tokenize(tokenizer, texts, max_tokens=max_tokens)  # once, for the key and the scorer
     lengths = [len(ids) for ids in token_ids]
     vocabulary = vocabulary_size(loaded.model) if loaded is not None else _configured_vocabulary(model.spec, tokenizer)
-    compiled = choose_statistics("auto", n_elements=sum(lengths) * vocabulary).compiled
+    compiled = choose_statistics(compile_statistics, n_elements=sum(lengths) * vocabulary).compiled
     key = scoring_key(model, max_tokens=max_tokens, batch_size=batch_size, compiled=compiled)
     results: list[TokenScores | None] = [cache.get(key, text) for text in texts]
     missing = [i for i, r in enumerate(results) if r is None]

@@ -44,6 +44,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_parquet_writer(path: str | os.PathLike, schema: Any) -> Iterator[Any]:
+    """Yield a ``pyarrow.parquet.ParquetWriter`` of ``schema`` on a temporary file beside ``path``.
+
+    Each ``write_table`` call adds row groups, so a table can be written a chunk at a time
+    without ever being whole in memory. The file is renamed onto ``path`` when the block
+    ends normally; on an exception (``KeyboardInterrupt`` included) it is removed and
+    ``path`` is left as it was (see :func:`atomic_path`).
+    """
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(tmp, schema)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+
 def check_writable_directory(directory: str | os.PathLike, *, option: str = "--out") -> Path:
     """Create ``directory`` if needed and prove it takes a new file, before any work is done.
 

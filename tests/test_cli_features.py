@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -314,14 +315,13 @@ def test_failure_while_writing_leaves_the_old_output(tmp_path, tiny_model_dir, c
     out, before = existing_output
     data = tmp_path / "texts.txt"
     data.write_text("\n".join(corpus[:6]) + "\n", encoding="utf-8")
-    real_to_parquet = pd.DataFrame.to_parquet
+    real_write_table = pq.ParquetWriter.write_table
 
-    def half_write(self, path, *args, **kwargs):
-        real_to_parquet(self, path, *args, **kwargs)
-        Path(path).write_bytes(Path(path).read_bytes()[:50])
+    def half_write(self, table, *args, **kwargs):  # a row group is in the temporary file, then it fails
+        real_write_table(self, table, *args, **kwargs)
         raise error
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_write)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", half_write)
     argv = ["features", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
             "--features", "loss", *FAST]
     if isinstance(error, KeyboardInterrupt):

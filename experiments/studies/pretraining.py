@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 from experiments.jobs.common import check_kept_fields, write_parquet_atomic
 from experiments.jobs.features import features_job
@@ -233,9 +234,10 @@ def run_pretraining_detection(
 
     t = time.perf_counter()
     features_path = out_dir / "features.parquet"
-    table = features_job(model=model, data=str(data), out=str(features_path), reference=reference,
-                         text_field=text_field, settings=dataclasses.replace(settings, features=",".join(columns)),
-                         dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    table = pd.read_parquet(features_job(
+        model=model, data=str(data), out=str(features_path), reference=reference, text_field=text_field,
+        settings=dataclasses.replace(settings, features=",".join(columns)), dtype=dtype, device=device,
+        trust_remote_code=trust_remote_code))
     timings["features_s"] = time.perf_counter() - t
     if table["id"].tolist() != texts.ids:
         raise AssertionError("the feature table is not in the order of the texts")
