@@ -7,6 +7,7 @@ import json
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,8 +241,9 @@ def test_per_sample_gradients_are_clipped_and_summed_without_noise(tiny_model_di
         if size == 0:
             assert torch.count_nonzero(record["final"]) == 0
             continue
-        # each row is one text's own gradient: they add up to batch size x the batch loss' gradient
-        reference = size * record["autograd"]
+        # each row is one text's own gradient: they add up to the gradient of the texts' summed
+        # loss (autograd sums it over the sample's length groups)
+        reference = record["autograd"]
         if precision == "fp32":
             torch.testing.assert_close(samples.sum(dim=0), reference, rtol=rtol, atol=1e-7)
         else:  # bf16 autocast: opacus' per-sample products and autograd's round differently
@@ -368,3 +370,56 @@ def test_cli_finetune_end_to_end(tiny_model_dir, corpus, tmp_path, capsys):
     assert manifest["dp"]["delta"] == 1e-6 and manifest["dp"]["epsilon"] <= 6.0
     printed = capsys.readouterr().out
     assert f"DP-SGD: epsilon {manifest['dp']['epsilon']:.3f} at delta 1e-06 (rdp)" in printed
+
+
+def _partitions(items):
+    """Every split of the list ``items`` into contiguous non-empty runs."""
+    if not items:
+        yield []
+        return
+    for cut in range(1, len(items) + 1):
+        for rest in _partitions(items[cut:]):
+            yield [items[:cut], *rest]
+
+
+@pytest.mark.parametrize("overhead", [0, 5, 32, 10**6])
+def test_padding_groups_minimise_padded_tokens_plus_overhead(overhead):
+    from shadow.dp import padding_groups
+
+    rng = np.random.default_rng(overhead)
+    for _ in range(40):
+        n = int(rng.integers(0, 8))
+        lengths = [int(x) for x in rng.integers(1, 90, size=12)]
+        indices = [int(i) for i in rng.choice(12, size=n, replace=False)]
+        groups = padding_groups(indices, lengths, overhead_tokens=overhead)
+        assert sorted(i for g in groups for i in g) == sorted(indices)  # every text exactly once
+        cost = lambda gs: sum(len(g) * max(lengths[i] for i in g) + overhead for g in gs)  # noqa: E731
+        ordered = sorted(indices, key=lambda i: -lengths[i])
+        assert cost(groups) == min((cost(p) for p in _partitions(ordered)), default=0)
+        if overhead == 10**6 and indices:
+            assert len(groups) == 1  # plain padding
+        if overhead == 0:  # a run per distinct length: nothing padded
+            assert all(len({lengths[i] for i in g}) == 1 for g in groups)
+
+
+def test_length_groups_change_nothing_but_rounding(tiny_model_dir, corpus, tmp_path, monkeypatch):
+    """The same DP fine-tune (float32, no noise) with one padded pass per sample and with length
+    groups: the same clipped per-text gradients, so adapters equal to float32 rounding."""
+    from safetensors.torch import load_file
+
+    import shadow.dp
+
+    texts = [" ".join(corpus[i: i + 1 + i % 4]) for i in range(12)]  # lengths from 1 to 4 corpus lines
+    config = FinetuneConfig(epochs=2, batch_size=4, max_tokens=64, dp_noise_multiplier=0.0, max_grad_norm=0.05,
+                            precision="fp32", lr=1e-2)
+    monkeypatch.setattr(shadow.dp, "GROUP_OVERHEAD_TOKENS", 10**9)
+    plain = finetune(str(tiny_model_dir), texts, tmp_path / "plain", config, progress=False)
+    monkeypatch.setattr(shadow.dp, "GROUP_OVERHEAD_TOKENS", 0)
+    grouped = finetune(str(tiny_model_dir), texts, tmp_path / "grouped", config, progress=False)
+    assert grouped["padding_fraction"] == 0.0 < plain["padding_fraction"]
+    assert grouped["dp"]["batch_sizes"] == plain["dp"]["batch_sizes"]
+    a = load_file(tmp_path / "plain" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "grouped" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)

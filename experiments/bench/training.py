@@ -18,6 +18,12 @@ Run (about 5-7 minutes on an idle 2-core CPU with AMX)::
 
     python -m experiments.bench.training --data ../shared/data/ag_news_test/data.jsonl --n-texts 256 --repeats 2
 
+With ``--dp`` it also runs DP-SGD (``--dp-noise-multiplier``, default 1.0) twice: as it runs,
+each Poisson sample cut into length groups (:func:`shadow.dp.padding_groups`), and padded whole
+to its longest text (the baseline), and reports each against the plain fine-tune::
+
+    python -m experiments.bench.training --data ../shared/data/ag_news_test/data.jsonl --n-texts 256 --repeats 2 --skip-trainer --dp
+
 Other processes on the machine slow either side down unpredictably (oversubscribed
 OpenMP threads can cost 10x); the rounds are interleaved and the best run of each side
 is reported, with the load average before and after.
@@ -86,15 +92,26 @@ def _mean_last_quarter(values: list[float]) -> float:
     return sum(tail) / len(tail)
 
 
-def run_ours(args: argparse.Namespace, texts: list[str], workdir: Path) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, texts: list[str], workdir: Path, *, dp: str | None = None) -> dict[str, Any]:
+    """``shadow.finetune``; ``dp``: None (plain), ``"groups"`` (DP-SGD as it runs, the Poisson samples
+    cut into length groups) or ``"padded"`` (DP-SGD with each sample padded to its longest text, as
+    before the groups: the baseline)."""
+    import shadow.dp
     from shadow.finetune import FinetuneConfig, finetune
 
     config = FinetuneConfig(
         lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, max_tokens=args.max_tokens, seed=args.seed,
+        dp_noise_multiplier=args.dp_noise_multiplier if dp else None,
     )
-    manifest = finetune(args.model, texts, workdir / "ours", config, progress=not args.no_progress,
-                        description="shadow.finetune")
+    overhead = shadow.dp.GROUP_OVERHEAD_TOKENS
+    if dp == "padded":
+        shadow.dp.GROUP_OVERHEAD_TOKENS = 10**12  # one group per sample: plain padding
+    try:
+        manifest = finetune(args.model, texts, workdir / "ours", config, progress=not args.no_progress,
+                            description=f"shadow.finetune{', DP ' + dp if dp else ''}")
+    finally:
+        shadow.dp.GROUP_OVERHEAD_TOKENS = overhead
     return {
         "tokens": manifest["tokens_trained"],
         "seconds": manifest["train_time_s"],
@@ -176,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-trainer", action="store_true", help="measure shadow.finetune only")
+    parser.add_argument("--dp", action="store_true",
+                        help="also DP-SGD (shadow.finetune with --dp-noise-multiplier), with its Poisson "
+                             "samples cut into length groups (as it runs) and padded whole (the baseline)")
+    parser.add_argument("--dp-noise-multiplier", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2,
                         help="interleaved rounds (ours/Trainer, then Trainer/ours, ...); the best "
                              "run of each is reported, which resists other load on the machine")
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("matmul peak (%s, 2048^3): %.0f GFLOP/s", dtype, peak)
 
     load_before = os.getloadavg()[0]
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trainer": []}
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trainer": [], "dp": [], "dp-padded": []}
     with tempfile.TemporaryDirectory(prefix="bench_training.") as tmp:
         workdir = Path(tmp)
         if not args.no_warmup:  # first-use costs (oneDNN kernels, allocator) paid by neither side
@@ -215,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         target_modules: Any = list(FinetuneConfig().target_modules)
         for repeat in range(args.repeats):
             order = ["ours", "trainer"] if (repeat % 2 == 0) != args.trainer_first else ["trainer", "ours"]
+            if args.dp:
+                order += ["dp", "dp-padded"] if repeat % 2 == 0 else ["dp-padded", "dp"]
             for name in order:
                 if name == "trainer" and args.skip_trainer:
                     continue
@@ -223,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "ours":
                     result = run_ours(args, texts, run_dir)
                     target_modules = result["target_modules"]
+                elif name in ("dp", "dp-padded"):
+                    result = run_ours(args, texts, run_dir, dp="groups" if name == "dp" else "padded")
                 else:
                     result = run_trainer(args, texts, run_dir, target_modules)
                 logger.info("%s: %.1f tokens/s", name, result["tokens_per_s"])
@@ -236,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"on {device}, {torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s; "
                 f"best of {args.repeats} interleaved run(s); load average {load_before:.1f} -> {load_after:.1f}")
     logger.info(f"{'trainer':<18}{'tokens':>9}{'seconds':>10}{'tokens/s':>11}{'all runs':>22}{'% of peak':>11}{'loss':>9}")
-    labels = {"ours": "shadow.finetune", "trainer": "HF Trainer"}
+    labels = {"ours": "shadow.finetune", "trainer": "HF Trainer", "dp": "DP-SGD, groups",
+              "dp-padded": "DP-SGD, padded"}
     best: dict[str, dict[str, Any]] = {}
-    for name in ("ours", "trainer"):
+    for name in ("ours", "trainer", "dp", "dp-padded"):
         if not runs[name]:
             continue
         r = best[name] = max(runs[name], key=lambda x: x["tokens_per_s"])
@@ -246,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         share = 100 * r["tokens_per_s"] * flops / 1e9 / peak if peak == peak else float("nan")
         logger.info(f"{labels[name]:<18}{r['tokens']:>9d}{r['seconds']:>10.1f}{r['tokens_per_s']:>11.1f}"
                     f"{every:>22}{share:>10.1f}%{r['final_loss']:>9.3f}")
-    if "ours" in best:
-        logger.info(f"padding share of shadow.finetune batches: {100 * best['ours']['padding_fraction']:.1f}%")
+    for name in ("ours", "dp", "dp-padded"):
+        if name in best:
+            logger.info(f"padding share of {labels[name]} batches: {100 * best[name]['padding_fraction']:.1f}%")
+    if "dp" in best and "ours" in best:
+        logger.info(f"DP-SGD / plain (best runs): groups {best['dp']['tokens_per_s'] / best['ours']['tokens_per_s']:.2f}, "
+                    f"padded {best['dp-padded']['tokens_per_s'] / best['ours']['tokens_per_s']:.2f}")
     if "ours" in best and "trainer" in best:
         ratio = best["ours"]["tokens_per_s"] / best["trainer"]["tokens_per_s"]
         logger.info(f"ratio shadow.finetune / Trainer (best runs): {ratio:.2f}x")
