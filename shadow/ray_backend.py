@@ -66,12 +66,12 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if self.workers is not None:
-            check_int(self.workers, name="workers", low=1, hint="or None for the default")
-        check_int(self.cpus_per_shadow, name="cpus_per_shadow (--cpus-per-shadow)", low=1)
-        check_int(self.max_retries, name="max_retries (--ray-max-retries)", low=0)
+            check_int(self.workers, name="--workers", low=1, hint="RayOptions.workers; or None for the default")
+        check_int(self.cpus_per_shadow, name="--cpus-per-shadow", low=1, hint="RayOptions.cpus_per_shadow")
+        check_int(self.max_retries, name="--ray-max-retries", low=0, hint="RayOptions.max_retries")
         gpus = self.gpus_per_shadow
         if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus <= 64:
-            raise ConfigError(f"gpus_per_shadow (--gpus-per-shadow) = {gpus!r}: give a number from 0 to 64, "
+            raise ConfigError(f"--gpus-per-shadow {gpus!r} (RayOptions.gpus_per_shadow): give a number from 0 to 64, "
                               "e.g. 0.5 for two shadows per GPU")
         local_cpus = self.workers or DEFAULT_LOCAL_CPUS
         if self.address is None and self.cpus_per_shadow > local_cpus:
