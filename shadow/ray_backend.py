@@ -17,7 +17,10 @@ the task itself are not retried: they are reported on the driver.
 Code reaches the workers as the installed ``shadowmia`` package (``pip install
 'shadowmia[ray]'`` on every node), or, with ``RayOptions(working_dir=True)``, as this
 checkout shipped by Ray (``runtime_env["working_dir"]``, without runs, virtual
-environments and the git directory).
+environments and the git directory). No ``PYTHONPATH`` is set: Ray itself puts the
+driver's current directory on the workers' ``sys.path`` (``JobConfig._py_driver_sys_path``),
+which is how the workers of a local instance or test cluster started from a checkout
+import that checkout.
 """
 
 from __future__ import annotations
