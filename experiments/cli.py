@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from experiments.studies.config import AuditExperimentConfig
     from llm_features.settings import FeatureSettings
     from shadow.finetune import FinetuneConfig
+    from shadow.ray_backend import RayOptions
 
 logger = logging.getLogger("shadowmia")
 
@@ -172,9 +173,17 @@ def _train_shadows_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--n-shadows", type=int, required=True, help="K, even and >= 2")
     parser.add_argument("--out", required=True, help="shadow directory (created, or resumed)")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="ray: each shadow (fine-tune + features) is one Ray task; no shared filesystem needed")
     parser.add_argument("--workers", type=int, help="Ray: CPUs of the local Ray instance (default 2)")
-    parser.add_argument("--ray-address", help="Ray: address of an existing cluster")
+    parser.add_argument("--ray-address", help="Ray: address of an existing cluster (shadowmia installed on its nodes)")
+    parser.add_argument("--cpus-per-shadow", type=int, default=1, help="Ray: CPUs per shadow task (its torch threads)")
+    parser.add_argument("--gpus-per-shadow", type=float, default=0.0,
+                        help="Ray: GPUs per shadow task, fractions allowed (0.5: two shadows per GPU); > 0 runs on cuda")
+    parser.add_argument("--ray-max-retries", type=int, default=3,
+                        help="Ray: reruns of a shadow task whose worker died (default 3)")
+    parser.add_argument("--ray-working-dir", action="store_true",
+                        help="Ray: ship this checkout to the workers instead of using the shadowmia installed there")
     parser.add_argument("--force", action="store_true", help="replace shadows made with another config")
     _add_finetune_options(parser)
     _add_feature_settings(parser)
@@ -209,10 +218,21 @@ def _run_train_shadows(args: argparse.Namespace) -> int:
     settings = _feature_settings(args, prefix="feature_")
     table = train_shadows_job(base=args.base, data=args.data, out=args.out, n_shadows=args.n_shadows,
                               config=_finetune_config(args), seed=args.seed, settings=settings,
-                              text_field=args.text_field, backend=args.backend, workers=args.workers,
-                              ray_address=args.ray_address, dtype=args.dtype, device=args.device, force=args.force)
+                              text_field=args.text_field, backend=args.backend, ray=_ray_options(args),
+                              dtype=args.dtype, device=args.device, force=args.force)
     print(f"{args.n_shadows} shadows, {table['id'].nunique()} texts -> {args.out}")
     return 0
+
+
+def _ray_options(args: argparse.Namespace) -> "RayOptions | None":
+    """The Ray flags of ``train-shadows`` (None with the local backend, which ignores them)."""
+    from shadow.ray_backend import RayOptions
+
+    if args.backend != "ray":
+        return None
+    return RayOptions(address=args.ray_address, workers=args.workers, cpus_per_shadow=args.cpus_per_shadow,
+                      gpus_per_shadow=args.gpus_per_shadow, max_retries=args.ray_max_retries,
+                      working_dir=args.ray_working_dir)
 
 
 def _fit_attack_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -20,9 +20,14 @@ a different config is refused unless ``force=True``, which deletes its shadows f
 Only one run may work on an ``out_dir`` at a time: :func:`directory_lock` (a lock file holding
 ``host:pid``), which ``train-shadows`` holds over training and the feature stage.
 
-With ``backend="ray"`` each shadow is one Ray task (1 CPU); the seeds are the same as
-with the local backend, so the adapters are the same (bit for bit on CPU with the same
-torch thread count per shadow: pass ``num_threads`` to pin it).
+Every shadow is fine-tuned into a temporary directory of its own, and its files come back as
+bytes that the driver commits into ``out_dir`` (:func:`commit_adapter`: written to a temporary
+sibling, verified, renamed), the same on both backends. With ``backend="ray"`` each shadow is
+one Ray task (:mod:`shadow.ray_backend`), which may run on a node that shares no filesystem
+with the driver; the seeds are the same as with the local backend, so the adapters are the
+same (bit for bit on CPU with the same torch thread count per shadow: pass ``num_threads``
+to pin it). :func:`prepare_shadows`, :func:`run_tasks` and :func:`commit_adapter` are the
+steps that ``shadowmia train-shadows`` reuses to compute each shadow's features in its task.
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 try:
     import fcntl
@@ -48,13 +54,13 @@ except ImportError:  # not POSIX: stale locks are broken without serialisation
 
 import numpy as np
 
-from llm_features.errors import ConfigError, IntegrityError, ShadowMIAError
+from llm_features.errors import ConfigError, IntegrityError
 from llm_features.io import library_versions, write_json_atomic
 from llm_features.texts import TextSet
-from llm_features.validation import check_int
 from shadow.adapter import PARTIAL_MARK, ids_hash, read_manifest, verify_adapter
 from shadow.finetune import FinetuneConfig, finetune
 from shadow.membership import load_membership, membership_matrix, save_membership
+from shadow.ray_backend import RayOptions, ray_options, run_on_ray
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,8 @@ LOCK_FILE = ".lock"
 #: Seconds a lock file without its complete owner line is taken to be still being written.
 LOCK_WRITE_GRACE_S = 60.0
 BACKENDS = ("local", "ray")
+#: An adapter's files, manifest included, as they travel back from a task: relative name -> bytes.
+AdapterFiles = dict[str, bytes]
 
 __all__ = [
     "BACKENDS",
@@ -117,6 +125,45 @@ def _read_config(out: Path) -> dict[str, Any]:
     return config
 
 
+@dataclasses.dataclass(frozen=True)
+class ShadowJob:
+    """Shadow ``k``'s fine-tune: its IN texts (in pool order), its config (with its own seed)
+    and the hash of their ids, which the adapter's manifest must record."""
+
+    k: int
+    texts: list[str]
+    config: FinetuneConfig
+    ids_hash: str
+
+    @property
+    def name(self) -> str:
+        return shadow_name(self.k)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowPlan:
+    """What :func:`prepare_shadows` found: every shadow's job, the membership matrix, and which
+    shadows are already complete and verified in ``out``."""
+
+    out: Path
+    jobs: list[ShadowJob]
+    keep: np.ndarray
+    complete: list[bool]
+
+    def path(self, k: int) -> Path:
+        return self.out / shadow_name(k)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainContext:
+    """How every shadow of a run is fine-tuned; the same for all, shipped once to Ray."""
+
+    base_spec: str
+    device: str = "auto"
+    num_threads: int | None = None
+    progress: bool = False
+
+
 def train_shadows(
     base_spec: str,
     texts: TextSet,
@@ -128,12 +175,19 @@ def train_shadows(
     backend: str = "local",
     workers: int | None = None,
     ray_address: str | None = None,
+    ray: RayOptions | None = None,
     device: str = "auto",
     num_threads: int | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> list[Path]:
     """Train (or finish training) ``n_shadows`` LoRA shadows of ``base_spec`` on ``texts``.
+
+    Each shadow is fine-tuned into a temporary directory of its own (on a Ray worker's disk
+    with ``backend="ray"``); its files come back as bytes and are committed into
+    ``out_dir`` here (:func:`commit_adapter`). ``shadowmia train-shadows`` does the same with
+    the features of each shadow computed in the same task
+    (:func:`experiments.jobs.shadows.run_shadow`).
 
     Args:
         base_spec: the base model (see :func:`llm_features.models.load_model`).
@@ -144,11 +198,11 @@ def train_shadows(
             ``shadow_seed(seed, k)``.
         seed: seed of the membership matrix and of the shadow seeds.
         backend: ``"local"`` (one shadow after another in this process) or ``"ray"``.
-        workers: Ray: CPUs of the local Ray instance started here (default 2), and the
-            most shadows in flight. Ignored by the local backend.
-        ray_address: Ray: address of an existing cluster (its nodes need shadowmia installed).
+        workers, ray_address: Ray: shorthands for ``RayOptions(workers=..., address=...)``.
+        ray: Ray: resources per shadow, retries, address (see :class:`shadow.ray_backend.RayOptions`).
         device: device of each fine-tune (``auto``, ``cpu``, ``cuda``).
-        num_threads: torch CPU threads per shadow (None: torch's default locally, Ray's 1 per task).
+        num_threads: torch CPU threads per shadow (None: torch's default locally, the CPUs
+            granted to the task on Ray).
         force: delete existing shadows made with another config instead of refusing.
         progress: show a progress bar over the shadows.
 
@@ -157,8 +211,30 @@ def train_shadows(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not one of {BACKENDS}")
-    if workers is not None:
-        check_int(workers, name="workers", low=1, hint="or None for the default")
+    options = ray_options(ray, workers=workers, address=ray_address)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out):
+        plan = prepare_shadows(base_spec, texts, out, n_shadows=n_shadows, config=config, seed=seed, force=force)
+        todo = [job for job in plan.jobs if not plan.complete[job.k]]
+        if todo:
+            logger.info("training %d shadow(s) of %s on %d texts each (%s backend)",
+                        len(todo), base_spec, len(todo[0].texts), backend)
+        context = TrainContext(str(base_spec), device=options.task_device(device) if backend == "ray" else device,
+                               num_threads=num_threads, progress=progress and backend == "local")
+        with shadow_bar(total=n_shadows, done=n_shadows - len(todo), progress=progress) as bar:
+            for job, files in run_tasks(train_adapter_files, todo, shared=context, backend=backend,
+                                        options=options, num_threads=num_threads):
+                commit_adapter(out, job, files)
+                bar.update(1)
+    return [plan.path(k) for k in range(n_shadows)]
+
+
+def prepare_shadows(base_spec: str, texts: TextSet, out: Path, *, n_shadows: int, config: FinetuneConfig,
+                    seed: int, force: bool) -> ShadowPlan:
+    """Everything before training, under ``out``'s lock: check the arguments, refuse (or with
+    ``force`` clear) shadows of another config, write ``config.json`` and the membership matrix,
+    drop what a killed run left, and find the shadows already complete and verified."""
     if not isinstance(texts, TextSet):
         raise ConfigError(
             f"texts must be a TextSet (llm_features.texts.load_texts / texts_from_list), got "
@@ -177,13 +253,8 @@ def train_shadows(
     jobs = []
     for k in range(n_shadows):
         members = [pool[i] for i in np.flatnonzero(keep[k])]
-        jobs.append({
-            "k": k,
-            "texts": members,
-            "config": dataclasses.replace(config, seed=seeds[k]),
-            "ids_hash": ids_hash(members),
-        })
-
+        jobs.append(ShadowJob(k=k, texts=members, config=dataclasses.replace(config, seed=seeds[k]),
+                              ids_hash=ids_hash(members)))
     reproduce = _normalise({
         "base_spec": str(base_spec),
         "n_texts": len(texts),
@@ -194,8 +265,6 @@ def train_shadows(
         "shadow_seeds": seeds,
         "membership": "shadow.membership.membership_matrix (balanced online design)",
     })
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     with directory_lock(out):
         _prepare(out, reproduce=reproduce, force=force)
         write_json_atomic(out / CONFIG_FILE, {
@@ -206,23 +275,35 @@ def train_shadows(
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
         _write_or_check_membership(out, keep, ids)
+        complete = [_is_complete(out / job.name, job) for job in jobs]
+    if any(complete):
+        logger.info("%s: %d of %d shadows already complete and verified; skipping them",
+                    out, sum(complete), n_shadows)
+    return ShadowPlan(out=out, jobs=jobs, keep=keep, complete=complete)
 
-        todo = [job for job in jobs if not _is_complete(out / shadow_name(job["k"]), job)]
-        done = n_shadows - len(todo)
-        if done:
-            logger.info("%s: %d of %d shadows already complete and verified; skipping them",
-                        out, done, n_shadows)
-        if todo:
-            logger.info("training %d shadow(s) of %s on %d texts each (%s backend)",
-                        len(todo), base_spec, len(todo[0]["texts"]), backend)
-            if backend == "local":
-                _run_local(base_spec, out, todo, total=n_shadows, done=done, device=device,
-                           num_threads=num_threads, progress=progress)
-            else:
-                _run_ray(base_spec, out, todo, total=n_shadows, done=done, device=device,
-                         num_threads=num_threads, progress=progress, workers=workers,
-                         ray_address=ray_address)
-    return [out / shadow_name(k) for k in range(n_shadows)]
+
+def run_tasks(fn: Callable[[Any, Any], Any], items: Sequence[Any], *, shared: Any, backend: str,
+              options: RayOptions, num_threads: int | None = None) -> Iterator[tuple[Any, Any]]:
+    """``fn(item, shared)`` for every item, yielded as ``(item, result)``: one after another in
+    this process (``local``), or as Ray tasks (``ray``, :func:`shadow.ray_backend.run_on_ray`).
+    Either way the caller commits each result, so both backends write the same artifacts."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not one of {BACKENDS}")
+    if backend == "ray":
+        if items:
+            yield from run_on_ray(fn, items, shared=shared, options=options, num_threads=num_threads)
+        return
+    for item in items:
+        yield item, fn(item, shared)
+
+
+@contextlib.contextmanager
+def shadow_bar(*, total: int, done: int, progress: bool) -> Iterator[Any]:
+    """The progress bar over the shadows of a run (``done`` of ``total`` already complete)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, initial=done, desc="shadows", unit="shadow", disable=not progress) as bar:
+        yield bar
 
 
 def _normalise(obj: Any) -> Any:
@@ -295,7 +376,16 @@ def _write_or_check_membership(out: Path, keep: np.ndarray, ids: list[str]) -> N
     save_membership(out, keep, ids=ids)
 
 
-def _is_complete(directory: Path, job: dict[str, Any]) -> bool:
+def _manifest_mismatch(manifest: dict[str, Any], job: ShadowJob) -> str | None:
+    """Why ``manifest`` is not that of ``job``'s adapter (another config or other texts), or None."""
+    if manifest.get("config") != _normalise(job.config.to_dict()):
+        return "it was trained with another config"
+    if manifest.get("ids_hash") != job.ids_hash:
+        return "it was trained on other texts"
+    return None
+
+
+def _is_complete(directory: Path, job: ShadowJob) -> bool:
     """True when ``directory`` holds a verified adapter made with the job's config and texts."""
     if not directory.exists():
         return False
@@ -306,89 +396,74 @@ def _is_complete(directory: Path, job: dict[str, Any]) -> bool:
         logger.warning("%s fails verification (%s); retraining it", directory.name, exc)
         shutil.rmtree(directory)
         return False
-    if manifest.get("config") != _normalise(job["config"].to_dict()) or manifest.get("ids_hash") != job["ids_hash"]:
-        logger.warning("%s was trained with another config or other texts; retraining it", directory.name)
+    reason = _manifest_mismatch(manifest, job)
+    if reason is not None:
+        logger.warning("%s: %s; retraining it", directory.name, reason)
         shutil.rmtree(directory)
         return False
     logger.info("%s is complete and verified; skipping it", directory.name)
     return True
 
 
-def _train_one(base_spec: str, out: str, job: dict[str, Any], *, device: str,
-               num_threads: int | None, progress: bool) -> dict[str, Any]:
-    """Fine-tune one shadow (module level so Ray can ship it by reference)."""
-    k = job["k"]
-    manifest = finetune(base_spec, job["texts"], Path(out) / shadow_name(k), job["config"],
-                        device=device, num_threads=num_threads, overwrite=False,
-                        progress=progress, description=shadow_name(k))
-    return {"k": k, "tokens_per_s": manifest["tokens_per_s"], "final_loss": manifest["loss_curve"][-1]}
+def train_adapter(job: ShadowJob, workdir: Path, context: TrainContext) -> Path:
+    """Fine-tune ``job`` into ``workdir/shadow_k`` (a task-local directory, never the shadow
+    directory of the run); returns that adapter directory."""
+    directory = Path(workdir) / job.name
+    finetune(context.base_spec, job.texts, directory, job.config, device=context.device,
+             num_threads=context.num_threads, overwrite=False, progress=context.progress,
+             description=job.name)
+    return directory
 
 
-def _run_local(base_spec: str, out: Path, todo: list[dict[str, Any]], *, total: int, done: int,
-               device: str, num_threads: int | None, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, initial=done, desc="shadows", unit="shadow", disable=not progress) as bar:
-        for job in todo:
-            result = _train_one(base_spec, str(out), job, device=device, num_threads=num_threads,
-                                progress=progress)
-            bar.set_postfix(loss=f"{result['final_loss']:.3f}", tok_s=f"{result['tokens_per_s']:.0f}")
-            bar.update(1)
+def train_adapter_files(job: ShadowJob, context: TrainContext) -> AdapterFiles:
+    """Fine-tune ``job`` in a temporary directory and return the adapter's files (the task of
+    :func:`train_shadows`; module level so that Ray ships it by reference)."""
+    with tempfile.TemporaryDirectory(prefix=f"shadowmia-{job.name}-") as work:
+        return read_adapter_files(train_adapter(job, Path(work), context))
 
 
-def _run_ray(base_spec: str, out: Path, todo: list[dict[str, Any]], *, total: int, done: int,
-             device: str, num_threads: int | None, progress: bool, workers: int | None,
-             ray_address: str | None) -> None:
+def read_adapter_files(directory: Path) -> AdapterFiles:
+    """Every file of an adapter directory, manifest included: relative POSIX name -> bytes."""
+    return {path.relative_to(directory).as_posix(): path.read_bytes()
+            for path in sorted(Path(directory).rglob("*")) if path.is_file()}
+
+
+def write_adapter_files(directory: Path, files: AdapterFiles) -> Path:
+    """Write the files of :func:`read_adapter_files` into the new directory ``directory``."""
+    directory = Path(directory)
+    for name, data in files.items():
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise IntegrityError(f"adapter file name {name!r} leaves its directory {directory}; "
+                                 "the task returned a damaged adapter, rerun train-shadows")
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return directory
+
+
+def commit_adapter(out: Path, job: ShadowJob, files: AdapterFiles) -> Path:
+    """Write shadow ``job.k``'s adapter files into ``out`` atomically: into a temporary sibling
+    directory first, which must verify (:func:`shadow.adapter.verify_adapter`) and hold the
+    manifest of this job (config and texts) before it is renamed to ``out/shadow_k``."""
+    final = Path(out) / job.name
+    staging = Path(tempfile.mkdtemp(prefix=f".{job.name}{PARTIAL_MARK}", dir=out))
     try:
-        import ray
-    except ImportError as exc:
-        raise ConfigError(
-            "backend='ray' needs Ray: pip install 'shadowmia[ray]' (or use backend='local')"
-        ) from exc
-    from tqdm.auto import tqdm
-
-    started_here = False
-    if not ray.is_initialized():
-        project_root = str(Path(__file__).resolve().parent.parent)
-        pythonpath = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH")) if p)
-        runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
-        if ray_address:
-            ray.init(address=ray_address, runtime_env=runtime_env)
-        else:
-            ray.init(num_cpus=workers or 2, include_dashboard=False, runtime_env=runtime_env,
-                     logging_level=logging.WARNING)
-        started_here = True
-    try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(_train_one)
-        limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
-        pending: dict[Any, int] = {}
-        queue = list(todo)
-        with tqdm(total=total, initial=done, desc="shadows", unit="shadow", disable=not progress) as bar:
-            while queue or pending:
-                while queue and len(pending) < limit:
-                    job = queue.pop(0)
-                    ref = remote.remote(base_spec, str(out), job, device=device,
-                                        num_threads=num_threads, progress=False)
-                    pending[ref] = job["k"]
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    k = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except Exception as exc:  # RayTaskError wraps the worker's exception
-                        for other in pending:
-                            ray.cancel(other)
-                        cause = getattr(exc, "cause", None) or exc
-                        if isinstance(cause, ShadowMIAError):
-                            raise cause from exc
-                        raise ShadowMIAError(f"{shadow_name(k)} failed on Ray: {cause}") from exc
-                    logger.info("%s done (loss %.4f, %.0f tokens/s)", shadow_name(k),
-                                result["final_loss"], result["tokens_per_s"])
-                    bar.set_postfix(loss=f"{result['final_loss']:.3f}")
-                    bar.update(1)
-    finally:
-        if started_here:
-            ray.shutdown()
+        write_adapter_files(staging, files)
+        verify_adapter(staging)
+        reason = _manifest_mismatch(read_manifest(staging), job)
+        if reason is not None:
+            raise IntegrityError(f"the adapter returned for {job.name} does not match its job: {reason}; "
+                                 "rerun train-shadows")
+        if final.exists():
+            raise ConfigError(f"{final} appeared while {job.name} was training; is another run writing "
+                              f"{out}? Remove {final} and rerun")
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("%s committed to %s", job.name, final)
+    return final
 
 
 def _owner_token() -> str:

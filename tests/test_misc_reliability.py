@@ -34,7 +34,7 @@ def _train_shadows_job(tmp_path: Path, out: Path):
 
 @pytest.fixture
 def fake_stages(monkeypatch):
-    """train_shadows and shadow_features replaced by recorders (no model is trained or loaded)."""
+    """prepare_shadows and run_shadows replaced by recorders (no model is trained or loaded)."""
     import experiments.jobs.shadows as shadow_jobs
     import shadow.shadows as shadows
 
@@ -44,16 +44,16 @@ def fake_stages(monkeypatch):
         path = Path(out) / shadows.LOCK_FILE
         return path.read_text(encoding="utf-8").strip() if path.exists() else None
 
-    def fake_train(base, pool, out, **kwargs):
-        calls.append(("train_shadows", lock_owner(out)))
-        return []
+    def fake_prepare(base, pool, out, **kwargs):
+        calls.append(("prepare_shadows", lock_owner(out)))
+        return out
 
-    def fake_features(out, pool, shadow_paths, **kwargs):
-        calls.append(("shadow_features", lock_owner(out)))
+    def fake_run(out, pool, **kwargs):
+        calls.append(("run_shadows", lock_owner(out)))
         return "features"
 
-    monkeypatch.setattr(shadows, "train_shadows", fake_train)
-    monkeypatch.setattr(shadow_jobs, "shadow_features", fake_features)
+    monkeypatch.setattr(shadow_jobs, "prepare_shadows", fake_prepare)
+    monkeypatch.setattr(shadow_jobs, "run_shadows", fake_run)
     return calls
 
 
@@ -61,7 +61,7 @@ def test_train_shadows_job_holds_the_lock_through_the_feature_stage(tmp_path, fa
     out = tmp_path / "shadows"
     assert _train_shadows_job(tmp_path, out) == "features"
     me = f"{socket.gethostname()}:{os.getpid()}"
-    assert fake_stages == [("train_shadows", me), ("shadow_features", me)]
+    assert fake_stages == [("prepare_shadows", me), ("run_shadows", me)]
     assert not (out / ".lock").exists()  # released at the end, no temporary files left
     assert sorted(p.name for p in out.iterdir()) == []
 
@@ -79,11 +79,16 @@ def test_train_shadows_job_refused_while_another_run_holds_the_lock(tmp_path, fa
 
 @pytest.fixture
 def no_training(monkeypatch):
-    """train_shadows runs up to the training loop, which records instead of training."""
+    """train_shadows runs up to the training tasks, which are recorded instead of run."""
     import shadow.shadows as shadows
 
     started: list[int] = []
-    monkeypatch.setattr(shadows, "_run_local", lambda base, out, todo, **kwargs: started.append(len(todo)))
+
+    def record(fn, items, **kwargs):
+        started.append(len(items))
+        return iter(())
+
+    monkeypatch.setattr(shadows, "run_tasks", record)
     return started
 
 

@@ -1,5 +1,13 @@
-"""``shadowmia train-shadows``: K LoRA shadows of the base model, then every shadow's features
+"""``shadowmia train-shadows``: K LoRA shadows of the base model, and every shadow's features
 on every pool text.
+
+A shadow is one task from texts to features (:func:`run_shadow`): fine-tune in a temporary
+directory of its own, score the whole pool with the new adapter, compute the feature rows,
+and return the adapter's files, the table and the token log-probabilities. The tasks run one
+after another here or as Ray tasks on other nodes (``backend="ray"``), and need no shared
+filesystem: the base model's reference scores and the neighbour texts are computed once
+here and shipped to them; the driver commits each result into the shadow directory
+(:func:`_commit_shadow`). Both backends write the same files.
 
 Artifacts of a shadow directory (``shadowmia train-shadows --out DIR``)::
 
@@ -11,13 +19,18 @@ Artifacts of a shadow directory (``shadowmia train-shadows --out DIR``)::
     DIR/features/tokens_003.npz   that shadow's token log-probs of every pool text (for token_lira)
     DIR/features/shadows.parquet  all shadows: columns shadow, id, label (= keep[k, i]), features
 
+Resumable: a shadow complete and verified in DIR is not retrained, and one whose tables are
+there too is skipped; a complete shadow without tables is only featurized.
 This module writes them and is the one place that knows how to read them back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +45,25 @@ from llm_features.io import atomic_path, check_writable_directory, sha256_file, 
 from llm_features.registry import parse_features
 from llm_features.settings import FeatureSettings
 from llm_features.texts import TextSet, load_texts
+from shadow.ray_backend import RayOptions, ray_options
+from shadow.shadows import (
+    AdapterFiles,
+    ShadowJob,
+    ShadowPlan,
+    TrainContext,
+    commit_adapter,
+    directory_lock,
+    prepare_shadows,
+    read_adapter_files,
+    run_tasks,
+    shadow_bar,
+    train_adapter,
+    write_adapter_files,
+)
 
 if TYPE_CHECKING:
     from llm_features.models import LoadedModel
+    from llm_features.scoring import TokenScores
     from shadow.finetune import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -54,84 +83,202 @@ SHADOW_TABLE_COLUMNS = ("shadow", "n_tokens")
 
 
 
+#: Test hook, never set otherwise: ``"K:PATH"`` makes the first task that trains shadow ``K``
+#: exit its process right after fine-tuning (as a killed worker would), creating ``PATH`` to
+#: record that it did, so that the retried task runs through.
+KILL_AFTER_TRAINING_ENV = "SHADOWMIA_TEST_KILL_AFTER_TRAINING"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureContext:
+    """What every shadow task needs besides its own job: computed once on the driver, shipped
+    once (Ray's object store), the same for all shadows."""
+
+    train: TrainContext
+    pool: TextSet
+    requests: list[Any]
+    settings: FeatureSettings
+    dtype: str
+    reference_scores: list[TokenScores] | None
+    neighbour_texts: list[list[str]] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowTask:
+    """Shadow ``job.k`` to fine-tune and featurize, or only to featurize when ``adapter`` (the
+    files of its complete adapter) is given."""
+
+    job: ShadowJob
+    adapter: AdapterFiles | None = None
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowResult:
+    """What a shadow task returns to the driver: the adapter's files (None when the task was
+    given them), the feature rows of every pool text (without the ``shadow`` and ``label``
+    columns, which the driver adds) and the token log-probabilities of every pool text."""
+
+    k: int
+    adapter: AdapterFiles | None
+    table: pd.DataFrame
+    token_logprobs: list[np.ndarray]
+
+
 def train_shadows_job(*, base: str, data: str, out: str, n_shadows: int, config: FinetuneConfig, seed: int,
                       settings: FeatureSettings, text_field: str = "text", backend: str = "local",
-                      workers: int | None = None, ray_address: str | None = None, dtype: str = "auto",
-                      device: str = "auto", force: bool = False) -> pd.DataFrame:
-    """``shadowmia train-shadows``: K shadows, then every shadow's features on all pool texts.
+                      workers: int | None = None, ray_address: str | None = None, ray: RayOptions | None = None,
+                      dtype: str = "auto", device: str = "auto", num_threads: int | None = None,
+                      force: bool = False, progress: bool = True) -> pd.DataFrame:
+    """``shadowmia train-shadows``: K shadows and every shadow's features on all pool texts.
 
-    The shadow directory's lock is held over both stages, so a second run on ``out`` is
-    refused until the features are written too.
+    Each shadow is one task from texts to features (:func:`run_shadow`), run here or on Ray
+    (``ray``: :class:`shadow.ray_backend.RayOptions`; ``workers`` / ``ray_address`` are its
+    shorthands); its adapter and tables are committed into ``out`` here. The shadow
+    directory's lock is held throughout, so a second run on ``out`` is refused until the
+    features are written too.
     """
-    from shadow.shadows import directory_lock, train_shadows
-
     requests = parse_features(settings.features)
     check_writable_directory(out)
+    options = ray_options(ray, workers=workers, address=ray_address)
     pool = load_texts(data, text_field=text_field)
     check_kept_fields(pool, settings.columns + list(SHADOW_TABLE_COLUMNS))
     logger.info("pool: %d texts from %s", len(pool), data)
     with directory_lock(out):
-        shadow_paths = train_shadows(base, pool, out, n_shadows=n_shadows, config=config, seed=seed,
-                                     backend=backend, workers=workers, ray_address=ray_address, device=device,
-                                     force=force)
-        return shadow_features(Path(out), pool, shadow_paths, base=base, settings=settings, requests=requests,
-                               dtype=dtype, device=device, force=force)
+        plan = prepare_shadows(base, pool, Path(out), n_shadows=n_shadows, config=config, seed=seed, force=force)
+        return run_shadows(plan, pool, base=base, settings=settings, requests=requests, dtype=dtype, device=device,
+                           backend=backend, options=options, num_threads=num_threads, force=force,
+                           progress=progress)
 
 
-
-def shadow_features(out: Path, pool: TextSet, shadow_paths: list[Path], *, base: str, settings: FeatureSettings,
-                    requests: list[Any], dtype: str, device: str, force: bool = False) -> pd.DataFrame:
-    """Every shadow's features on every pool text, one Parquet table per shadow, then one for all."""
+def run_shadows(plan: ShadowPlan, pool: TextSet, *, base: str, settings: FeatureSettings, requests: list[Any],
+                dtype: str, device: str, backend: str, options: RayOptions, num_threads: int | None = None,
+                force: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Train and featurize the shadows of ``plan`` that are not done, commit each, and write the
+    table of all shadows. A complete shadow without its tables is featurized only."""
     from llm_features.models import load_model
-    from shadow.membership import load_membership
 
-    keep, ids = load_membership(out)
-    if ids != pool.ids:
-        raise IntegrityError(f"{out}/membership_ids.json lists other texts than {pool.source}; "
-                             "pass the pool the shadows were trained on")
-    features_dir = out / FEATURES_DIR
+    features_dir = plan.out / FEATURES_DIR
     base_model = load_model(base, dtype=dtype, device=device)
     recorded = {"base": base, "tokenizer_hash": base_model.tokenizer_hash, **settings.to_dict()}
     _check_or_write_config(features_dir, recorded, force=force)
-    inputs = {"pool_ids": pool.ids, "shadows": [sha256_file(path / "manifest.json") for path in shadow_paths]}
+    inputs = {"pool_ids": pool.ids,
+              "shadows": [_manifest_hash(plan.path(k)) if done else None for k, done in enumerate(plan.complete)]}
     _drop_stale_tables(features_dir, inputs)
-    needs = needs_of(requests)
-
-    cache = default_score_cache()
-    reference_scores = None
-    neighbour_texts = None
-    pending = [k for k in range(len(shadow_paths))
-               if not (features_dir / f"shadow_{k:03d}.parquet").is_file() or not token_path(features_dir, k).is_file()]
-    if pending and "reference" in needs:
-        reference_scores = score_texts_cached(base_model, pool.texts, cache=cache, batch_size=settings.batch_size,
-                                              max_tokens=settings.max_tokens, description="scoring base (reference)")
-    if pending and "neighbours" in needs:
-        neighbour_texts = cached_neighbours(features_dir, pool, generator=base_model, settings=settings,
-                                            device=device)
-    for k in pending:
-        spec = ModelSpec(base, adapter=str(shadow_paths[k]), dtype=dtype, device=device)
-        shadow = spec.load() if neighbour_texts is not None else spec  # loaded when it scores the neighbours too
-        target_scores = score_texts_cached(shadow, pool.texts, cache=cache, batch_size=settings.batch_size,
-                                           max_tokens=settings.max_tokens, description=f"shadow {k}")
-        neighbour_scores = None
-        if neighbour_texts is not None:
-            neighbour_scores = score_neighbours(shadow.model, shadow.tokenizer, neighbour_texts,
-                                                batch_size=settings.batch_size, max_tokens=settings.max_tokens)
-        table = compute_features(pool, requests, target_scores, reference_scores=reference_scores,
-                                 neighbour_scores=neighbour_scores)
-        table = table.drop(columns=[c for c in ("label",) if c in table.columns])
-        table.insert(0, "shadow", k)
-        table.insert(2, "label", keep[k].astype(int))
-        write_token_logprobs(token_path(features_dir, k), pool.ids, [s.token_logprobs for s in target_scores])
-        write_parquet_atomic(table, features_dir / f"shadow_{k:03d}.parquet")
-        del shadow
-    tables = [pd.read_parquet(features_dir / f"shadow_{k:03d}.parquet") for k in range(len(shadow_paths))]
+    tasks = [ShadowTask(job, adapter=read_adapter_files(plan.path(job.k)) if plan.complete[job.k] else None)
+             for job in plan.jobs if not (plan.complete[job.k] and _has_tables(features_dir, job.k))]
+    train = TrainContext(str(base), device=options.task_device(device) if backend == "ray" else device,
+                         num_threads=num_threads, progress=progress and backend == "local")
+    context = _feature_context(features_dir, pool, base_model, train=train, settings=settings, requests=requests,
+                               dtype=dtype, device=device, needed=bool(tasks))
+    del base_model
+    if tasks:
+        logger.info("%d shadow(s) to train and featurize, %d to featurize (%s backend)",
+                    sum(t.adapter is None for t in tasks), sum(t.adapter is not None for t in tasks), backend)
+    with shadow_bar(total=len(plan.jobs), done=len(plan.jobs) - len(tasks), progress=progress) as bar:
+        for task, result in run_tasks(run_shadow, tasks, shared=context, backend=backend, options=options,
+                                      num_threads=num_threads):
+            _commit_shadow(plan, features_dir, inputs, task, result, pool_ids=pool.ids)
+            bar.update(1)
+    tables = [pd.read_parquet(features_dir / f"shadow_{k:03d}.parquet") for k in range(len(plan.jobs))]
     combined = pd.concat(tables, ignore_index=True)
     write_parquet_atomic(combined, features_dir / SHADOW_TABLE)
     logger.info("wrote %s (%d rows = %d shadows x %d texts)", features_dir / SHADOW_TABLE, len(combined),
-                len(shadow_paths), len(pool))
+                len(plan.jobs), len(pool))
     return combined
 
+
+def _feature_context(features_dir: Path, pool: TextSet, base_model: LoadedModel, *, train: TrainContext,
+                     settings: FeatureSettings, requests: list[Any], dtype: str, device: str,
+                     needed: bool) -> FeatureContext:
+    """The base model's reference scores and the neighbour texts (once, here, when some shadow
+    still needs features and its features need them) with everything else the tasks share."""
+    needs = needs_of(requests) if needed else set()
+    reference_scores = neighbour_texts = None
+    if "reference" in needs:
+        reference_scores = score_texts_cached(base_model, pool.texts, cache=default_score_cache(),
+                                              batch_size=settings.batch_size, max_tokens=settings.max_tokens,
+                                              description="scoring base (reference)")
+    if "neighbours" in needs:
+        neighbour_texts = cached_neighbours(features_dir, pool, generator=base_model, settings=settings,
+                                            device=device)
+    return FeatureContext(train=train, pool=pool, requests=requests, settings=settings, dtype=dtype,
+                          reference_scores=reference_scores, neighbour_texts=neighbour_texts)
+
+
+def run_shadow(task: ShadowTask, context: FeatureContext) -> ShadowResult:
+    """Shadow ``k`` from texts to features, in a temporary directory of its own (the one unit of
+    work of both backends; module level so that Ray ships it by reference): fine-tune it (unless
+    ``task.adapter`` is given), then score every pool text with it and compute its features.
+    Writes nothing outside its temporary directory except the score cache."""
+    with tempfile.TemporaryDirectory(prefix=f"shadowmia-{task.name}-") as work:
+        if task.adapter is None:
+            directory = train_adapter(task.job, Path(work), context.train)
+            adapter = read_adapter_files(directory)
+            _maybe_killed_for_test(task.job.k)
+        else:
+            directory = write_adapter_files(Path(work) / task.name, task.adapter)
+            adapter = None
+        table, token_logprobs = featurize_shadow(directory, context)
+    return ShadowResult(k=task.job.k, adapter=adapter, table=table, token_logprobs=token_logprobs)
+
+
+def featurize_shadow(adapter_dir: Path, context: FeatureContext) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """The feature rows and token log-probabilities of every pool text under the shadow whose
+    adapter is ``adapter_dir``."""
+    settings = context.settings
+    spec = ModelSpec(context.train.base_spec, adapter=str(adapter_dir), dtype=context.dtype,
+                     device=context.train.device)
+    shadow = spec.load() if context.neighbour_texts is not None else spec  # loaded: it scores the neighbours too
+    target_scores = score_texts_cached(shadow, context.pool.texts, cache=default_score_cache(),
+                                       batch_size=settings.batch_size, max_tokens=settings.max_tokens,
+                                       description=f"scoring {adapter_dir.name}", progress=context.train.progress)
+    neighbour_scores = None
+    if context.neighbour_texts is not None:
+        neighbour_scores = score_neighbours(shadow.model, shadow.tokenizer, context.neighbour_texts,
+                                            batch_size=settings.batch_size, max_tokens=settings.max_tokens)
+    table = compute_features(context.pool, context.requests, target_scores, reference_scores=context.reference_scores,
+                             neighbour_scores=neighbour_scores)
+    return table.drop(columns=[c for c in ("label",) if c in table.columns]), [s.token_logprobs for s in target_scores]
+
+
+def _maybe_killed_for_test(k: int) -> None:
+    """The test hook of :data:`KILL_AFTER_TRAINING_ENV`."""
+    setting = os.environ.get(KILL_AFTER_TRAINING_ENV)
+    if not setting:
+        return
+    shadow, _, marker = setting.partition(":")
+    if int(shadow) == k and marker and not os.path.exists(marker):
+        Path(marker).touch()
+        logger.warning("%s: exiting after training shadow %d (test hook)", KILL_AFTER_TRAINING_ENV, k)
+        os._exit(1)
+
+
+def _commit_shadow(plan: ShadowPlan, features_dir: Path, inputs: dict[str, Any], task: ShadowTask,
+                   result: ShadowResult, *, pool_ids: list[str]) -> None:
+    """Commit a task's result into the shadow directory: the adapter (when trained), the record
+    of the adapter the tables come from, then the token log-probabilities and the table."""
+    k = task.job.k
+    if result.adapter is not None:
+        commit_adapter(plan.out, task.job, result.adapter)
+    inputs["shadows"][k] = _manifest_hash(plan.path(k))
+    write_json_atomic(features_dir / "inputs.json", inputs)  # before the tables, so they always match it
+    table = result.table.copy()
+    table.insert(0, "shadow", k)
+    table.insert(2, "label", plan.keep[k].astype(int))
+    write_token_logprobs(token_path(features_dir, k), pool_ids, result.token_logprobs)
+    write_parquet_atomic(table, features_dir / f"shadow_{k:03d}.parquet")
+
+
+def _manifest_hash(adapter_dir: Path) -> str:
+    return sha256_file(adapter_dir / "manifest.json")
+
+
+def _has_tables(features_dir: Path, k: int) -> bool:
+    return (features_dir / f"shadow_{k:03d}.parquet").is_file() and token_path(features_dir, k).is_file()
 
 
 def _check_or_write_config(features_dir: Path, recorded: dict[str, Any], *, force: bool) -> None:
@@ -154,7 +301,8 @@ def _drop_stale_tables(features_dir: Path, inputs: dict[str, Any]) -> None:
     """Delete the per-shadow tables whose inputs changed, then record the current inputs.
 
     ``inputs`` names the pool (its ids, in order) and each shadow (the SHA-256 of its
-    adapter manifest, which lists the hash of every weight file). A shadow retrained
+    adapter manifest, which lists the hash of every weight file; None for a shadow not
+    trained yet, whose entry is filled in when it is committed). A shadow retrained
     (``--force``, a damaged adapter) or a new pool makes the old tables stale: they are
     recomputed, never reused. The record is written before any new table, so a table on
     disk always matches the inputs recorded beside it.
@@ -170,7 +318,8 @@ def _drop_stale_tables(features_dir: Path, inputs: dict[str, Any]) -> None:
     before = previous.get("shadows") or []
     for k, manifest_hash in enumerate(inputs["shadows"]):
         table = features_dir / f"shadow_{k:03d}.parquet"
-        if table.is_file() and not (same_pool and k < len(before) and before[k] == manifest_hash):
+        if table.is_file() and not (same_pool and manifest_hash is not None and k < len(before)
+                                    and before[k] == manifest_hash):
             logger.info("%s was computed from another shadow or pool; recomputing it", table.name)
             table.unlink()
             token_path(features_dir, k).unlink(missing_ok=True)
