@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from experiments.cli import main
-from experiments.data.patients import generate_patient_records
 from experiments.studies import audit as audit_module
 from experiments.studies.audit import (
     calibration_epsilon,
@@ -22,7 +21,7 @@ from experiments.studies.audit import (
 )
 from experiments.studies.config import load_config
 from llm_features.errors import InputDataError
-from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
+from tests.tiny import audit_config
 
 CONFIG = """
 name = "tiny-auto"
@@ -95,18 +94,7 @@ def test_calibration_seed_and_epsilon():
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-    root = tmp_path_factory.mktemp("auto")
-    corpus = make_corpus(120, seed=31)
-    records = [r["text"] for r in generate_patient_records(8, seed=3)]
-    tokenizer = build_tokenizer(corpus + records)
-    base = build_tiny_llama(tokenizer, seed=4)
-    overfit(base, tokenizer, corpus[60:120], steps=30, lr=3e-3)
-    base_dir = save_model(base, tokenizer, root / "base")
-    fillers = root / "fillers.jsonl"
-    fillers.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus[:40]))
-    path = root / "audit.toml"
-    path.write_text(CONFIG.format(base=base_dir, fillers=fillers))
-    return path
+    return audit_config(tmp_path_factory.mktemp("auto"), CONFIG)
 
 
 def test_the_calibration_canaries_are_another_draw(config_file):

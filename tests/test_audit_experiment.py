@@ -8,11 +8,10 @@ import math
 import pytest
 
 from experiments.cli import main
-from experiments.data.patients import generate_patient_records
 from experiments.studies.audit import canary_records, training_texts
 from experiments.studies.config import load_config
 from llm_features.errors import ConfigError
-from tests.tiny import build_tiny_llama, build_tokenizer, make_corpus, overfit, save_model
+from tests.tiny import audit_config
 
 CONFIG = """
 name = "tiny-audit"
@@ -43,18 +42,7 @@ features = "loss,reference"
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-    root = tmp_path_factory.mktemp("audit")
-    corpus = make_corpus(120, seed=31)
-    canaries = [r["text"] for r in generate_patient_records(8, seed=3)]
-    tokenizer = build_tokenizer(corpus + canaries)
-    base = build_tiny_llama(tokenizer, seed=4)
-    overfit(base, tokenizer, corpus[60:120], steps=30, lr=3e-3)
-    base_dir = save_model(base, tokenizer, root / "base")
-    fillers = root / "fillers.jsonl"
-    fillers.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus[:40]))
-    path = root / "audit.toml"
-    path.write_text(CONFIG.format(base=base_dir, fillers=fillers))
-    return path
+    return audit_config(tmp_path_factory.mktemp("audit"), CONFIG)
 
 
 def test_canaries_are_included_by_a_fair_seeded_coin(config_file):

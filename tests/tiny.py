@@ -96,3 +96,24 @@ def save_model(model, tokenizer, directory: Path) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def audit_config(root: Path, template: str) -> Path:
+    """An audit config under ``root`` from ``template`` (with ``{base}`` and ``{fillers}``): a tiny
+    Llama whose tokenizer knows the patient-record vocabulary, lightly trained on a corpus, and
+    40 filler texts of that corpus. Returns the config's path."""
+    import json
+
+    from experiments.data.patients import generate_patient_records
+
+    corpus = make_corpus(120, seed=31)
+    records = [r["text"] for r in generate_patient_records(8, seed=3)]
+    tokenizer = build_tokenizer(corpus + records)
+    base = build_tiny_llama(tokenizer, seed=4)
+    overfit(base, tokenizer, corpus[60:120], steps=30, lr=3e-3)
+    base_dir = save_model(base, tokenizer, root / "base")
+    fillers = root / "fillers.jsonl"
+    fillers.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus[:40]))
+    path = root / "audit.toml"
+    path.write_text(template.format(base=base_dir, fillers=fillers))
+    return path

@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.bench import cpu_model
 from llm_features.io import library_versions, write_json_atomic
 
 logger = logging.getLogger("shadowmia.bench")
@@ -95,16 +95,6 @@ def features_command(data: Path, out: Path, args: argparse.Namespace) -> list[st
                "--data", str(data), "--out", str(out), "--max-tokens", str(args.max_tokens),
                "--features", args.features, "--dtype", args.dtype, "--device", "cpu"]
     return command + (["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])
-
-
-def cpu_model() -> str:
-    """The CPU's model name as ``/proc/cpuinfo`` gives it, and the number of cores."""
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else platform.processor()} ({os.cpu_count()} cores)"
 
 
 def measure(args: argparse.Namespace) -> dict:

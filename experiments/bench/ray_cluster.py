@@ -26,24 +26,14 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from experiments.bench import cpu_model
 from llm_features.io import library_versions, write_json_atomic
 
 logger = logging.getLogger("shadowmia.bench")
-
-
-def cpu_model() -> str:
-    """The ``Model name`` line of ``lscpu`` (or ``unknown``)."""
-    try:
-        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return next((line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("Model name")),
-                "unknown")
 
 
 def demo_pool(out: Path, *, n_texts: int, config_path: str) -> tuple[Any, Path]:
@@ -123,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cluster.shutdown()
     logger.info("Ray backend: %.1f s", ray_s)
     result = {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "n_texts": args.n_texts, "max_tokens": args.max_tokens,
+        "cpu": cpu_model(), "n_texts": args.n_texts, "max_tokens": args.max_tokens,
         "n_shadows": args.n_shadows, "nodes": args.nodes, "cpus_per_node": args.cpus_per_node,
         "cpus_per_shadow": args.cpus_per_shadow, "local_s": round(local_s, 1), "ray_s": round(ray_s, 1),
         "local_over_ray": round(local_s / ray_s, 3),
@@ -131,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "library_versions": library_versions(),
     }
     write_json_atomic(out / "bench.json", result)
-    print(json.dumps({k: v for k, v in result.items() if k != "library_versions"}, indent=2))
+    logger.info("%s", json.dumps({k: v for k, v in result.items() if k != "library_versions"}, indent=2))
     return result
 
 

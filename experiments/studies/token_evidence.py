@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.run)
     shadows_dir = root / "shadows" if (root / "shadows").is_dir() else root
     table = study(shadows_dir)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    logger.info("what the shadows' token log-probs add, by summary (mean over folds):\n%s",
+                table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
