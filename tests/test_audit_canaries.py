@@ -1,4 +1,4 @@
-"""Canary designs of the privacy audit (patient records, random tokens, rare last token) on a tiny model."""
+"""Canary designs of the privacy audit (patient records, random tokens, rare last token, secret suffix) on a tiny model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments.data.canaries import CANARY_DESIGNS, make_canaries, random_token_canaries, rare_token_canaries
+from experiments.data.canaries import (CANARY_DESIGNS, make_canaries, random_token_canaries, rare_token_canaries,
+                                       secret_suffix_canaries)
 from experiments.data.patients import generate_patient_records
 from experiments.studies.audit import canary_records
 from experiments.studies.config import load_config
@@ -134,6 +135,39 @@ def test_rare_token_canaries_end_in_the_least_likely_candidate(tiny):
     assert len(set(taken)) == len(taken)
 
 
+def test_secret_suffix_canaries_are_a_record_key_then_exactly_the_secret_tokens(tiny):
+    tokenizer = tiny["tokenizer"]
+    texts = secret_suffix_canaries(tokenizer, 40, seed=3, length=6, prefix_tokens=10)
+    records = [r["text"] for r in generate_patient_records(40, seed=3)]
+    ordinary = set(_ordinary(tokenizer))
+    secrets = []
+    for text, record in zip(texts, records):
+        ids = tokenizer(text)["input_ids"]
+        key_ids = tokenizer(record)["input_ids"][:10]
+        assert ids[:10] == key_ids and len(ids) == 16  # the key's tokens, then exactly 6 more
+        secret = ids[10:]
+        assert set(secret) <= ordinary
+        # the text is the key's text followed by the secret's pieces, as the tokenizer reads it back
+        key = tokenizer.decode(key_ids, skip_special_tokens=True)
+        assert text.startswith(key[:5]) and record.startswith(text[: len(text) - len(
+            "".join(tokenizer.decode([t], clean_up_tokenization_spaces=False) for t in secret))])
+        secrets.append(tuple(secret))
+    assert len(set(secrets)) == 40  # every canary has a secret of its own
+    # the secrets are uniform draws: 240 draws over ~240 ordinary tokens spread over most of them
+    drawn = [t for s in secrets for t in s]
+    assert len(set(drawn)) > 0.5 * len(ordinary)
+
+
+def test_secret_suffix_config_needs_room_for_the_secret(tiny):
+    overrides = ["audit.canary_design=\"secret-suffix\"", "audit.canary_prefix_tokens=24"]
+    assert load_config(tiny["config"], overrides=[*overrides, "audit.canary_tokens=24"]).audit.canary_prefix_tokens == 24
+    with pytest.raises(ConfigError, match="canary_prefix_tokens \\+ audit.canary_tokens = 49 must be at most "
+                                          "target.max_tokens=48"):
+        load_config(tiny["config"], overrides=[*overrides, "audit.canary_tokens=25"])
+    with pytest.raises(ConfigError, match="canary_prefix_tokens"):
+        load_config(tiny["config"], overrides=["audit.canary_prefix_tokens=0"])
+
+
 def test_designs_that_need_the_model_say_so():
     with pytest.raises(ConfigError, match="needs the base model's model"):
         make_canaries("rare-token", 3, seed=0, tokenizer=object())
@@ -186,3 +220,20 @@ def test_audit_run_with_rare_token_canaries(tiny, tmp_path):
     assert saved == canary_records(load_config(out / "config.toml"))[0]
     markdown = (out / "report" / "audit.md").read_text()
     assert "least likely token" in markdown and "epsilon_LB f-DP" in markdown and "mu_LB f-DP" in markdown
+
+
+def test_audit_run_with_secret_suffix_canaries_scores_the_secret(tiny, tmp_path):
+    from experiments.cli import main
+
+    out = tmp_path / "audit"
+    assert main(["run", str(tiny["config"]), "--out", str(out), "--set", "audit.canary_design=\"secret-suffix\"",
+                 "--set", "audit.canary_tokens=8", "--set", "audit.canary_prefix_tokens=16",
+                 "--set", "audit.statistic=\"suffix_ratio:tokens=8\"",
+                 "--set", "audit.features=\"suffix_ratio:tokens=8,loss\""]) == 0
+    report = json.loads((out / "report" / "audit.json").read_text())
+    setting = report["setting"]
+    assert (setting["canary_design"], setting["canary_tokens"], setting["canary_prefix_tokens"]) == ("secret-suffix", 8, 16)
+    (target,) = report["targets"]
+    assert target["bounds"]["f-dp"]["mu_lb"] >= 0.0
+    markdown = (out / "report" / "audit.md").read_text()
+    assert "random-token secret: keys of 16 tokens, secrets of 8" in markdown

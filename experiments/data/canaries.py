@@ -24,6 +24,16 @@ stronger audits of DP fine-tuning. Three designs, chosen by ``[audit] canary_des
     shows membership. The tokens are distinct across
     canaries (each canary takes the least likely token not already taken), so that one
     included canary does not teach the model the others' secrets.
+``secret-suffix``
+    The first ``prefix_tokens`` tokens of a patient record (the key) followed by a secret of
+    ``length`` ordinary tokens drawn uniformly at random for this canary alone: the
+    "secret" of Carlini et al. 2019 ("The Secret Sharer"), put at the end of an
+    in-distribution key as in Panda et al.'s canaries, whose strongest signal is the loss of
+    the secret part only (score it with ``suffix_ratio:tokens=length``). Every canary's
+    secret is its own random draw, so what a model learns from one included canary (this key
+    is followed by these tokens) says nothing about another's; a design whose secrets
+    share a trait (``rare-token``: "a record ends in an odd token") lets the model learn the
+    trait, which lifts members and non-members alike.
 
 "Ordinary tokens" are the ids below ``len(tokenizer)`` that are not special tokens and
 decode, on their own, to non-empty printable text without U+FFFD (byte-level BPE has tokens
@@ -52,16 +62,19 @@ __all__ = [
     "patient_record_canaries",
     "random_token_canaries",
     "rare_token_canaries",
+    "secret_suffix_canaries",
 ]
 
 CANARY_DESIGNS = {
     "patient-records": "synthetic patient records",
     "random-tokens": "random-token sequences",
     "rare-token": "synthetic patient records ending in the base model's least likely token",
+    "secret-suffix": "patient-record keys, each followed by its own random-token secret",
 }
 """The canary designs by name, with the words the audit report uses for them."""
 
-DESIGN_NEEDS = {"patient-records": None, "random-tokens": "tokenizer", "rare-token": "model"}
+DESIGN_NEEDS = {"patient-records": None, "random-tokens": "tokenizer", "rare-token": "model",
+                "secret-suffix": "tokenizer"}
 """What each design needs besides its seed: nothing, the base model's tokenizer, or the base model."""
 
 
@@ -186,12 +199,57 @@ def rare_token_canaries(model: Any, tokenizer: Any, n: int, *, seed: int, max_to
     return texts
 
 
+def secret_suffix_canaries(tokenizer: Any, n: int, *, seed: int, length: int, prefix_tokens: int) -> list[str]:
+    """``n`` canaries: a patient record's first ``prefix_tokens`` tokens, then ``length`` random ordinary tokens.
+
+    The key is the text that the record's first ``prefix_tokens`` tokens cover (special
+    tokens included, as training reads it; :func:`~llm_features.scoring.scored_prefix`).
+    The secret's tokens are drawn one by one, uniformly from :func:`ordinary_token_ids`,
+    with ``numpy.random.default_rng([seed, 3])`` (the stream ``[seed, 1]`` decides which
+    canaries are included); a token that the tokenizer would not read back as itself after
+    the text so far (it would merge with it or split) is drawn again. So the canary
+    tokenises to the key's tokens followed by exactly the ``length`` secret tokens, and
+    ``suffix_ratio:tokens=length`` scores the secret and nothing else. Canaries are distinct
+    (their records are, and a repeated text is drawn again).
+    """
+    from llm_features.scoring import scored_prefix
+
+    check_int(n, name="n", low=1)
+    check_int(length, name="length", low=1)
+    check_int(prefix_tokens, name="prefix_tokens", low=1)
+    vocabulary = ordinary_token_ids(tokenizer)
+    rng = np.random.default_rng([seed, 3])
+    texts: list[str] = []
+    seen: set[str] = set()
+    for record in patient_record_canaries(n, seed=seed):
+        key = scored_prefix(tokenizer, record, max_tokens=prefix_tokens)
+        for _ in range(100):
+            text = key
+            for _ in range(length):
+                for _ in range(1000):
+                    appended = _appends_cleanly(tokenizer, text, int(rng.choice(vocabulary)))
+                    if appended is not None:
+                        text = appended
+                        break
+                else:
+                    raise InputDataError(f"no ordinary token appends cleanly to secret-suffix canary {len(texts)}; "
+                                         "use another canary_design")
+            if text not in seen:
+                break
+        else:
+            raise InputDataError(f"could not draw a distinct secret for canary {len(texts)}; raise audit.canary_tokens")
+        seen.add(text)
+        texts.append(text)
+    return texts
+
+
 def make_canaries(design: str, n: int, *, seed: int, length: int = 32, max_tokens: int = 128,
-                  tokenizer: Any = None, model: Any = None) -> list[str]:
+                  prefix_tokens: int = 24, tokenizer: Any = None, model: Any = None) -> list[str]:
     """``n`` canary texts of ``design`` (see the module docstring), deterministic for ``seed``.
 
     ``tokenizer`` and ``model`` are the base model's, needed by the designs that
-    :data:`DESIGN_NEEDS` says so; ``length`` is the random-token canaries' length in tokens,
+    :data:`DESIGN_NEEDS` says so; ``length`` is the random-token canaries' length in tokens
+    (and a secret-suffix canary's secret), ``prefix_tokens`` a secret-suffix canary's key,
     ``max_tokens`` the most tokens a rare-token canary may have.
     """
     if design not in CANARY_DESIGNS:
@@ -203,4 +261,6 @@ def make_canaries(design: str, n: int, *, seed: int, length: int = 32, max_token
         return patient_record_canaries(n, seed=seed)
     if design == "random-tokens":
         return random_token_canaries(tokenizer, n, seed=seed, length=length)
+    if design == "secret-suffix":
+        return secret_suffix_canaries(tokenizer, n, seed=seed, length=length, prefix_tokens=prefix_tokens)
     return rare_token_canaries(model, tokenizer, n, seed=seed, max_tokens=max_tokens)

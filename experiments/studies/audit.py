@@ -86,7 +86,8 @@ def canary_records(config: AuditExperimentConfig, *, base: Any = None,
         loaded = load_model(config.base_model)
         tokenizer, model = loaded.tokenizer, loaded.model
     texts = make_canaries(audit.canary_design, audit.canaries, seed=seed, length=audit.canary_tokens,
-                          max_tokens=config.target.max_tokens, tokenizer=tokenizer, model=model)
+                          max_tokens=config.target.max_tokens, prefix_tokens=audit.canary_prefix_tokens,
+                          tokenizer=tokenizer, model=model)
     included = np.random.default_rng([seed, 1]).random(audit.canaries) < 0.5
     return texts, included
 
@@ -331,7 +332,10 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
             "setting": {"name": config.name, "base_model": config.base_model, "statistic": statistic,
                         "statistic_choice": choice,
                         "canaries": len(canaries), "canary_design": audit.canary_design,
-                        "canary_tokens": audit.canary_tokens if audit.canary_design == "random-tokens" else None,
+                        "canary_tokens": (audit.canary_tokens if audit.canary_design in ("random-tokens", "secret-suffix")
+                                          else None),
+                        "canary_prefix_tokens": (audit.canary_prefix_tokens if audit.canary_design == "secret-suffix"
+                                                 else None),
                         "included": int(included.sum()),
                         "canary_repeats": audit.canary_repeats, "fillers": len(fillers),
                         "training_texts": len(training), "delta": audit.delta, "confidence": audit.confidence,
@@ -416,7 +420,9 @@ def audit_markdown(report: dict[str, Any]) -> str:
     setting = report["setting"]
     table = audit_table(report)
     design = CANARY_DESIGNS.get(setting.get("canary_design", "patient-records"), setting.get("canary_design"))
-    if setting.get("canary_tokens"):
+    if setting.get("canary_prefix_tokens"):
+        design += f": keys of {setting['canary_prefix_tokens']} tokens, secrets of {setting['canary_tokens']}"
+    elif setting.get("canary_tokens"):
         design += f" of {setting['canary_tokens']} tokens"
     lines = [f"# Privacy audit: {setting['name']}", "",
              f"{setting['canaries']} canaries ({design}), {setting['included']} of them included "

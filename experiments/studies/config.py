@@ -415,8 +415,14 @@ class AuditConfig:
             token the base model finds least likely after it; Panda et al. 2025, "Privacy
             auditing of large language models", arXiv 2503.06808, find such canaries far
             easier to detect).
-        canary_tokens: the length in tokens of a random-token canary (1..100000; below
-            ``target.max_tokens``); unused by the other designs.
+            ``"secret-suffix"`` (a patient record's first ``canary_prefix_tokens`` tokens,
+            then a secret of ``canary_tokens`` random tokens of its own; score it with
+            ``suffix_ratio:tokens=canary_tokens``).
+        canary_tokens: the length in tokens of a random-token canary, or of a secret-suffix
+            canary's secret (1..100000; below ``target.max_tokens``); unused by the other
+            designs.
+        canary_prefix_tokens: the tokens of a secret-suffix canary's key, the patient record
+            it starts with (1..100000); unused by the other designs.
         canary_repeats: how many copies of an included canary the training set holds (>= 1).
         canary_seed: seed of the canary texts and of which of them are included.
         fillers: the other training texts, drawn from ``[data]`` (>= 0).
@@ -436,6 +442,7 @@ class AuditConfig:
     canaries: int = 512
     canary_design: str = "rare-token"
     canary_tokens: int = 32
+    canary_prefix_tokens: int = 24
     canary_repeats: int = 1
     canary_seed: int = 0
     fillers: int = 100
@@ -454,6 +461,7 @@ class AuditConfig:
             raise ConfigError(f"canary_design={self.canary_design!r} must be one of "
                               f"{', '.join(map(repr, CANARY_DESIGNS))}, e.g. canary_design = \"rare-token\"")
         _check_int("canary_tokens", self.canary_tokens, 1, 100_000)
+        _check_int("canary_prefix_tokens", self.canary_prefix_tokens, 1, 100_000)
         _check_int("canary_repeats", self.canary_repeats, 1, 10_000)
         _check_int("canary_seed", self.canary_seed, 0, _MAX_SEED)
         _check_int("fillers", self.fillers, 0, 100_000_000)
@@ -517,6 +525,11 @@ class AuditExperimentConfig:
             raise ConfigError(f"audit.canary_tokens={self.audit.canary_tokens} must be below target.max_tokens="
                               f"{self.target.max_tokens}, or training would cut the random-token canaries; lower "
                               "audit.canary_tokens or raise target.max_tokens")
+        secret = self.audit.canary_prefix_tokens + self.audit.canary_tokens
+        if self.audit.canary_design == "secret-suffix" and secret > self.target.max_tokens:
+            raise ConfigError(f"audit.canary_prefix_tokens + audit.canary_tokens = {secret} must be at most "
+                              f"target.max_tokens={self.target.max_tokens}, or training would cut the secrets; lower "
+                              "them or raise target.max_tokens")
         if self.audit.canary_design == "rare-token" and self.target.max_tokens < 3:
             raise ConfigError(f"target.max_tokens={self.target.max_tokens}: a rare-token canary needs at least 3 "
                               "tokens (a record and its rare last token)")
