@@ -8,7 +8,7 @@ classifier:
 
 * LiRA online / offline (Carlini et al. 2022, :mod:`attack_models.calibrated`);
 * RMIA online / offline against a fixed population (Zarifzadeh et al. 2024);
-* ``token_lira`` (:mod:`attack_models.token_calibration`);
+* ``token_lira`` and ``weighted_token_lira`` (:mod:`attack_models.token_calibration`);
 * the calibrated view ``cal_<feature>`` of each feature (:mod:`attack_models.fusion`).
 
 It sees arrays and tables only; the job that scores the candidates with the shadows is
@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["CALIBRATION_STATISTIC", "TOKEN_LIRA", "ShadowScores", "TargetTokens", "calibrated_scores",
-           "candidate_token_lira", "classifier_inputs", "loss_statistics"]
+if TYPE_CHECKING:
+    from attack_models.token_calibration import TokenWeights
+
+__all__ = ["CALIBRATION_STATISTIC", "TOKEN_LIRA", "WEIGHTED_TOKEN_LIRA", "ShadowScores", "TargetTokens",
+           "calibrated_scores", "candidate_token_lira", "classifier_inputs", "loss_statistics"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,9 @@ CALIBRATION_STATISTIC = "loss"
 #: The token-level calibrated attack (:mod:`attack_models.token_calibration`), added beside
 #: LiRA offline whenever the shadows' token log-probabilities are recorded.
 TOKEN_LIRA = "token_lira"
+#: ``token_lira`` with learned token weights (:mod:`attack_models.token_calibration`), added
+#: beside it when the attack recorded the weights.
+WEIGHTED_TOKEN_LIRA = "weighted_token_lira"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +67,12 @@ class ShadowScores:
 
 @dataclasses.dataclass(frozen=True)
 class TargetTokens:
-    """The target's token log-probabilities of the candidates and the pool's token variance."""
+    """The target's token log-probabilities of the candidates, the pool's token variance and,
+    when the attack learned them, the token weights of ``weighted_token_lira``."""
 
     logprobs: list[np.ndarray]
     pooled_variance: float
+    weights: "TokenWeights | None" = None
 
 
 
@@ -75,17 +84,25 @@ def loss_statistics(table: pd.DataFrame, shadow_scores: ShadowScores) -> tuple[n
 
 
 
-def candidate_token_lira(shadow_scores: ShadowScores, target: TargetTokens) -> np.ndarray:
-    """``token_lira`` of each candidate against the shadows of ``shadow_scores`` OUT of it."""
-    from attack_models.token_calibration import token_lira
+def candidate_token_lira(shadow_scores: ShadowScores, target: TargetTokens) -> pd.DataFrame:
+    """``token_lira`` (and ``weighted_token_lira``, with ``target.weights``) of each candidate
+    against the shadows of ``shadow_scores`` OUT of it."""
+    from attack_models.token_calibration import CLIP, token_cells, token_z, weighted_token_lira
 
     tokens = shadow_scores.token_logprobs
-    result = np.full(len(target.logprobs), np.nan)
+    plain = np.full(len(target.logprobs), np.nan)
+    weighted = np.full(len(target.logprobs), np.nan)
     for i, x in enumerate(target.logprobs):
         out = np.flatnonzero(~shadow_scores.keep[:, i])
-        if len(out):
-            result[i] = token_lira(x, np.stack([tokens[k][i] for k in out]), pooled_variance=target.pooled_variance)
-    return result
+        z = token_z(x, np.stack([tokens[k][i] for k in out]), pooled_variance=target.pooled_variance) if len(out) else None
+        if z is not None:
+            plain[i] = float(np.clip(z[0], -CLIP, CLIP).mean())
+            if target.weights is not None:
+                weighted[i] = weighted_token_lira(z[0], token_cells(z[1], z[2]), target.weights)
+    columns = {TOKEN_LIRA: plain}
+    if target.weights is not None:
+        columns[WEIGHTED_TOKEN_LIRA] = weighted
+    return pd.DataFrame(columns)
 
 
 
@@ -102,7 +119,7 @@ def classifier_inputs(table: pd.DataFrame, shadow_scores: ShadowScores, *, stds:
     result["lira_offline"] = lira_offline(statistic, shadows, shadow_scores.keep, fixed_variance=fixed_variance,
                                           fixed_std=(stds or {}).get(CALIBRATION_STATISTIC))
     if target_tokens is not None and shadow_scores.token_logprobs is not None:
-        result[TOKEN_LIRA] = candidate_token_lira(shadow_scores, target_tokens)
+        result = result.join(candidate_token_lira(shadow_scores, target_tokens).set_index(result.index))
     if shadow_scores.features:
         result = result.join(calibrate_candidates(table, shadow_scores.features, shadow_scores.keep, stds or {}))
     return result
@@ -148,5 +165,6 @@ def calibrated_scores(table: pd.DataFrame, shadow_scores: ShadowScores, *,
         result["rmia_online" if online else "rmia_offline"] = rmia(
             statistic, shadows, shadow_scores.keep, population_target_scores=statistic,
             population_shadow_scores=shadows, online=online)
-    return result[[c for c in ("lira_online", "lira_offline", "rmia_online", "rmia_offline", TOKEN_LIRA) if c in result]
+    return result[[c for c in ("lira_online", "lira_offline", "rmia_online", "rmia_offline", TOKEN_LIRA,
+                               WEIGHTED_TOKEN_LIRA) if c in result]
                   + [c for c in result.columns if c.startswith("cal_")]]

@@ -8,8 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from experiments.data.canaries import (CANARY_DESIGNS, make_canaries, random_token_canaries, rare_token_canaries,
-                                       secret_suffix_canaries)
+from experiments.data.canaries import (
+    CANARY_DESIGNS,
+    make_canaries,
+    random_token_canaries,
+    rare_token_canaries,
+    secret_suffix_canaries,
+)
 from experiments.data.patients import generate_patient_records
 from experiments.studies.audit import canary_records
 from experiments.studies.config import load_config

@@ -193,8 +193,10 @@ def test_offline_calibrated_attack_takes_lira_offline_for_candidates_outside_the
     # (the base model's loss is the same under the target and every shadow)
     views = [c for c in raw if c not in ("neighbour_gap", "reference")]
     assert manifest["metadata"]["calibrated_views"] == views
-    assert manifest["metadata"]["feature_columns"] == raw + ["lira_offline", "token_lira"] + [f"cal_{c}" for c in views]
+    assert manifest["metadata"]["feature_columns"] == (raw + ["lira_offline", "token_lira", "weighted_token_lira"]
+                                                       + [f"cal_{c}" for c in views])
     assert manifest["metadata"]["token_lira"]["pooled_variance"] > 0
+    assert len(manifest["metadata"]["token_lira"]["weights"]) > 0
     assert set(manifest["metadata"]["pooled_out_std"]) == set(views)
     assert result["selected"] == "logistic"
     summary = score_job(attack=str(root / "attack_offline"), model=str(experiment["base"]),
@@ -317,7 +319,7 @@ def test_a_second_score_of_the_same_candidates_computes_no_forward_pass(experime
 def test_token_lira_of_a_candidate_is_computed_against_every_shadow(experiment):
     """score's token_lira column: the target's token log-probs of a candidate against all K
     shadows' (every one OUT of a text outside the pool), with the pool's token variance."""
-    from attack_models.token_calibration import token_lira
+    from attack_models.token_calibration import TokenWeights, token_cells, token_lira, token_z, weighted_token_lira
     from llm_features.models import load_model
     from llm_features.scoring import score_texts
 
@@ -338,6 +340,12 @@ def test_token_lira_of_a_candidate_is_computed_against_every_shadow(experiment):
     expected = token_lira(x, np.stack(references), pooled_variance=meta["token_lira"]["pooled_variance"])
     assert scores["token_lira"].iloc[0] == pytest.approx(expected, abs=1e-4)
     assert scores["token_lira"].notna().all()
+    # weighted_token_lira: the same z, weighed by the cells' weights the attack recorded
+    z, mean, std = token_z(x, np.stack(references), pooled_variance=meta["token_lira"]["pooled_variance"])
+    weights = TokenWeights.from_list(meta["token_lira"]["weights"])
+    assert scores["weighted_token_lira"].iloc[0] == pytest.approx(
+        weighted_token_lira(z, token_cells(mean, std), weights), abs=1e-3)
+    assert scores["weighted_token_lira"].notna().all()
 
 
 def test_shadows_without_token_logprobs_are_refit_without_token_lira_and_recomputed_by_train_shadows(

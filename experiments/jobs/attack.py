@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from attack_models.candidates import CALIBRATION_STATISTIC, TOKEN_LIRA
+from attack_models.candidates import CALIBRATION_STATISTIC, TOKEN_LIRA, WEIGHTED_TOKEN_LIRA
 from experiments.jobs.shadows import FEATURES_DIR, SHADOW_TABLE, load_shadow_table, read_token_logprobs, token_path
 from llm_features.errors import ConfigError, InputDataError, IntegrityError
 from llm_features.io import check_writable_directory, sha256_file
@@ -109,18 +109,20 @@ def load_shadow_tokens(shadows_dir: Path, table: pd.DataFrame) -> ShadowTokens |
 
 def calibrated_training_table(table: pd.DataFrame, *, lira: tuple[str, ...], views: list[str],
                               held_out: int | None = None, tokens: ShadowTokens | None = None) -> pd.DataFrame:
-    """The shadow table with its LiRA columns, ``token_lira`` (with ``tokens``) and the calibrated
+    """The shadow table with its LiRA columns, ``token_lira`` and ``weighted_token_lira`` (with
+    ``tokens``; cross-fitted, :func:`attack_models.token_calibration.weighted_token_lira_rows`) and the calibrated
     view of each feature in ``views`` (:mod:`attack_models.fusion`), leave-one-shadow-out, or
     nested without ``held_out``."""
     from attack_models.fusion import calibrate_shadow_table, table_column
-    from attack_models.token_calibration import token_lira_rows
+    from attack_models.token_calibration import token_lira_rows, weighted_token_lira_rows
 
     if lira:
         table = add_calibrated_columns(table, lira, held_out=held_out)
     if tokens is not None:
-        values = token_lira_rows(tokens.logprobs, tokens.keep, pooled_variance=tokens.pooled_variance,
-                                 held_out=None if held_out is None else tokens.shadows.index(held_out))
-        table = table.assign(**{TOKEN_LIRA: table_column(table, values, tokens.ids, tokens.shadows)})
+        nested = None if held_out is None else tokens.shadows.index(held_out)
+        for column, rows in ((TOKEN_LIRA, token_lira_rows), (WEIGHTED_TOKEN_LIRA, weighted_token_lira_rows)):
+            values = rows(tokens.logprobs, tokens.keep, pooled_variance=tokens.pooled_variance, held_out=nested)
+            table = table.assign(**{column: table_column(table, values, tokens.ids, tokens.shadows)})
     return calibrate_shadow_table(table, views, held_out=held_out) if views else table
 
 
@@ -168,8 +170,9 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     leave-one-shadow-out), so no fold's training rows saw the held-out shadow's labels.
 
     When the shadows' token log-probabilities are recorded (``features/tokens_*.npz``), the
-    calibrated inputs also hold ``token_lira`` (:mod:`attack_models.token_calibration`),
-    leave-one-shadow-out like LiRA.
+    calibrated inputs also hold ``token_lira`` and ``weighted_token_lira``
+    (:mod:`attack_models.token_calibration`), leave-one-shadow-out like LiRA; the token
+    weights learned on all the shadows' rows are recorded for scoring.
 
     ``reference_draws`` (> 0, with calibration): a candidate that every shadow left out is
     scored against that many subsets of the shadows, sized like the training rows'
@@ -178,6 +181,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
     """
     from attack_models import CLASSIFIERS
     from attack_models.attack import fit_attack
+    from attack_models.token_calibration import fit_token_weights
     from shadow.shadows import shadow_dirs
 
     if classifier != "auto" and classifier not in CLASSIFIERS:
@@ -224,7 +228,7 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
             views = [v for v in views if v not in duplicates]
             table = table.drop(columns=[calibrated_column(v) for v in duplicates])
         stds = pooled_out_stds(raw, sorted(set(views) | {CALIBRATION_STATISTIC}))
-        columns = (columns + list(calibrated) + ([TOKEN_LIRA] if tokens is not None else [])
+        columns = (columns + list(calibrated) + ([TOKEN_LIRA, WEIGHTED_TOKEN_LIRA] if tokens is not None else [])
                    + [calibrated_column(c) for c in views])
         if reference_draws:
             counts = out_reference_counts(shadow_matrix(raw, CALIBRATION_STATISTIC)[1])
@@ -248,8 +252,9 @@ def fit_attack_job(*, shadows: str, out: str, classifier: str = "auto", features
         "pooled_out_std": stds,
         "rmia_population": population,
         "matched_references": matched,
-        "token_lira": None if tokens is None else {"pooled_variance": tokens.pooled_variance,
-                                                   "files_sha256": tokens.files_sha256},
+        "token_lira": None if tokens is None else {
+            "pooled_variance": tokens.pooled_variance, "files_sha256": tokens.files_sha256,
+            "weights": fit_token_weights(tokens.logprobs, tokens.keep, pooled_variance=tokens.pooled_variance).to_list()},
         "shadows_dir": str(shadows_dir.resolve()),
         "shadow_table_sha256": sha256_file(shadows_dir / FEATURES_DIR / SHADOW_TABLE),
         "shadow_manifests": shadow_manifests,

@@ -18,11 +18,13 @@ import pandas as pd
 from attack_models.candidates import (
     CALIBRATION_STATISTIC,
     TOKEN_LIRA,
+    WEIGHTED_TOKEN_LIRA,
     ShadowScores,
     TargetTokens,
     calibrated_scores,
     classifier_inputs,
 )
+from attack_models.token_calibration import TokenWeights
 from experiments.jobs.attack import calibrated_inputs, load_fitted_attack, shadow_score_matrix
 from experiments.jobs.common import check_kept_fields, check_output_path, make_neighbours
 from experiments.jobs.shadows import FEATURES_DIR, SHADOW_TABLE, read_token_logprobs, token_path
@@ -41,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 SCORE_COLUMNS = ("n_tokens", "membership_probability", "lira_online", "lira_offline", "rmia_online",
-                 "rmia_offline", "token_lira")
+                 "rmia_offline", "token_lira", "weighted_token_lira")
 
 
 def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | None = None,
@@ -116,9 +118,11 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
         if not calibration_inputs.online and meta.get("rmia_population") and shadow_table is not None:
             population = _rmia_population_scores(meta["rmia_population"], shadow_table, target, settings, cache=cache)
         if meta.get("token_lira") and calibration_inputs.token_logprobs is not None:
+            weights = meta["token_lira"].get("weights")
             target_tokens = TargetTokens(logprobs=[np.asarray(t.token_logprobs, dtype=np.float64)
                                                    for t in target_scores],
-                                         pooled_variance=float(meta["token_lira"]["pooled_variance"]))
+                                         pooled_variance=float(meta["token_lira"]["pooled_variance"]),
+                                         weights=None if weights is None else TokenWeights.from_list(weights))
         table = table.join(calibrated_scores(table, calibration_inputs, stds=meta.get("pooled_out_std"),
                                               population=population, target_tokens=target_tokens))
     unscored = _nothing_to_predict(table, out_path)
@@ -154,7 +158,8 @@ def score_job(*, attack: str, model: str, data: str, out: str, adapter: str | No
 
 #: The score columns of ``shadowmia score``, by the name their metrics have in its summary.
 SCORE_METRICS = {"membership_probability": "attack", "lira_online": "lira_online", "lira_offline": "lira_offline",
-                 "rmia_online": "rmia_online", "rmia_offline": "rmia_offline", TOKEN_LIRA: TOKEN_LIRA}
+                 "rmia_online": "rmia_online", "rmia_offline": "rmia_offline", TOKEN_LIRA: TOKEN_LIRA,
+                 WEIGHTED_TOKEN_LIRA: WEIGHTED_TOKEN_LIRA}
 
 
 def _matched_subsets(meta: dict[str, Any], calibration: "ShadowScores | None") -> list[np.ndarray] | None:

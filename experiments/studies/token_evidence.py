@@ -13,8 +13,10 @@ log-probabilities of 8 shadows hold no evidence that ``token_lira`` leaves unuse
 
 Summaries of z_t (per text): the clipped mean at clips 1, 2, 3 (= ``token_lira``) and 5;
 the 10/50/90% quantiles; the share of tokens with z > 2 and z < -2; the clipped mean within
-five bins of the OUT shadows' mean log-prob (how predictable the token is). Reported: ROC
-AUC and TPR at 1% FPR, the mean over the folds.
+five bins of the OUT shadows' mean log-prob (how predictable the token is); and
+``weighted_token_lira``, whose token weights are learned on the other shadows' rows
+(:func:`attack_models.token_calibration.weighted_token_lira_rows`). Reported: ROC AUC and
+TPR at 1% FPR, the mean over the folds.
 """
 
 from __future__ import annotations
@@ -86,9 +88,12 @@ def study(shadows_dir: Path) -> pd.DataFrame:
     from sklearn.preprocessing import StandardScaler
 
     from attack_models.metrics import roc_auc, tpr_at_fpr
+    from attack_models.token_calibration import pooled_token_variance, weighted_token_lira_rows
 
     X, mask, keep = padded_logprobs(shadows_dir)
     K = keep.shape[0]
+    ragged = [[X[k, i, mask[i]] for i in range(mask.shape[0])] for k in range(K)]
+    ragged_pooled = pooled_token_variance(ragged, keep)
 
     def pooled(excluded: set[int]) -> float:
         weights = (~keep).astype(float)
@@ -107,6 +112,8 @@ def study(shadows_dir: Path) -> pd.DataFrame:
         train = pd.concat([summaries(*z_scores(X, keep, k, {held_out}, fold_pooled), mask).assign(label=keep[k])
                            for k in range(K) if k != held_out])
         predictions = {column: test[column].to_numpy() for column in test.columns}
+        predictions["weighted_token_lira"] = weighted_token_lira_rows(ragged, keep, pooled_variance=ragged_pooled,
+                                                                      held_out=held_out)[held_out]
         for name, model in (("logistic on all summaries", make_pipeline(StandardScaler(),
                                                                         LogisticRegression(max_iter=2000))),
                             ("xgboost on all summaries", xgboost.XGBClassifier(
