@@ -57,6 +57,15 @@ def synthetic(K=6, N=60, seed=0):
     return logprobs, keep, level, spread
 
 
+def shadow_3_changed(logprobs, keep):
+    """The same shadows, but shadow 3's log-probs shifted and its memberships flipped."""
+    changed = [list(texts) for texts in logprobs]
+    changed[3] = [x + 5.0 for x in changed[3]]
+    changed_keep = keep.copy()
+    changed_keep[3] = ~changed_keep[3]
+    return changed, changed_keep
+
+
 def test_token_lira_is_the_slow_formula():
     rng = np.random.default_rng(1)
     for m in (1, 2, 5):
@@ -92,10 +101,7 @@ def test_rows_are_leave_one_shadow_out_and_nested_rows_never_read_the_held_out_s
     flipped[k, i] = ~flipped[k, i]  # a row's own label never enters it
     assert token_lira_rows(logprobs, flipped, pooled_variance=variance)[k, i] == rows[k, i]
     nested = token_lira_rows(logprobs, keep, pooled_variance=variance, held_out=3)
-    changed = [list(texts) for texts in logprobs]
-    changed[3] = [x + 5.0 for x in changed[3]]
-    changed_keep = keep.copy()
-    changed_keep[3] = ~changed_keep[3]
+    changed, changed_keep = shadow_3_changed(logprobs, keep)
     again = token_lira_rows(changed, changed_keep, pooled_variance=variance, held_out=3)
     rest = np.arange(6) != 3
     np.testing.assert_allclose(nested[rest], again[rest])
@@ -189,10 +195,7 @@ def test_weighted_rows_are_cross_fitted_and_never_read_their_own_labels_or_the_h
     assert weighted_token_lira_rows(logprobs, flipped, pooled_variance=variance)[k] == pytest.approx(rows[k])
     # nested: no row but the held-out one reads shadow 3, which is scored as a candidate would be
     nested = weighted_token_lira_rows(logprobs, keep, pooled_variance=variance, held_out=3)
-    changed = [list(texts) for texts in logprobs]
-    changed[3] = [x + 5.0 for x in changed[3]]
-    changed_keep = keep.copy()
-    changed_keep[3] = ~changed_keep[3]
+    changed, changed_keep = shadow_3_changed(logprobs, keep)
     again = weighted_token_lira_rows(changed, changed_keep, pooled_variance=variance, held_out=3)
     assert np.delete(again, 3, axis=0) == pytest.approx(np.delete(nested, 3, axis=0))
     others = [j for j in range(6) if j != 3 and not keep[j, i]]
