@@ -87,7 +87,7 @@ def loss_statistics(table: pd.DataFrame, shadow_scores: ShadowScores) -> tuple[n
 def candidate_token_lira(shadow_scores: ShadowScores, target: TargetTokens) -> pd.DataFrame:
     """``token_lira`` (and ``weighted_token_lira``, with ``target.weights``) of each candidate
     against the shadows of ``shadow_scores`` OUT of it."""
-    from attack_models.token_calibration import CLIP, token_cells, token_z, weighted_token_lira
+    from attack_models.token_calibration import token_cells, token_lira_of_z, token_z, weighted_token_lira
 
     tokens = shadow_scores.token_logprobs
     plain = np.full(len(target.logprobs), np.nan)
@@ -96,7 +96,7 @@ def candidate_token_lira(shadow_scores: ShadowScores, target: TargetTokens) -> p
         out = np.flatnonzero(~shadow_scores.keep[:, i])
         z = token_z(x, np.stack([tokens[k][i] for k in out]), pooled_variance=target.pooled_variance) if len(out) else None
         if z is not None:
-            plain[i] = float(np.clip(z[0], -CLIP, CLIP).mean())
+            plain[i] = token_lira_of_z(z[0])
             if target.weights is not None:
                 weighted[i] = weighted_token_lira(z[0], token_cells(z[1], z[2]), target.weights)
     columns = {TOKEN_LIRA: plain}

@@ -53,7 +53,7 @@ import numpy as np
 from llm_features.errors import InputDataError
 
 __all__ = ["CLIP", "PRIOR_WEIGHT", "TokenWeights", "fit_token_weights", "pooled_token_variance", "token_cells",
-           "token_lira", "token_lira_rows", "token_z", "weighted_token_lira", "weighted_token_lira_rows"]
+           "token_lira", "token_lira_of_z", "token_lira_rows", "token_z", "weighted_token_lira", "weighted_token_lira_rows"]
 
 #: Weight of the pooled variance in each token's variance, in pseudo-observations.
 PRIOR_WEIGHT = 4.0
@@ -116,7 +116,12 @@ def token_lira(target: np.ndarray, references: np.ndarray, *, pooled_variance: f
     ``references[m, n]`` under the m OUT shadows (the formula in the module docstring).
     NaN with no token or no reference."""
     z = token_z(target, references, pooled_variance=pooled_variance, prior_weight=prior_weight)
-    return float("nan") if z is None else float(np.clip(z[0], -clip, clip).mean())
+    return float("nan") if z is None else token_lira_of_z(z[0], clip=clip)
+
+
+def token_lira_of_z(z: np.ndarray, *, clip: float = CLIP) -> float:
+    """``mean_t clip(z_t, -clip, clip)``: ``token_lira`` of a text's token z-scores."""
+    return float(np.clip(z, -clip, clip).mean())
 
 
 def token_lira_rows(logprobs: Ragged, keep: np.ndarray, *, pooled_variance: float,
@@ -151,10 +156,11 @@ MOMENT_CLIP = 4.0
 
 
 def token_cells(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """The cell of each token of a text (0 .. N_CELLS - 1), from the OUT shadows' ``mean`` and
-    ``std`` of its log-prob and its position (the index)."""
+    """The cell of each token (0 .. N_CELLS - 1), from the OUT shadows' ``mean`` and ``std``
+    of its log-prob and its position (the index along the last axis: one text, or a block
+    of texts padded to a common length)."""
     mean, std = np.asarray(mean), np.asarray(std)
-    position = np.digitize(np.arange(mean.size), POSITION_EDGES)
+    position = np.digitize(np.arange(mean.shape[-1]), POSITION_EDGES)  # the last axis is the token's index
     return ((np.digitize(mean, MEAN_EDGES) * (len(STD_EDGES) + 1) + np.digitize(std, STD_EDGES))
             * (len(POSITION_EDGES) + 1) + position)
 
@@ -214,18 +220,12 @@ def _blocks(logprobs: Ragged, K: int, N: int):
     """Yield ``(texts, X[K, b, T], mask[b, T])``: blocks of texts, zero-padded to their longest."""
     for start in range(0, N, BLOCK_TEXTS):
         texts = range(start, min(N, start + BLOCK_TEXTS))
-        lengths = []
-        for i in texts:
-            sizes = {len(logprobs[k][i]) for k in range(K)}
-            if len(sizes) > 1:
-                raise InputDataError(f"text {i}: the shadows scored different numbers of tokens ({sorted(sizes)}); "
-                                     "were they scored with another tokenizer or max_tokens?")
-            lengths.append(sizes.pop())
-        mask = np.arange(max(lengths, default=0))[None, :] < np.array(lengths)[:, None]
+        stacked = [_stack(logprobs, range(K), i) for i in texts]  # [K, n_i] each, lengths checked
+        lengths = np.array([values.shape[1] for values in stacked])
+        mask = np.arange(lengths.max(initial=0))[None, :] < lengths[:, None]
         X = np.zeros((K, *mask.shape))
-        for k in range(K):
-            for row, i in enumerate(texts):
-                X[k, row, : lengths[row]] = logprobs[k][i]
+        for row, values in enumerate(stacked):
+            X[:, row, : values.shape[1]] = values
         yield texts, X, mask
 
 
@@ -241,9 +241,7 @@ def _block_z(X: np.ndarray, keep: np.ndarray, row: int, excluded: set[int],
     sample = np.where(m > 1, (w * (X - mean) ** 2).sum(axis=0) / np.maximum(m - 1, 1), 0.0)
     variance = ((m - 1) * sample + PRIOR_WEIGHT * pooled_variance) / (m - 1 + PRIOR_WEIGHT)
     z = (X[row] - mean) / np.sqrt(np.maximum(variance, 1e-12))
-    cells = ((np.digitize(mean, MEAN_EDGES) * (len(STD_EDGES) + 1) + np.digitize(np.sqrt(sample), STD_EDGES))
-             * (len(POSITION_EDGES) + 1) + np.digitize(np.arange(X.shape[2]), POSITION_EDGES)[None, :])
-    return z, cells, m[:, 0] > 0
+    return z, token_cells(mean, np.sqrt(sample)), m[:, 0] > 0
 
 
 def fit_token_weights(logprobs: Ragged, keep: np.ndarray, *, pooled_variance: float,
