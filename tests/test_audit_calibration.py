@@ -15,12 +15,13 @@ from experiments.studies.audit import (
     calibration_epsilon,
     calibration_seed,
     canary_records,
+    reference_seed,
     choose_statistic,
     select_statistic,
     statistic_criteria,
 )
 from experiments.studies.config import load_config
-from llm_features.errors import InputDataError
+from llm_features.errors import ConfigError, InputDataError
 from tests.tiny import audit_config
 
 CONFIG = """
@@ -166,3 +167,58 @@ def test_a_fixed_statistic_trains_no_calibration_target(config_file, tmp_path):
     assert not (out / "targets" / "calibration").exists()
     assert not (out / "data" / "calibration_canaries.jsonl").exists()
     assert "chosen before the audit" not in (out / "report" / "audit.md").read_text()
+
+
+def test_reference_seed_is_a_third_independent_draw():
+    assert reference_seed(3) == int(np.random.SeedSequence(3).spawn(2)[1].generate_state(1)[0])
+    assert len({reference_seed(3), calibration_seed(3), 3}) == 3 and reference_seed(3) != reference_seed(4)
+
+
+def test_an_unknown_reference_is_a_config_error(config_file, tmp_path):
+    text = config_file.read_text().replace("[audit]\n", "[audit]\nreference = \"shadow\"\n")
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="reference='shadow' must be one of 'base', 'other-canaries'"):
+        load_config(path)
+
+
+def test_other_canaries_reference_compares_each_target_with_a_fine_tune_on_a_third_draw(config_file, tmp_path):
+    """``audit.reference = "other-canaries"``: the reference-based features of the calibration and the audited
+    targets are computed against ``targets/reference_eps_inf``, a fine-tune on canaries that neither saw."""
+    from llm_features.features import mean_nll
+    from llm_features.models import load_model
+    from llm_features.scoring import score_texts
+
+    out = tmp_path / "audit"
+    assert main(["run", str(config_file), "--out", str(out), "--set", 'audit.reference="other-canaries"']) == 0
+    report = json.loads((out / "report" / "audit.json").read_text())
+    reference = report["setting"]["reference"]
+    assert reference["model"] == "other-canaries" and reference["canary_seed"] == reference_seed(3)
+    assert reference["canaries"] == 48 and reference["shared_with_audited_canaries"] == 0
+    assert reference["epsilon_theory"] == {"eps_inf": "inf"}
+    assert (out / "targets" / "reference_eps_inf" / "manifest.json").is_file()
+
+    def read(name):
+        return [json.loads(line) for line in (out / "data" / name).read_text().splitlines()]
+
+    drawn = {name: [r["text"] for r in read(f"{name}_canaries.jsonl")] for name in ("reference", "calibration")}
+    audited = [r["text"] for r in read("canaries.jsonl")]
+    assert set(drawn["reference"]).isdisjoint(audited) and set(drawn["reference"]).isdisjoint(drawn["calibration"])
+    assert sum(r["label"] for r in read("reference_canaries.jsonl")) == reference["included"]
+    assert "fine-tune with the same recipe at the same epsilon" in (out / "report" / "audit.md").read_text()
+
+    # the `reference` feature is NLL_reference - NLL_target with the reference fine-tune, not the base model
+    max_tokens = 48
+    base_path = load_config(config_file).base_model
+    for target, texts in (("eps_inf", audited), ("calibration", drawn["calibration"])):
+        scores = pd.read_csv(out / "targets" / f"{target}_scores.csv")
+        under = {}
+        for name in (target, "reference_eps_inf"):
+            model = load_model(base_path, adapter=out / "targets" / name)
+            under[name] = score_texts(model.model, model.tokenizer, texts, max_tokens=max_tokens)
+        expected = [mean_nll(r) - mean_nll(t) for t, r in zip(under[target], under["reference_eps_inf"])]
+        np.testing.assert_allclose(scores["reference"], expected, atol=1e-9)
+        base = load_model(base_path)
+        against_base = [mean_nll(r) - mean_nll(t) for t, r in
+                        zip(under[target], score_texts(base.model, base.tokenizer, texts, max_tokens=max_tokens))]
+        assert np.abs(np.asarray(against_base) - scores["reference"]).max() > 0.1

@@ -22,7 +22,12 @@ Run"), one training run per epsilon:
    ties to the earlier feature. The audited canaries and their coins are never read for
    the choice, so the bounds stay valid. (The shadow classifier is not a candidate: it
    needs shadow fine-tunes, each as costly as a target, which the audit does not train.)
-   The calibration target is trained once and reused on a rerun (``targets/calibration``);
+   The calibration target is trained once and reused on a rerun (``targets/calibration``).
+   The features that compare the target with a reference model (``reference``,
+   ``suffix_ratio``, ``error_zone``) use the base model, or with ``audit.reference =
+   "other-canaries"`` a fine-tune per epsilon with the target's recipe on a third canary
+   draw (:func:`reference_seed`, ``targets/reference_eps_*``), which never saw the audited or
+   the calibration canaries;
 4. epsilon lower bounds from the scores and the inclusion labels
    (:mod:`attack_models.privacy_bounds`): the one-run bound, valid for one training run with
    many canaries; the f-DP one-run bound (Mahloujifar, Melis & Chaudhuri 2025) on the same
@@ -101,6 +106,24 @@ def calibration_seed(canary_seed: int) -> int:
     coin flips share nothing with the audited ones drawn from ``canary_seed``.
     """
     return int(np.random.SeedSequence(canary_seed).spawn(1)[0].generate_state(1)[0])
+
+
+def reference_seed(canary_seed: int) -> int:
+    """The seed of the reference models' canaries and coins (``audit.reference =
+    "other-canaries"``): the second child of ``numpy.random.SeedSequence(canary_seed)``, as a
+    32-bit integer; independent of the audited draw (``canary_seed``) and of the calibration
+    one (the first child, :func:`calibration_seed`).
+
+    Why a reference fine-tuned on other canaries: whatever every canary shares (the records'
+    format, the random tokens of the secrets, the odd final tokens) the target learns from
+    all the included ones, members or not of the audited set; against the base model that
+    shared lift dwarfs one canary's own. A model trained with the same recipe, at the same
+    epsilon, on other canaries of the same design and the same fillers learns the shared
+    part and none of the audited canaries, so the target-over-reference ratio keeps each
+    canary's own evidence (the offline reference model of LiRA, Carlini et al. 2022, one
+    model per epsilon). It is independent of the audited coins, so the bounds stay valid.
+    """
+    return int(np.random.SeedSequence(canary_seed).spawn(2)[1].generate_state(1)[0])
 
 
 def calibration_epsilon(epsilons: tuple[float, ...]) -> float:
@@ -246,13 +269,14 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
         return canaries, included, fillers, training_texts(canaries, included, fillers, config.audit.canary_repeats)
 
     def train_and_score(name: str, epsilon: float, training: list[str], canaries: list[str], included: np.ndarray,
-                        scores_of_base: list[Any]) -> tuple[pd.DataFrame, float]:
-        """Train (or reuse) the target ``targets/NAME`` at ``epsilon``, score ``canaries`` with every feature."""
+                        reference_scores: list[Any]) -> tuple[pd.DataFrame, float]:
+        """Train (or reuse) the target ``targets/NAME`` at ``epsilon``, score ``canaries`` with every feature
+        (``reference_scores``: the canaries' scores under the reference model)."""
         directory = out / "targets" / name
         train_target(config.base_model, training, directory, target_training(config, epsilon))
         target = load_model(config.base_model, adapter=directory)
-        table = extract_features(target, texts_from_list(canaries, label=[int(k) for k in included]), requests, reference_scores=scores_of_base,
-                                 max_tokens=config.target.max_tokens)
+        table = extract_features(target, texts_from_list(canaries, label=[int(k) for k in included]), requests,
+                                 reference_scores=reference_scores, max_tokens=config.target.max_tokens)
         del target
         with atomic_path(directory.parent / f"{name}_scores.csv") as tmp:
             table.to_csv(tmp, index=False)
@@ -261,6 +285,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     out = Path(out)
     audit = config.audit
     auto = audit.statistic == "auto"
+    other_canaries = audit.reference == "other-canaries"
     needs_base = DESIGN_NEEDS[audit.canary_design] is not None
     if not needs_base:  # settings errors (too few fillers) before the run directory is claimed
         canaries, included, fillers, training = canaries_and_training(None)
@@ -282,18 +307,46 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
             cal_canaries, cal_included, cal_fillers, cal_training = canaries_and_training(
                 base, seed=seed, exclude=frozenset(canaries))
             write_text_atomic(out / "data" / "calibration_canaries.jsonl", canaries_jsonl(cal_canaries, cal_included))
-            cal_base_scores = score_texts(base.model, base.tokenizer, cal_canaries, max_tokens=max_tokens,
-                                          description="calibration canaries, base model")
-        base_scores = score_texts(base.model, base.tokenizer, canaries, max_tokens=max_tokens,
-                                  description="canaries, base model")
+        if other_canaries:  # the reference models' draw avoids the audited and the calibration canaries
+            ref_seed = reference_seed(audit.canary_seed)
+            ref_canaries, ref_included, _, ref_training = canaries_and_training(
+                base, seed=ref_seed, exclude=frozenset(canaries) | frozenset(cal_canaries if auto else ()))
+            write_text_atomic(out / "data" / "reference_canaries.jsonl", canaries_jsonl(ref_canaries, ref_included))
+            reference = {"model": "other-canaries", "canary_seed": ref_seed, "canaries": len(ref_canaries),
+                         "included": int(ref_included.sum()),
+                         "shared_with_audited_canaries": len(set(ref_canaries) & set(canaries)), "epsilon_theory": {}}
+        else:
+            reference = {"model": "base"}
+            base_scores = {"audited": score_texts(base.model, base.tokenizer, canaries, max_tokens=max_tokens,
+                                                  description="canaries, base model")}
+            if auto:
+                base_scores["calibration"] = score_texts(base.model, base.tokenizer, cal_canaries,
+                                                         max_tokens=max_tokens,
+                                                         description="calibration canaries, base model")
         del base
+
+        def reference_scores(epsilon: float, which: str) -> list[Any]:
+            """The scores of the ``which`` canaries (``"audited"`` or ``"calibration"``) under the reference
+            model of the target at ``epsilon``: the base model, or the reference fine-tune at that epsilon
+            (``targets/reference_eps_*``, trained on the reference draw, or reused when it verifies)."""
+            if not other_canaries:
+                return base_scores[which]
+            directory = out / "targets" / f"{REFERENCE}_{epsilon_label(epsilon)}"
+            logger.info("reference model (epsilon %s): %d canaries of seed %d, %d included", epsilon,
+                        len(ref_canaries), ref_seed, int(ref_included.sum()))
+            train_target(config.base_model, ref_training, directory, target_training(config, epsilon))
+            reference["epsilon_theory"][epsilon_label(epsilon)] = epsilon_theory(read_manifest(directory))
+            model = load_model(config.base_model, adapter=directory)
+            return score_texts(model.model, model.tokenizer, cal_canaries if which == "calibration" else canaries,
+                               max_tokens=max_tokens, description=f"{which} canaries, {directory.name}")
+
         if auto:
             stage = time.perf_counter()
             epsilon = calibration_epsilon(audit.epsilons)
             logger.info("calibration target (epsilon %s): %d canaries of seed %d, %d included, %d fillers",
                         epsilon, len(cal_canaries), seed, int(cal_included.sum()), len(cal_fillers))
             table, theory = train_and_score(CALIBRATION, epsilon, cal_training, cal_canaries, cal_included,
-                                           cal_base_scores)
+                                           reference_scores(epsilon, "calibration"))
             choice = choose_statistic(cal_included.astype(int), table, [r.column for r in requests],
                                       confidence=audit.confidence, seed=config.seed)
             choice["calibration"] = {
@@ -310,7 +363,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
         for epsilon in audit.epsilons:
             stage = time.perf_counter()
             table, per_record = train_and_score(epsilon_label(epsilon), epsilon, training, canaries, included,
-                                                 base_scores)
+                                                 reference_scores(epsilon, "audited"))
             scores = table[statistic].to_numpy(dtype=np.float64)
             per_canary, canary_delta = group_privacy(per_record, audit.delta, audit.canary_repeats)
             rows.append({
@@ -330,7 +383,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                         bounds["f-dp"]["epsilon_lb"], bounds["f-dp"]["mu_lb"], bounds["classic"]["epsilon_lb"])
         report = {
             "setting": {"name": config.name, "base_model": config.base_model, "statistic": statistic,
-                        "statistic_choice": choice,
+                        "statistic_choice": choice, "reference": reference,
                         "canaries": len(canaries), "canary_design": audit.canary_design,
                         "canary_tokens": (audit.canary_tokens if audit.canary_design in ("random-tokens", "secret-suffix")
                                           else None),
@@ -352,6 +405,9 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
 
 CALIBRATION = "calibration"
 """The calibration target's name: ``targets/calibration`` and ``targets/calibration_scores.csv``."""
+
+REFERENCE = "reference"
+"""The reference models' name prefix (``audit.reference = "other-canaries"``): ``targets/reference_eps_inf``, ..."""
 
 CRITERION = "mu_lb"
 """What ``"auto"`` maximises over the features on the calibration canaries (:func:`statistic_criteria`)."""
@@ -444,12 +500,27 @@ def audit_markdown(report: dict[str, Any]) -> str:
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) and not math.isinf(v) else
                                         ("inf (no DP)" if isinstance(v, float) else str(v)) for v in row) + " |")
+    lines += reference_markdown(setting.get("reference"))
     lines += choice_markdown(setting.get("statistic_choice"))
     notes = [f"- {label(row)}: {method} note: {bound['note']}" for row in report["targets"]
              for method, bound in row["bounds"].items() if bound.get("note")]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def reference_markdown(reference: dict[str, Any] | None) -> list[str]:
+    """Which model the reference-based features compare each target with, as Markdown lines (nothing
+    for the base model, or a report written before ``audit.reference`` existed)."""
+    if not reference or reference.get("model") != "other-canaries":
+        return []
+    theory = ", ".join(f"{name} {'inf (no DP)' if value in ('inf', math.inf) else f'{value:.3g}'}"
+                       for name, value in reference["epsilon_theory"].items())
+    return ["", f"The reference model of each target (for `reference`, `suffix_ratio`, `error_zone`, ...) is "
+                f"not the base model but a fine-tune with the same recipe at the same epsilon on "
+                f"{reference['canaries']} other canaries of the same design (seed {reference['canary_seed']}, "
+                f"{reference['included']} included by their own coins) and the same fillers: it learns what all "
+                f"canaries share and none of the audited ones (accountant's epsilon: {theory})."]
 
 
 def choice_markdown(choice: dict[str, Any] | None) -> list[str]:

@@ -401,6 +401,10 @@ class ExperimentConfig:
         return dataclasses.replace(self.features, neighbour_seed=self.seed)
 
 
+AUDIT_REFERENCES = ("base", "other-canaries")
+"""The reference models an audit can compare its targets with (``AuditConfig.reference``)."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AuditConfig:
     """The ``[audit]`` section of a privacy-audit experiment (:mod:`experiments.studies.audit`).
@@ -437,6 +441,13 @@ class AuditConfig:
         features: the features reported beside it (their AUCs), and the candidates of
             ``"auto"``, e.g. ``"loss,min_k_plus_plus"``; ties under ``"auto"`` go to the
             earlier one.
+        reference: the reference model of the features that compare the target with one
+            (``reference``, ``suffix_ratio``, ``error_zone``, ...): ``"base"`` (the base
+            model; the default) or ``"other-canaries"``: for each epsilon, a fine-tune with
+            the target's recipe at that epsilon on another canary draw (its own coins) and
+            the same fillers, which learns whatever all canaries share (their format, their
+            random tokens) but none of the audited or calibration canaries
+            (:func:`experiments.studies.audit.reference_seed`).
     """
 
     canaries: int = 512
@@ -451,6 +462,7 @@ class AuditConfig:
     confidence: float = 0.95
     statistic: str = "auto"
     features: str = "reference,suffix_ratio,loss,min_k_plus_plus,zlib_ratio,error_zone"
+    reference: str = "base"
 
     def __post_init__(self) -> None:
         from experiments.data.canaries import CANARY_DESIGNS
@@ -463,6 +475,9 @@ class AuditConfig:
         _check_int("canary_tokens", self.canary_tokens, 1, 100_000)
         _check_int("canary_prefix_tokens", self.canary_prefix_tokens, 1, 100_000)
         _check_int("canary_repeats", self.canary_repeats, 1, 10_000)
+        if self.reference not in AUDIT_REFERENCES:
+            raise ConfigError(f"reference={self.reference!r} must be one of {', '.join(map(repr, AUDIT_REFERENCES))}, "
+                              "e.g. reference = \"other-canaries\"")
         _check_int("canary_seed", self.canary_seed, 0, _MAX_SEED)
         _check_int("fillers", self.fillers, 0, 100_000_000)
         numbers = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in self.epsilons)
