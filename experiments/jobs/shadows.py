@@ -40,11 +40,20 @@ import pandas as pd
 from experiments.jobs.common import check_kept_fields, make_neighbours, write_parquet_atomic
 from llm_features.cache import ModelSpec, default_score_cache, score_texts_cached
 from llm_features.errors import ConfigError, InputDataError, IntegrityError
-from llm_features.extract import compute_features, needs_of, score_neighbours
+from llm_features.extract import (
+    DEFAULT_CHUNK_SIZE,
+    StatisticsKernels,
+    compute_features,
+    count_tokens,
+    job_kernel,
+    needs_of,
+    score_neighbours,
+    text_chunks,
+)
 from llm_features.io import atomic_path, check_writable_directory, sha256_file, write_json_atomic
 from llm_features.registry import parse_features
 from llm_features.settings import FeatureSettings
-from llm_features.texts import TextSet, load_texts
+from llm_features.texts import TextSet, load_texts, texts_from_list
 from shadow.ray_backend import RayOptions, ray_options
 from shadow.shadows import (
     AdapterFiles,
@@ -101,6 +110,8 @@ class FeatureContext:
     dtype: str
     reference_scores: list[TokenScores] | None
     neighbour_texts: list[list[str]] | None
+    kernels: StatisticsKernels = StatisticsKernels()
+    chunk_size: int = DEFAULT_CHUNK_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,18 +206,33 @@ def _feature_context(features_dir: Path, pool: TextSet, base_model: LoadedModel,
                      settings: FeatureSettings, requests: list[Any], dtype: str, device: str,
                      needed: bool) -> FeatureContext:
     """The base model's reference scores and the neighbour texts (once, here, when some shadow
-    still needs features and its features need them) with everything else the tasks share."""
+    still needs features and its features need them) with everything else the tasks share.
+
+    The shadows score the pool a chunk at a time (:func:`featurize_shadow`); the statistics
+    kernel of each pass is chosen here for the whole pool, as one call over it would choose
+    (:func:`~llm_features.extract.job_kernel`; a shadow has the base model's vocabulary), so
+    the chunks give the numbers and the score-cache keys of a one-call pass."""
     needs = needs_of(requests) if needed else set()
     reference_scores = neighbour_texts = None
     if "reference" in needs:
         reference_scores = score_texts_cached(base_model, pool.texts, cache=default_score_cache(),
                                               batch_size=settings.batch_size, max_tokens=settings.max_tokens,
                                               description="scoring base (reference)")
+    kernels = StatisticsKernels()
+    if needed:
+        n_tokens = count_tokens(base_model.tokenizer, pool, max_tokens=settings.max_tokens,
+                                chunk_size=DEFAULT_CHUNK_SIZE)
+        kernels = StatisticsKernels(target=job_kernel(base_model, n_tokens))
     if "neighbours" in needs:
         neighbour_texts = cached_neighbours(features_dir, pool, generator=base_model, settings=settings,
                                             device=device)
+        flat = texts_from_list([n for group in neighbour_texts for n in group]) if any(neighbour_texts) else None
+        n_neighbour_tokens = 0 if flat is None else count_tokens(base_model.tokenizer, flat,
+                                                                 max_tokens=settings.max_tokens,
+                                                                 chunk_size=DEFAULT_CHUNK_SIZE)
+        kernels = dataclasses.replace(kernels, neighbours=job_kernel(base_model, n_neighbour_tokens))
     return FeatureContext(train=train, pool=pool, requests=requests, settings=settings, dtype=dtype,
-                          reference_scores=reference_scores, neighbour_texts=neighbour_texts)
+                          reference_scores=reference_scores, neighbour_texts=neighbour_texts, kernels=kernels)
 
 
 def run_shadow(task: ShadowTask, context: FeatureContext) -> ShadowResult:
@@ -228,21 +254,40 @@ def run_shadow(task: ShadowTask, context: FeatureContext) -> ShadowResult:
 
 def featurize_shadow(adapter_dir: Path, context: FeatureContext) -> tuple[pd.DataFrame, list[np.ndarray]]:
     """The feature rows and token log-probabilities of every pool text under the shadow whose
-    adapter is ``adapter_dir``."""
+    adapter is ``adapter_dir``.
+
+    The pool is scored ``context.chunk_size`` texts at a time: a chunk's per-position arrays
+    (vocabulary mean, standard deviation, ranks) are dropped once its rows are computed, and
+    only the rows and the float32 token log-probabilities (for ``token_lira``) are kept, so a
+    shadow task holds one chunk's scores, not the pool's. Each chunk's pass uses the whole
+    pool's statistics kernel (``context.kernels``), so the rows equal a one-pass run's. The
+    base model's reference scores of the pool (``context.reference_scores``) are shared by all
+    tasks and held whole. A shadow whose scores are all in the score cache is never loaded;
+    one that is not is loaded once per chunk (a second or two against minutes of scoring).
+    """
     settings = context.settings
     spec = ModelSpec(context.train.base_spec, adapter=str(adapter_dir), dtype=context.dtype,
                      device=context.train.device)
     shadow = spec.load() if context.neighbour_texts is not None else spec  # loaded: it scores the neighbours too
-    target_scores = score_texts_cached(shadow, context.pool.texts, cache=default_score_cache(),
-                                       batch_size=settings.batch_size, max_tokens=settings.max_tokens,
-                                       description=f"scoring {adapter_dir.name}", progress=context.train.progress)
-    neighbour_scores = None
-    if context.neighbour_texts is not None:
-        neighbour_scores = score_neighbours(shadow.model, shadow.tokenizer, context.neighbour_texts,
-                                            batch_size=settings.batch_size, max_tokens=settings.max_tokens)
-    table = compute_features(context.pool, context.requests, target_scores, reference_scores=context.reference_scores,
-                             neighbour_scores=neighbour_scores)
-    return table.drop(columns=[c for c in ("label",) if c in table.columns]), [s.token_logprobs for s in target_scores]
+    tables, token_logprobs = [], []
+    for index, chunk in enumerate(text_chunks(context.pool, context.chunk_size)):
+        start, stop = index * context.chunk_size, index * context.chunk_size + len(chunk)
+        target_scores = score_texts_cached(shadow, chunk.texts, cache=default_score_cache(),
+                                           batch_size=settings.batch_size, max_tokens=settings.max_tokens,
+                                           description=f"scoring {adapter_dir.name}", progress=context.train.progress,
+                                           compile_statistics=context.kernels.target)
+        neighbour_scores = None
+        if context.neighbour_texts is not None:
+            neighbour_scores = score_neighbours(shadow.model, shadow.tokenizer, context.neighbour_texts[start:stop],
+                                                batch_size=settings.batch_size, max_tokens=settings.max_tokens,
+                                                compile_statistics=context.kernels.neighbours)
+        reference = None if context.reference_scores is None else context.reference_scores[start:stop]
+        tables.append(compute_features(chunk, context.requests, target_scores, reference_scores=reference,
+                                       neighbour_scores=neighbour_scores))
+        token_logprobs += [np.asarray(s.token_logprobs, dtype=np.float32) for s in target_scores]
+        del target_scores, neighbour_scores
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    return table.drop(columns=[c for c in ("label",) if c in table.columns]), token_logprobs
 
 
 def _maybe_killed_for_test(k: int) -> None:
