@@ -15,8 +15,8 @@ from experiments.studies.audit import (
     calibration_epsilon,
     calibration_seed,
     canary_records,
-    reference_seed,
     choose_statistic,
+    reference_seed,
     select_statistic,
     statistic_criteria,
 )
