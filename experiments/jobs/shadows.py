@@ -52,8 +52,9 @@ from llm_features.extract import (
 )
 from llm_features.io import atomic_path, check_writable_directory, sha256_file, write_json_atomic
 from llm_features.registry import parse_features
+from llm_features.scoring import tokenize
 from llm_features.settings import FeatureSettings
-from llm_features.texts import TextSet, load_texts, texts_from_list
+from llm_features.texts import TextSet, load_texts
 from shadow.ray_backend import RayOptions, ray_options
 from shadow.shadows import (
     AdapterFiles,
@@ -226,10 +227,8 @@ def _feature_context(features_dir: Path, pool: TextSet, base_model: LoadedModel,
     if "neighbours" in needs:
         neighbour_texts = cached_neighbours(features_dir, pool, generator=base_model, settings=settings,
                                             device=device)
-        flat = texts_from_list([n for group in neighbour_texts for n in group]) if any(neighbour_texts) else None
-        n_neighbour_tokens = 0 if flat is None else count_tokens(base_model.tokenizer, flat,
-                                                                 max_tokens=settings.max_tokens,
-                                                                 chunk_size=DEFAULT_CHUNK_SIZE)
+        flat = [n for group in neighbour_texts for n in group]
+        n_neighbour_tokens = sum(map(len, tokenize(base_model.tokenizer, flat, max_tokens=settings.max_tokens)[0]))
         kernels = dataclasses.replace(kernels, neighbours=job_kernel(base_model, n_neighbour_tokens))
     return FeatureContext(train=train, pool=pool, requests=requests, settings=settings, dtype=dtype,
                           reference_scores=reference_scores, neighbour_texts=neighbour_texts, kernels=kernels)
@@ -262,13 +261,15 @@ def featurize_shadow(adapter_dir: Path, context: FeatureContext) -> tuple[pd.Dat
     shadow task holds one chunk's scores, not the pool's. Each chunk's pass uses the whole
     pool's statistics kernel (``context.kernels``), so the rows equal a one-pass run's. The
     base model's reference scores of the pool (``context.reference_scores``) are shared by all
-    tasks and held whole. A shadow whose scores are all in the score cache is never loaded;
-    one that is not is loaded once per chunk (a second or two against minutes of scoring).
+    tasks and held whole. A shadow of a one-chunk pool whose scores are all in the score
+    cache is never loaded; otherwise it is loaded once, here.
     """
     settings = context.settings
     spec = ModelSpec(context.train.base_spec, adapter=str(adapter_dir), dtype=context.dtype,
                      device=context.train.device)
-    shadow = spec.load() if context.neighbour_texts is not None else spec  # loaded: it scores the neighbours too
+    one_chunk = len(context.pool) <= context.chunk_size
+    # loaded once when it scores the neighbours too or several chunks (a ModelSpec would load per chunk)
+    shadow = spec if one_chunk and context.neighbour_texts is None else spec.load()
     tables, token_logprobs = [], []
     for index, chunk in enumerate(text_chunks(context.pool, context.chunk_size)):
         start, stop = index * context.chunk_size, index * context.chunk_size + len(chunk)

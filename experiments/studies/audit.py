@@ -325,20 +325,31 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                                                          description="calibration canaries, base model")
         del base
 
+        reference_passes: dict[float, dict[str, list[Any]]] = {}
+
         def reference_scores(epsilon: float, which: str) -> list[Any]:
             """The scores of the ``which`` canaries (``"audited"`` or ``"calibration"``) under the reference
             model of the target at ``epsilon``: the base model, or the reference fine-tune at that epsilon
-            (``targets/reference_eps_*``, trained on the reference draw, or reused when it verifies)."""
+            (``targets/reference_eps_*``, trained on the reference draw, or reused when it verifies), loaded
+            once per epsilon for every canary set it scores (the calibration set only at its epsilon)."""
             if not other_canaries:
                 return base_scores[which]
-            directory = out / "targets" / f"{REFERENCE}_{epsilon_label(epsilon)}"
-            logger.info("reference model (epsilon %s): %d canaries of seed %d, %d included", epsilon,
-                        len(ref_canaries), ref_seed, int(ref_included.sum()))
-            train_target(config.base_model, ref_training, directory, target_training(config, epsilon))
-            reference["epsilon_theory"][epsilon_label(epsilon)] = epsilon_theory(read_manifest(directory))
-            model = load_model(config.base_model, adapter=directory)
-            return score_texts(model.model, model.tokenizer, cal_canaries if which == "calibration" else canaries,
-                               max_tokens=max_tokens, description=f"{which} canaries, {directory.name}")
+            if epsilon not in reference_passes:
+                directory = out / "targets" / f"{REFERENCE}_{epsilon_label(epsilon)}"
+                logger.info("reference model (epsilon %s): %d canaries of seed %d, %d included", epsilon,
+                            len(ref_canaries), ref_seed, int(ref_included.sum()))
+                train_target(config.base_model, ref_training, directory, target_training(config, epsilon))
+                reference["epsilon_theory"][epsilon_label(epsilon)] = epsilon_theory(read_manifest(directory))
+                model = load_model(config.base_model, adapter=directory)
+                sets = {"audited": canaries}
+                if auto and epsilon == calibration_epsilon(audit.epsilons):
+                    sets["calibration"] = cal_canaries
+                reference_passes[epsilon] = {
+                    name: score_texts(model.model, model.tokenizer, texts, max_tokens=max_tokens,
+                                      description=f"{name} canaries, {directory.name}")
+                    for name, texts in sets.items()}
+                del model
+            return reference_passes[epsilon][which]
 
         if auto:
             stage = time.perf_counter()
