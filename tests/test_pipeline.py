@@ -13,7 +13,7 @@ from experiments.cli import main
 from experiments.jobs.attack import fit_attack_job
 from experiments.jobs.score import score_job
 from experiments.jobs.shadows import train_shadows_job
-from llm_features.errors import ConfigError, IncompatibleArtifactError, IntegrityError
+from llm_features.errors import ConfigError, IncompatibleArtifactError, InputDataError, IntegrityError
 from llm_features.settings import FeatureSettings
 from shadow.finetune import FinetuneConfig, finetune
 from shadow.membership import load_membership
@@ -401,3 +401,27 @@ def test_token_evidence_study_agrees_with_token_lira(experiment):
     table = study(shadows)
     assert {"clipped_mean_3", "xgboost on all summaries"} <= set(table["summary"])
     assert table["auc"].between(0, 1).all()
+
+
+def test_token_evidence_study_adds_calibrated_views(experiment):
+    """--features: the held-out shadow's calibrated views are the attack's leave-one-shadow-out
+    ones, the other rows are calibrated without it, and an unknown column is a clear error."""
+    from attack_models.fusion import calibrate_shadow_table
+    from experiments.jobs.shadows import load_shadow_table
+    from experiments.studies.token_evidence import calibrated_views, study
+    from shadow.membership import load_membership
+
+    shadows = experiment["root"] / "shadows"
+    ids = load_membership(shadows)[1]
+    table = load_shadow_table(shadows)[0]
+    views = calibrated_views(shadows, ["loss"], ids, held_out=2)
+    n = len(ids)
+    loso = calibrate_shadow_table(table, ["loss"]).set_index(["shadow", "id"])["cal_loss"]
+    nested = calibrate_shadow_table(table, ["loss"], held_out=2).set_index(["shadow", "id"])["cal_loss"]
+    np.testing.assert_allclose(views["cal_loss"][2 * n:3 * n], loso.loc[2].loc[ids].to_numpy())
+    np.testing.assert_allclose(views["cal_loss"][:n], nested.loc[0].loc[ids].to_numpy())
+    assert not np.allclose(views["cal_loss"][:n], loso.loc[0].loc[ids].to_numpy())
+    result = study(shadows, ["loss"])
+    assert {"cal_loss", "logistic on clipped_mean_3 + views", "xgboost on all summaries + views"} <= set(result["summary"])
+    with pytest.raises(InputDataError, match="--features nope: not a column of"):
+        calibrated_views(shadows, ["nope"], ids, held_out=0)

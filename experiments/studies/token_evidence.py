@@ -10,6 +10,12 @@ classifier would have the inputs to beat it on a target; if none does, the token
 log-probabilities of 8 shadows hold no evidence that ``token_lira`` leaves unused.
 
     python -m experiments.studies.token_evidence runs/arxiv-hard
+    python -m experiments.studies.token_evidence runs/agnews-hard --features neighbour_gap,error_zone
+
+With ``--features``, the calibrated views ``cal_<feature>`` of those columns of the shadow
+table (:mod:`attack_models.fusion`, nested the same way) are evaluated alone and added to
+the classifiers' inputs: evidence of another kind than the token log-probs (the
+neighbour texts, the target's whole next-token distribution), measured the same way.
 
 Summaries of z_t (per text): the clipped mean at clips 1, 2, 3 (= ``token_lira``) and 5;
 the 10/50/90% quantiles; the share of tokens with z > 2 and z < -2; the clipped mean within
@@ -22,6 +28,7 @@ TPR at 1% FPR, the mean over the folds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 from pathlib import Path
 
@@ -29,11 +36,31 @@ import numpy as np
 import pandas as pd
 
 from attack_models.token_calibration import CLIP, PRIOR_WEIGHT
+from llm_features.errors import InputDataError
 
 logger = logging.getLogger(__name__)
 
 #: Edges of the predictability bins, in nats of the OUT shadows' mean token log-prob.
 BIN_EDGES = (-np.inf, -6.0, -3.0, -1.0, -0.2, np.inf)
+
+
+def _logistic():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+
+
+def _xgboost():
+    import xgboost
+
+    return xgboost.XGBClassifier(n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8, n_jobs=2,
+                                 random_state=0)
+
+
+#: The classifiers that combine the summaries, each fitted on the other shadows' rows.
+CLASSIFIERS = {"logistic": _logistic, "xgboost": _xgboost}
 
 
 def padded_logprobs(shadows_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,18 +107,34 @@ def summaries(z: np.ndarray, out_mean: np.ndarray, mask: np.ndarray) -> pd.DataF
     return pd.DataFrame(columns)
 
 
-def study(shadows_dir: Path) -> pd.DataFrame:
-    """Mean leave-one-shadow-out AUC and TPR@1%FPR of every summary and of two classifiers."""
-    import xgboost
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def calibrated_views(shadows_dir: Path, features: list[str], ids: list[str], held_out: int) -> pd.DataFrame:
+    """``cal_<feature>[K * N]`` (rows shadow-major in ``ids`` order) for the fold that holds out
+    shadow ``held_out``: its rows against all the other shadows, the other rows without it."""
+    from attack_models.fusion import calibrate_shadow_table, calibrated_column
+    from experiments.jobs.shadows import load_shadow_table
 
+    table = load_shadow_table(shadows_dir)[0]
+    missing = sorted(set(features) - set(table.columns))
+    if missing:
+        raise InputDataError(f"--features {','.join(missing)}: not a column of {shadows_dir}/features/shadows.parquet "
+                             f"(its features: {', '.join(c for c in table.columns if c not in ('shadow', 'id', 'label'))})")
+    table = calibrate_shadow_table(table, features, held_out=held_out)
+    columns = [calibrated_column(f) for f in features]
+    wide = {c: table.pivot(index="shadow", columns="id", values=c)[ids] for c in columns}
+    return pd.DataFrame({c: frame.to_numpy(dtype=np.float64).ravel() for c, frame in wide.items()})
+
+
+def study(shadows_dir: Path, features: list[str] | None = None) -> pd.DataFrame:
+    """Mean leave-one-shadow-out AUC and TPR@1%FPR of every summary, of the calibrated views
+    of ``features`` and of classifiers on them."""
     from attack_models.metrics import roc_auc, tpr_at_fpr
     from attack_models.token_calibration import pooled_token_variance, weighted_token_lira_rows
+    from shadow.membership import load_membership
 
     X, mask, keep = padded_logprobs(shadows_dir)
-    K = keep.shape[0]
+    K, N = keep.shape
+    ids = load_membership(shadows_dir)[1]
+    features = list(features or [])
     ragged = [[X[k, i, mask[i]] for i in range(mask.shape[0])] for k in range(K)]
     ragged_pooled = pooled_token_variance(ragged, keep)
 
@@ -111,16 +154,23 @@ def study(shadows_dir: Path) -> pd.DataFrame:
         fold_pooled = pooled({held_out})
         train = pd.concat([summaries(*z_scores(X, keep, k, {held_out}, fold_pooled), mask).assign(label=keep[k])
                            for k in range(K) if k != held_out])
+        summary_columns = list(test.columns)
+        if features:
+            views = calibrated_views(shadows_dir, features, ids, held_out)
+            shadow_of_row = np.repeat(np.arange(K), N)
+            test = pd.concat([test, views[shadow_of_row == held_out].reset_index(drop=True)], axis=1)
+            train = pd.concat([train.reset_index(drop=True),
+                               views[shadow_of_row != held_out].reset_index(drop=True)], axis=1)
         predictions = {column: test[column].to_numpy() for column in test.columns}
         predictions["weighted_token_lira"] = weighted_token_lira_rows(ragged, keep, pooled_variance=ragged_pooled,
                                                                       held_out=held_out)[held_out]
-        for name, model in (("logistic on all summaries", make_pipeline(StandardScaler(),
-                                                                        LogisticRegression(max_iter=2000))),
-                            ("xgboost on all summaries", xgboost.XGBClassifier(
-                                n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8, n_jobs=2,
-                                random_state=0))):
-            model.fit(train[test.columns].to_numpy(), train["label"].to_numpy().astype(int))
-            predictions[name] = model.predict_proba(test.to_numpy())[:, 1]
+        inputs = {"all summaries": summary_columns}
+        if features:
+            inputs["clipped_mean_3 + views"] = ["clipped_mean_3", *(c for c in test.columns if c not in summary_columns)]
+            inputs["all summaries + views"] = list(test.columns)
+        for (what, columns), (name, make) in itertools.product(inputs.items(), CLASSIFIERS.items()):
+            model = make().fit(train[columns].to_numpy(), train["label"].to_numpy().astype(int))
+            predictions[f"{name} on {what}"] = model.predict_proba(test[columns].to_numpy())[:, 1]
         for name, values in predictions.items():
             scores.setdefault(name, []).append((roc_auc(labels, values), tpr_at_fpr(labels, values, fpr=0.01)))
         logger.info("fold %d of %d", held_out + 1, K)
@@ -132,11 +182,13 @@ def study(shadows_dir: Path) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run directory (with shadows/) or a shadow directory")
+    parser.add_argument("--features", default="",
+                        help="comma-separated columns of the shadow table whose calibrated views are added")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = Path(args.run)
     shadows_dir = root / "shadows" if (root / "shadows").is_dir() else root
-    table = study(shadows_dir)
+    table = study(shadows_dir, [f for f in args.features.split(",") if f])
     logger.info("what the shadows' token log-probs add, by summary (mean over folds):\n%s",
                 table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
