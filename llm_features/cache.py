@@ -8,7 +8,8 @@ a directory per *scoring key*: everything that determines them,
     SHA-256 of (the SHA-256 of the base model's weight and config files and of the
                 adapter's files; the tokenizer fingerprint; dtype; device type;
                 max_tokens; batch_size; eager or compiled vocabulary statistics; the
-                torch, transformers and peft versions; the cache format)
+                scorer's version; the torch, transformers and peft versions; the cache
+                format)
 
 (a model that is not on disk, a hub id, is keyed by the fingerprint of its loaded weights),
 so a changed adapter, another ``max_tokens`` or another tokenizer misses, and a hit holds
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from llm_features.io import atomic_path
-from llm_features.scoring import TokenScores, choose_statistics, score_texts, tokenize, vocabulary_size
+from llm_features.scoring import SCORER_VERSION, TokenScores, choose_statistics, score_texts, tokenize, vocabulary_size
 from llm_features.texts import text_id
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ def scoring_key(model: "LoadedModel | ModelSpec", *, max_tokens: int, batch_size
     parts = [f"format={CACHE_FORMAT}", identity, f"tokenizer={tokenizer_fingerprint(tokenizer)}",
              f"dtype={model.dtype}", f"device={str(model.device).split(':')[0]}", f"max_tokens={max_tokens}",
              f"batch_size={batch_size}", f"statistics={'compiled' if compiled else 'eager'}",
+             f"scorer={SCORER_VERSION}",
              *(f"{name}={versions.get(name)}" for name in ("torch", "transformers", "peft"))]
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:32]
 

@@ -59,3 +59,38 @@ def test_large_compiled_and_small_eager_calls_agree(bf16_model, corpus):
     for a, b in zip(eager, compiled):
         np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=TOLERANCE, rtol=0)
         np.testing.assert_allclose(a.vocab_std, b.vocab_std, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize(("lora", "rows"), [(False, 8), (True, 8), (True, None)])
+def test_real_token_linears_compute_the_real_rows_only_at_one_shape(tiny_model_dir, monkeypatch, lora, rows):
+    """Inside RealTokenLinears every linear layer (LoRA's included) multiplies products of
+    exactly `rows` rows (one product of the real rows with rows=None), gives the plain
+    forward's hidden states at the real positions, and is restored on exit."""
+    import torch
+    import torch.nn.functional as F
+
+    from llm_features.scoring import RealTokenLinears, pad_right, split_decoder_and_head
+
+    model = load_model(str(tiny_model_dir), dtype="float32", device="cpu").model
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model.eval()
+    decoder = split_decoder_and_head(model)[0]
+    input_ids, mask = pad_right([[5, 9, 13, 2, 7, 11, 3], [4, 8], [6, 10, 12, 14]], pad_id=0, width=9)
+    with torch.inference_mode():
+        plain = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+        shapes = []
+        linear = F.linear
+        monkeypatch.setattr(F, "linear", lambda x, w, b=None: shapes.append(tuple(x.shape)) or linear(x, w, b))
+        with RealTokenLinears(decoder, rows=rows) as linears:
+            linears.real_positions(mask)
+            real_only = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in decoder.modules())
+    # 13 real tokens of 27 positions: two products of 8 rows per layer, or one of 13
+    assert len(shapes) == (2 if rows else 1) * n_linear
+    assert {s[0] for s in shapes} == {rows or 13}
+    real = mask.bool()
+    torch.testing.assert_close(real_only[real], plain[real], atol=1e-5, rtol=1e-5)
+    assert all("forward" not in m.__dict__ for m in decoder.modules() if isinstance(m, torch.nn.Linear))

@@ -91,6 +91,15 @@ def test_another_tokenizer_or_dtype_changes_the_key(base, tiny_model_dir, corpus
     assert scoring_key(base, max_tokens=16, batch_size=4, compiled=True) != key
 
 
+def test_another_scorer_version_changes_the_key(base, monkeypatch):
+    """Entries of a scorer whose arithmetic has changed since are never served."""
+    import llm_features.cache
+
+    key = scoring_key(base, max_tokens=16, batch_size=4, compiled=False)
+    monkeypatch.setattr(llm_features.cache, "SCORER_VERSION", llm_features.cache.SCORER_VERSION + 1)
+    assert scoring_key(base, max_tokens=16, batch_size=4, compiled=False) != key
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other_text"])
 def test_a_damaged_entry_is_recomputed_never_trusted(tmp_path, base, corpus, counted, caplog, damage):
     cache = ScoreCache(tmp_path)
