@@ -280,14 +280,21 @@ class RealTokenLinears:
         if self.index is None or x.shape[:-1].numel() != self.positions:
             return F.linear(x, layer.weight, layer.bias)
         flat = x.reshape(-1, x.shape[-1])
-        real = flat.index_select(0, self.index)
-        n = real.shape[0]
+        n = self.index.numel()
         if self.rows is None:
-            product = F.linear(real, layer.weight, layer.bias)
+            product = F.linear(flat.index_select(0, self.index), layer.weight, layer.bias)
         else:
-            padded = torch.cat([real, real.new_zeros((-n % self.rows, real.shape[1]))]) if n % self.rows else real
-            product = torch.cat([F.linear(padded[start:start + self.rows], layer.weight, layer.bias)
-                                 for start in range(0, padded.shape[0], self.rows)])[:n]
+            padded = flat.new_zeros((-(-n // self.rows) * self.rows, flat.shape[1]))
+            torch.index_select(flat, 0, self.index, out=padded[:n])
+            product = flat.new_empty((padded.shape[0], layer.out_features))
+            weight = layer.weight.t()
+            for start in range(0, padded.shape[0], self.rows):
+                rows, out = padded[start:start + self.rows], product[start:start + self.rows]
+                if layer.bias is None:
+                    torch.mm(rows, weight, out=out)
+                else:
+                    torch.addmm(layer.bias, rows, weight, out=out)
+            product = product[:n]
         out = flat.new_zeros((flat.shape[0], layer.out_features))
         out.index_copy_(0, self.index, product)
         return out.reshape(*x.shape[:-1], layer.out_features)

@@ -81,9 +81,10 @@ def test_real_token_linears_compute_the_real_rows_only_at_one_shape(tiny_model_d
     input_ids, mask = pad_right([[5, 9, 13, 2, 7, 11, 3], [4, 8], [6, 10, 12, 14]], pad_id=0, width=9)
     with torch.inference_mode():
         plain = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        shapes = []
-        linear = F.linear
+        shapes = []  # rows of every product with a linear layer's weight
+        linear, mm = F.linear, torch.mm
         monkeypatch.setattr(F, "linear", lambda x, w, b=None: shapes.append(tuple(x.shape)) or linear(x, w, b))
+        monkeypatch.setattr(torch, "mm", lambda x, w, **kw: shapes.append(tuple(x.shape)) or mm(x, w, **kw))
         with RealTokenLinears(decoder, rows=rows) as linears:
             linears.real_positions(mask)
             real_only = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
