@@ -235,7 +235,7 @@ class RealTokenLinears:
 
     * speed: the padding to the bucket width and the dummy rows of
       :func:`bucket_batches` cost no linear-layer FLOPs (the decoder's linear layers,
-      LoRA's included, are ~98% of a forward pass at these lengths);
+      LoRA's included, hold nearly all of a forward pass's FLOPs at these lengths);
     * batch invariance: every product has one shape, so a token's row is computed alike
       whichever tokens share its product (a GEMM's rounding can depend on its shape;
       a row does not depend on the other rows' values).
@@ -244,8 +244,10 @@ class RealTokenLinears:
     invariance, for ``batch_invariant=False``). Call :meth:`real_positions` with each
     batch's attention mask before its forward pass.
     Linear layers that see another number of positions than the batch (none in the
-    Llama-family decoders) run as usual. ``decoder = None`` (a model run whole) changes
-    nothing.
+    Llama-family decoders), or whose forward is already wrapped on the instance, run as
+    usual. ``decoder = None`` (a model run whole) changes nothing. The layers are patched
+    for the duration of the context: two threads must not score with one model object at
+    once.
     """
 
     def __init__(self, decoder: Any, *, rows: int | None = LINEAR_ROWS) -> None:
@@ -254,7 +256,10 @@ class RealTokenLinears:
         if rows is not None:
             check_int(rows, name="rows", low=1)
         self.rows = rows
-        self.layers = [] if decoder is None else [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+        # a layer whose forward is already wrapped on the instance (accelerate's device hooks)
+        # keeps its own forward
+        self.layers = [] if decoder is None else [m for m in decoder.modules()
+                                                  if isinstance(m, torch.nn.Linear) and "forward" not in m.__dict__]
         self.index: Any = None
         self.positions = 0
 

@@ -95,3 +95,24 @@ def test_real_token_linears_compute_the_real_rows_only_at_one_shape(tiny_model_d
     real = mask.bool()
     torch.testing.assert_close(real_only[real], plain[real], atol=1e-5, rtol=1e-5)
     assert all("forward" not in m.__dict__ for m in decoder.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_real_token_linears_leave_a_forward_wrapped_on_the_instance_alone(tiny_model_dir):
+    """A layer whose forward is already wrapped on the instance (accelerate's device hooks do
+    this) keeps that wrapper inside the context and after it."""
+    import torch
+
+    from llm_features.scoring import RealTokenLinears, split_decoder_and_head
+
+    decoder = split_decoder_and_head(load_model(str(tiny_model_dir), dtype="float32", device="cpu").model)[0]
+    layers = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+    hooked = layers[0]
+
+    def wrapper(x):
+        return torch.nn.Linear.forward(hooked, x)
+
+    hooked.forward = wrapper
+    with RealTokenLinears(decoder) as linears:
+        assert hooked.forward is wrapper
+        assert "forward" in layers[1].__dict__ and hooked not in linears.layers
+    assert hooked.forward is wrapper and "forward" not in layers[1].__dict__

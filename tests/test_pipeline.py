@@ -408,13 +408,13 @@ def test_token_evidence_study_adds_calibrated_views(experiment):
     ones, the other rows are calibrated without it, and an unknown column is a clear error."""
     from attack_models.fusion import calibrate_shadow_table
     from experiments.jobs.shadows import load_shadow_table
-    from experiments.studies.token_evidence import calibrated_views, study
+    from experiments.studies.token_evidence import calibrated_views, shadow_table_columns, study
     from shadow.membership import load_membership
 
     shadows = experiment["root"] / "shadows"
     ids = load_membership(shadows)[1]
     table = load_shadow_table(shadows)[0]
-    views = calibrated_views(shadows, ["loss"], ids, held_out=2)
+    views = calibrated_views(shadow_table_columns(shadows, ["loss"]), ["loss"], ids, held_out=2)
     n = len(ids)
     loso = calibrate_shadow_table(table, ["loss"]).set_index(["shadow", "id"])["cal_loss"]
     nested = calibrate_shadow_table(table, ["loss"], held_out=2).set_index(["shadow", "id"])["cal_loss"]
@@ -424,4 +424,4 @@ def test_token_evidence_study_adds_calibrated_views(experiment):
     result = study(shadows, ["loss"])
     assert {"cal_loss", "logistic on clipped_mean_3 + views", "xgboost on all summaries + views"} <= set(result["summary"])
     with pytest.raises(InputDataError, match="--features nope: not a column of"):
-        calibrated_views(shadows, ["nope"], ids, held_out=0)
+        study(shadows, ["nope"])

@@ -107,10 +107,8 @@ def summaries(z: np.ndarray, out_mean: np.ndarray, mask: np.ndarray) -> pd.DataF
     return pd.DataFrame(columns)
 
 
-def calibrated_views(shadows_dir: Path, features: list[str], ids: list[str], held_out: int) -> pd.DataFrame:
-    """``cal_<feature>[K * N]`` (rows shadow-major in ``ids`` order) for the fold that holds out
-    shadow ``held_out``: its rows against all the other shadows, the other rows without it."""
-    from attack_models.fusion import calibrate_shadow_table, calibrated_column
+def shadow_table_columns(shadows_dir: Path, features: list[str]) -> pd.DataFrame:
+    """The shadow table (``shadow``, ``id``, ``label`` and ``features``), refusing a column it lacks."""
     from experiments.jobs.shadows import load_shadow_table
 
     table = load_shadow_table(shadows_dir)[0]
@@ -118,6 +116,15 @@ def calibrated_views(shadows_dir: Path, features: list[str], ids: list[str], hel
     if missing:
         raise InputDataError(f"--features {','.join(missing)}: not a column of {shadows_dir}/features/shadows.parquet "
                              f"(its features: {', '.join(c for c in table.columns if c not in ('shadow', 'id', 'label'))})")
+    return table[["shadow", "id", "label", *features]]
+
+
+def calibrated_views(table: pd.DataFrame, features: list[str], ids: list[str], held_out: int) -> pd.DataFrame:
+    """``cal_<feature>[K * N]`` of the shadow ``table`` (rows shadow-major in ``ids`` order) for
+    the fold that holds out shadow ``held_out``: its rows against all the other shadows, the
+    other rows without it."""
+    from attack_models.fusion import calibrate_shadow_table, calibrated_column
+
     table = calibrate_shadow_table(table, features, held_out=held_out)
     columns = [calibrated_column(f) for f in features]
     wide = {c: table.pivot(index="shadow", columns="id", values=c)[ids] for c in columns}
@@ -131,10 +138,11 @@ def study(shadows_dir: Path, features: list[str] | None = None) -> pd.DataFrame:
     from attack_models.token_calibration import pooled_token_variance, weighted_token_lira_rows
     from shadow.membership import load_membership
 
+    features = list(features or [])
+    table = shadow_table_columns(shadows_dir, features) if features else None  # a wrong name fails first
     X, mask, keep = padded_logprobs(shadows_dir)
     K, N = keep.shape
     ids = load_membership(shadows_dir)[1]
-    features = list(features or [])
     ragged = [[X[k, i, mask[i]] for i in range(mask.shape[0])] for k in range(K)]
     ragged_pooled = pooled_token_variance(ragged, keep)
 
@@ -156,7 +164,7 @@ def study(shadows_dir: Path, features: list[str] | None = None) -> pd.DataFrame:
                            for k in range(K) if k != held_out])
         summary_columns = list(test.columns)
         if features:
-            views = calibrated_views(shadows_dir, features, ids, held_out)
+            views = calibrated_views(table, features, ids, held_out)
             shadow_of_row = np.repeat(np.arange(K), N)
             test = pd.concat([test, views[shadow_of_row == held_out].reset_index(drop=True)], axis=1)
             train = pd.concat([train.reset_index(drop=True),
