@@ -231,7 +231,10 @@ class RealTokenLinears:
     the vocabulary statistics gather the real positions). Inside this context each linear
     layer gathers the real rows of its input, multiplies them in products of exactly
     :data:`LINEAR_ROWS` rows (the last one zero-padded) and scatters the results back
-    (zeros at the pads). Two effects:
+    (zeros at the pads). A decoder layer's MLP block (a module named ``mlp``: a token-wise
+    map) runs whole on those chunks instead, so its activation and products skip the
+    padding too and its input is gathered once; its linear layers then see exactly the
+    chunks they would see alone, so the numbers are the same. Two effects:
 
     * speed: the padding to the bucket width and the dummy rows of
       :func:`bucket_batches` cost no linear-layer FLOPs (the decoder's linear layers,
@@ -256,21 +259,30 @@ class RealTokenLinears:
         if rows is not None:
             check_int(rows, name="rows", low=1)
         self.rows = rows
-        # a layer whose forward is already wrapped on the instance (accelerate's device hooks)
-        # keeps its own forward
-        self.layers = [] if decoder is None else [m for m in decoder.modules()
-                                                  if isinstance(m, torch.nn.Linear) and "forward" not in m.__dict__]
+        # a module whose forward is already wrapped on the instance (accelerate's device
+        # hooks) keeps its own forward
+        named = {} if decoder is None else {n: m for n, m in decoder.named_modules() if "forward" not in m.__dict__}
+        self.blocks = [m for n, m in named.items() if n.rsplit(".", 1)[-1] == "mlp"]
+        inside = {id(m) for block in self.blocks for m in block.modules()}
+        linears = [m for m in named.values() if isinstance(m, torch.nn.Linear)]
+        self.layers = [m for m in linears if id(m) not in inside]
+        self.inner = [m for m in linears if id(m) in inside]
         self.index: Any = None
         self.positions = 0
 
     def __enter__(self) -> "RealTokenLinears":
+        # instance attributes, removed on exit
         for layer in self.layers:
-            layer.forward = functools.partial(self._forward, layer)  # an instance attribute, removed on exit
+            layer.forward = functools.partial(self._linear, layer)
+        for layer in self.inner:
+            layer.forward = functools.partial(self._multiply, layer)
+        for block in self.blocks:
+            block.forward = functools.partial(self._block, type(block).forward.__get__(block))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for layer in self.layers:
-            layer.__dict__.pop("forward", None)
+        for module in (*self.layers, *self.inner, *self.blocks):
+            module.__dict__.pop("forward", None)
         self.index = None
 
     def real_positions(self, attention_mask: Any) -> None:
@@ -278,31 +290,53 @@ class RealTokenLinears:
         self.positions = attention_mask.numel()
         self.index = attention_mask.reshape(-1).nonzero().squeeze(1)
 
-    def _forward(self, layer: Any, x: Any) -> Any:
+    @staticmethod
+    def _multiply(layer: Any, x: Any, out: Any = None) -> Any:
+        """``x @ W^T (+ b)`` over the last axis of ``x``, into ``out`` when given (2-D)."""
         import torch
+
+        rows = x.reshape(-1, x.shape[-1])
+        if out is None:
+            out = rows.new_empty((rows.shape[0], layer.out_features))
+        if layer.bias is None:
+            torch.mm(rows, layer.weight.t(), out=out)
+        else:
+            torch.addmm(layer.bias, rows, layer.weight.t(), out=out)
+        return out.reshape(*x.shape[:-1], layer.out_features)
+
+    def _linear(self, layer: Any, x: Any) -> Any:
         import torch.nn.functional as F
 
-        if self.index is None or x.shape[:-1].numel() != self.positions:
+        if not self._batch_layout(x):
             return F.linear(x, layer.weight, layer.bias)
+        return self._tokenwise(x, functools.partial(self._multiply, layer), layer.out_features)
+
+    def _block(self, forward: Any, x: Any) -> Any:
+        if not self._batch_layout(x):
+            return forward(x)
+        return self._tokenwise(x, lambda rows, out: out.copy_(forward(rows)), x.shape[-1])
+
+    def _batch_layout(self, x: Any) -> bool:
+        return self.index is not None and x.shape[:-1].numel() == self.positions
+
+    def _tokenwise(self, x: Any, function: Any, out_features: int) -> Any:
+        """``function(rows, out)`` (a token-wise map writing ``out``) of the real rows of ``x``,
+        in products of ``self.rows`` rows (one product with ``rows = None``), scattered back
+        into a zero tensor of ``x``'s positions."""
+        import torch
+
         flat = x.reshape(-1, x.shape[-1])
         n = self.index.numel()
-        if self.rows is None:
-            product = F.linear(flat.index_select(0, self.index), layer.weight, layer.bias)
-        else:
-            padded = flat.new_zeros((-(-n // self.rows) * self.rows, flat.shape[1]))
-            torch.index_select(flat, 0, self.index, out=padded[:n])
-            product = flat.new_empty((padded.shape[0], layer.out_features))
-            weight = layer.weight.t()
-            for start in range(0, padded.shape[0], self.rows):
-                rows, out = padded[start:start + self.rows], product[start:start + self.rows]
-                if layer.bias is None:
-                    torch.mm(rows, weight, out=out)
-                else:
-                    torch.addmm(layer.bias, rows, weight, out=out)
-            product = product[:n]
-        out = flat.new_zeros((flat.shape[0], layer.out_features))
-        out.index_copy_(0, self.index, product)
-        return out.reshape(*x.shape[:-1], layer.out_features)
+        size = n if self.rows is None else -(-n // self.rows) * self.rows
+        padded = flat.new_zeros((size, flat.shape[1]))
+        torch.index_select(flat, 0, self.index, out=padded[:n])
+        product = flat.new_empty((size, out_features))
+        step = self.rows or max(size, 1)
+        for start in range(0, size, step):
+            function(padded[start:start + step], product[start:start + step])
+        out = flat.new_zeros((flat.shape[0], out_features))
+        out.index_copy_(0, self.index, product[:n])
+        return out.reshape(*x.shape[:-1], out_features)
 
 
 def split_decoder_and_head(model: Any) -> tuple[Any, Any]:

@@ -64,8 +64,9 @@ def test_large_compiled_and_small_eager_calls_agree(bf16_model, corpus):
 @pytest.mark.parametrize(("lora", "rows"), [(False, 8), (True, 8), (True, None)])
 def test_real_token_linears_compute_the_real_rows_only_at_one_shape(tiny_model_dir, monkeypatch, lora, rows):
     """Inside RealTokenLinears every linear layer (LoRA's included) multiplies products of
-    exactly `rows` rows (one product of the real rows with rows=None), gives the plain
-    forward's hidden states at the real positions, and is restored on exit."""
+    exactly `rows` rows (one product of the real rows with rows=None), each MLP block runs
+    whole on those chunks, the hidden states at the real positions are the plain forward's,
+    and the modules are restored on exit."""
     import torch
     import torch.nn.functional as F
 
@@ -85,6 +86,10 @@ def test_real_token_linears_compute_the_real_rows_only_at_one_shape(tiny_model_d
         linear, mm = F.linear, torch.mm
         monkeypatch.setattr(F, "linear", lambda x, w, b=None: shapes.append(tuple(x.shape)) or linear(x, w, b))
         monkeypatch.setattr(torch, "mm", lambda x, w, **kw: shapes.append(tuple(x.shape)) or mm(x, w, **kw))
+        blocks = []  # inputs of the MLP blocks
+        mlp_class = type(decoder.layers[0].mlp)
+        block_forward = mlp_class.forward
+        monkeypatch.setattr(mlp_class, "forward", lambda self, x: blocks.append(tuple(x.shape)) or block_forward(self, x))
         with RealTokenLinears(decoder, rows=rows) as linears:
             linears.real_positions(mask)
             real_only = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
@@ -92,9 +97,11 @@ def test_real_token_linears_compute_the_real_rows_only_at_one_shape(tiny_model_d
     # 13 real tokens of 27 positions: two products of 8 rows per layer, or one of 13
     assert len(shapes) == (2 if rows else 1) * n_linear
     assert {s[0] for s in shapes} == {rows or 13}
+    # each MLP block runs whole on the same chunks of real tokens
+    assert blocks == [(rows or 13, decoder.config.hidden_size)] * ((2 if rows else 1) * len(decoder.layers))
     real = mask.bool()
     torch.testing.assert_close(real_only[real], plain[real], atol=1e-5, rtol=1e-5)
-    assert all("forward" not in m.__dict__ for m in decoder.modules() if isinstance(m, torch.nn.Linear))
+    assert all("forward" not in m.__dict__ for m in decoder.modules())
 
 
 def test_real_token_linears_leave_a_forward_wrapped_on_the_instance_alone(tiny_model_dir):
