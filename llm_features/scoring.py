@@ -231,8 +231,8 @@ class RealTokenLinears:
     the vocabulary statistics gather the real positions). Inside this context each linear
     layer gathers the real rows of its input, multiplies them in products of exactly
     :data:`LINEAR_ROWS` rows (the last one zero-padded) and scatters the results back
-    (zeros at the pads). A decoder layer's MLP block (a module named ``mlp``: a token-wise
-    map) runs whole on those chunks instead, so its activation and products skip the
+    (zeros at the pads). A decoder layer's dense MLP block (a module named ``mlp`` of a
+    class named ``*MLP``: a token-wise map) runs whole on those chunks instead, so its activation and products skip the
     padding too and its input is gathered once; its linear layers then see exactly the
     chunks they would see alone, so the numbers are the same. Two effects:
 
@@ -262,7 +262,10 @@ class RealTokenLinears:
         # a module whose forward is already wrapped on the instance (accelerate's device
         # hooks) keeps its own forward
         named = {} if decoder is None else {n: m for n, m in decoder.named_modules() if "forward" not in m.__dict__}
-        self.blocks = [m for n, m in named.items() if n.rsplit(".", 1)[-1] == "mlp"]
+        # dense MLPs only (LlamaMLP, MistralMLP, Qwen2MLP, ...): a tensor in, a tensor out,
+        # token by token; a mixture-of-experts block returns more than its hidden states
+        self.blocks = [m for n, m in named.items()
+                       if n.rsplit(".", 1)[-1] == "mlp" and type(m).__name__.endswith("MLP")]
         inside = {id(m) for block in self.blocks for m in block.modules()}
         linears = [m for m in named.values() if isinstance(m, torch.nn.Linear)]
         self.layers = [m for m in linears if id(m) not in inside]
