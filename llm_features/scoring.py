@@ -224,7 +224,7 @@ SCORER_VERSION = 2
 
 
 class RealTokenLinears:
-    """Run every ``torch.nn.Linear`` of a decoder on the real tokens of the batch only.
+    """Run every ``torch.nn.Linear`` and dense MLP block of a decoder on the real tokens only.
 
     A right-padded batch [B, w] holds B * w positions, of which the attention mask marks
     the real ones; a pad position's output is never read (no real query attends to it, and
@@ -232,9 +232,10 @@ class RealTokenLinears:
     layer gathers the real rows of its input, multiplies them in products of exactly
     :data:`LINEAR_ROWS` rows (the last one zero-padded) and scatters the results back
     (zeros at the pads). A decoder layer's dense MLP block (a module named ``mlp`` of a
-    class named ``*MLP``: a token-wise map) runs whole on those chunks instead, so its activation and products skip the
-    padding too and its input is gathered once; its linear layers then see exactly the
-    chunks they would see alone, so the numbers are the same. Two effects:
+    class named ``*MLP``: a token-wise map) runs whole on those chunks instead, so its
+    activation and products skip the padding too and its input is gathered once; its
+    linear layers then see exactly the chunks they would see alone, so the numbers are the
+    same. Two effects:
 
     * speed: the padding to the bucket width and the dummy rows of
       :func:`bucket_batches` cost no linear-layer FLOPs (the decoder's linear layers,
