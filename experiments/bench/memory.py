@@ -1,4 +1,4 @@
-"""Benchmark: peak memory of ``shadowmia features`` against the number of texts.
+"""Benchmark: peak memory of ``shadowmia features`` (or ``train-shadows``) against the number of texts.
 
 For each N it writes N short texts to a ``.jsonl`` file, runs ``shadowmia features`` on
 them in a fresh subprocess (the score cache off, so every text is scored and nothing is
@@ -12,6 +12,12 @@ larger than the file, the file is cycled and every repeat gets a unique suffix
 (`` [copy k]``), so the texts stay distinct (the loader drops duplicates). Without
 ``--data`` they are seeded synthetic sentences.
 
+``--job shadows`` runs ``shadowmia train-shadows`` on the N texts as the attacker's pool
+instead (``--n-shadows`` shadows, one epoch at ``--max-tokens``, then the shadows' feature
+pass over the whole pool with ``--features``): the peak of training and of the streamed
+feature pass, which holds the pool's texts, the base model's reference scores of the pool
+and each shadow's rows and token log-probabilities.
+
 ``--repo`` runs the command from another checkout (``python -m experiments.cli`` with
 that directory as the working directory), to measure the code before streaming.
 
@@ -23,6 +29,7 @@ Usage::
 
     python -m experiments.bench.memory --data ../shared/data/ag_news_test/data.jsonl --n-texts 1000 10000 --out bench_out/memory.json
     python -m experiments.bench.memory --data ../shared/data/ag_news_test/data.jsonl --held-bytes 2000 --max-tokens 32
+    python -m experiments.bench.memory --job shadows --n-shadows 2 --data ../shared/data/ag_news_test/data.jsonl --n-texts 1000 10000 --out bench_out/memory_shadows.json
 """
 
 from __future__ import annotations
@@ -97,8 +104,24 @@ def features_command(data: Path, out: Path, args: argparse.Namespace) -> list[st
     return command + (["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])
 
 
+def shadows_command(data: Path, out: Path, args: argparse.Namespace) -> list[str]:
+    """``shadowmia train-shadows`` as the benchmark runs it: ``--n-shadows`` shadows of one epoch on the pool
+    ``data``, training and scoring cut to ``--max-tokens``."""
+    return [sys.executable, "-m", "experiments.cli", "--no-score-cache", "train-shadows", "--base", args.model,
+            "--data", str(data), "--n-shadows", str(args.n_shadows), "--out", str(out), "--epochs", "1",
+            "--max-tokens", str(args.max_tokens), "--feature-max-tokens", str(args.max_tokens),
+            "--features", args.features, "--dtype", args.dtype, "--device", "cpu"]
+
+
+def job_command(data: Path, work: Path, n: int, args: argparse.Namespace) -> list[str]:
+    """The command of ``args.job`` on the N texts of ``data``, writing under ``work``."""
+    if args.job == "shadows":
+        return shadows_command(data, work / f"shadows_{n}", args)
+    return features_command(data, work / f"features_{n}.parquet", args)
+
+
 def measure(args: argparse.Namespace) -> dict:
-    """The baseline and one ``features`` run per N, each in a fresh subprocess."""
+    """The baseline and one run of ``args.job`` per N, each in a fresh subprocess."""
     repo = Path(args.repo).resolve()
     work = Path(tempfile.mkdtemp(prefix="shadowmia-memory-"))
     baseline = peak_rss([sys.executable, "-c", BASELINE_CODE.format(model=args.model, dtype=args.dtype)],
@@ -108,13 +131,13 @@ def measure(args: argparse.Namespace) -> dict:
     for n in args.n_texts:
         data = work / f"texts_{n}.jsonl"
         write_jsonl(make_texts(n, args.data), data)
-        result = peak_rss(features_command(data, work / f"features_{n}.parquet", args), cwd=repo,
-                          log=work / f"features_{n}.log")
+        result = peak_rss(job_command(data, work, n, args), cwd=repo, log=work / f"{args.job}_{n}.log")
         result.update(n_texts=n, above_model_gib=result["peak_rss_gib"] - baseline["peak_rss_gib"])
         logger.info("%d texts: %.2f GiB (model + %.2f GiB) in %.0f s", n, result["peak_rss_gib"],
                     result["above_model_gib"], result["seconds"])
         runs.append(result)
-    return {"repo": str(repo), "cpu": cpu_model(), "model": args.model, "dtype": args.dtype,
+    return {"repo": str(repo), "cpu": cpu_model(), "job": args.job,
+            "n_shadows": args.n_shadows if args.job == "shadows" else None, "model": args.model, "dtype": args.dtype,
             "max_tokens": args.max_tokens, "features": args.features, "chunk_size": args.chunk_size,
             "data": str(args.data) if args.data else "synthetic", "baseline": baseline, "runs": runs,
             "work_dir": str(work), "versions": library_versions()}
@@ -157,6 +180,9 @@ def markdown(result: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help=".jsonl file with a text field (default: synthetic texts)")
+    parser.add_argument("--job", choices=("features", "shadows"), default="features",
+                        help="what is measured: shadowmia features, or train-shadows on the texts as the pool")
+    parser.add_argument("--n-shadows", type=int, default=2, help="shadows of --job shadows (even, >= 2)")
     parser.add_argument("--n-texts", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="auto")
