@@ -30,7 +30,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 import time
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -223,6 +225,31 @@ LINEAR_ROWS = 256
 SCORER_VERSION = 2
 
 
+_HOLDERS: "weakref.WeakKeyDictionary[Any, tuple[threading.Lock, list[int | None]]]" = weakref.WeakKeyDictionary()
+_HOLDERS_GUARD = threading.Lock()
+
+
+def _hold(decoder: Any) -> None:
+    """Take ``decoder`` for one :class:`RealTokenLinears` context: wait while another thread
+    holds it; raise ``RuntimeError`` when this thread already does."""
+    with _HOLDERS_GUARD:
+        lock, owner = _HOLDERS.setdefault(decoder, (threading.Lock(), [None]))
+    if owner[0] == threading.get_ident():
+        raise RuntimeError("score_texts is already running on this model in this thread (a nested call): "
+                           "score the texts in one call, or with another model object")
+    lock.acquire()
+    owner[0] = threading.get_ident()
+
+
+def _release(decoder: Any) -> None:
+    """Give back ``decoder`` taken by :func:`_hold` (nothing for ``None``)."""
+    if decoder is None:
+        return
+    lock, owner = _HOLDERS[decoder]
+    owner[0] = None
+    lock.release()
+
+
 class RealTokenLinears:
     """Run every ``torch.nn.Linear`` and dense MLP block of a decoder on the real tokens only.
 
@@ -249,17 +276,30 @@ class RealTokenLinears:
     batch's attention mask before its forward pass.
     Linear layers that see another number of positions than the batch (none in the
     Llama-family decoders), or whose forward is already wrapped on the instance, run as
-    usual. ``decoder = None`` (a model run whole) changes nothing. The layers are patched
-    for the duration of the context: two threads must not score with one model object at
-    once.
+    usual. ``decoder = None`` (a model run whole) changes nothing.
+
+    The layers are patched on the module instances for the duration of the context, so one
+    decoder is held by one context at a time: a second thread's context on the same decoder
+    waits until the first exits (two threads scoring one model object take turns instead
+    of reading each other's real positions), and a context entered again in the thread that
+    holds it raises ``RuntimeError``.
     """
 
     def __init__(self, decoder: Any, *, rows: int | None = LINEAR_ROWS) -> None:
-        import torch
-
         if rows is not None:
             check_int(rows, name="rows", low=1)
         self.rows = rows
+        self.decoder = decoder
+        self.layers: list[Any] = []
+        self.inner: list[Any] = []
+        self.blocks: list[Any] = []
+        self.index: Any = None
+        self.positions = 0
+
+    def _find_modules(self) -> None:
+        import torch
+
+        decoder = self.decoder
         # a module whose forward is already wrapped on the instance (accelerate's device
         # hooks) keeps its own forward
         named = {} if decoder is None else {n: m for n, m in decoder.named_modules() if "forward" not in m.__dict__}
@@ -271,10 +311,15 @@ class RealTokenLinears:
         linears = [m for m in named.values() if isinstance(m, torch.nn.Linear)]
         self.layers = [m for m in linears if id(m) not in inside]
         self.inner = [m for m in linears if id(m) in inside]
-        self.index: Any = None
-        self.positions = 0
 
     def __enter__(self) -> "RealTokenLinears":
+        if self.decoder is not None:
+            _hold(self.decoder)
+        try:
+            self._find_modules()
+        except BaseException:
+            _release(self.decoder)
+            raise
         # instance attributes, removed on exit
         for layer in self.layers:
             layer.forward = functools.partial(self._linear, layer)
@@ -288,6 +333,7 @@ class RealTokenLinears:
         for module in (*self.layers, *self.inner, *self.blocks):
             module.__dict__.pop("forward", None)
         self.index = None
+        _release(self.decoder)
 
     def real_positions(self, attention_mask: Any) -> None:
         """The real positions of the next batch, from its attention mask [B, w]."""

@@ -123,3 +123,46 @@ def test_real_token_linears_leave_a_forward_wrapped_on_the_instance_alone(tiny_m
         assert hooked.forward is wrapper
         assert "forward" in layers[1].__dict__ and hooked not in linears.layers
     assert hooked.forward is wrapper and "forward" not in layers[1].__dict__
+
+
+def test_two_threads_scoring_one_model_take_turns(bf16_model, corpus):
+    """The layers are patched on the model's modules, so a second score_texts on the same
+    model object waits until the first leaves; it never reads the other call's real positions."""
+    import threading
+
+    import torch
+
+    from llm_features.scoring import RealTokenLinears, split_decoder_and_head, tokenize
+
+    texts = corpus[:3]
+    expected = score_texts(bf16_model.model, bf16_model.tokenizer, texts, batch_size=4, progress=False)
+    lengths = [len(ids) for ids in tokenize(bf16_model.tokenizer, texts, max_tokens=512)[0]]
+    width = bucket_batches(lengths, batch_size=4)[0][0]  # the shape [4, width] of the second call's first batch
+    decoder = split_decoder_and_head(bf16_model.model)[0]
+    got = {}
+    with RealTokenLinears(decoder) as first:  # another call, mid-batch: only each row's first position is real
+        mask = torch.zeros(4, width, dtype=torch.long)
+        mask[:, 0] = 1
+        first.real_positions(mask)
+        second = threading.Thread(target=lambda: got.update(scores=score_texts(
+            bf16_model.model, bf16_model.tokenizer, texts, batch_size=4, progress=False)))
+        second.start()
+        second.join(timeout=2.0)
+        waited = second.is_alive() and not got
+    second.join()
+    for a, b in zip(got["scores"], expected, strict=True):
+        np.testing.assert_array_equal(a.token_logprobs, b.token_logprobs)
+        np.testing.assert_array_equal(a.vocab_std, b.vocab_std)
+    assert waited  # for the model, while the first call held it
+
+
+def test_a_nested_call_on_the_same_model_is_refused(tiny_model_dir):
+    from llm_features.scoring import RealTokenLinears, split_decoder_and_head
+
+    decoder = split_decoder_and_head(load_model(str(tiny_model_dir), dtype="float32", device="cpu").model)[0]
+    with RealTokenLinears(decoder):
+        with pytest.raises(RuntimeError, match="already running on this model in this thread"):
+            with RealTokenLinears(decoder):
+                pass
+    with RealTokenLinears(decoder) as again:  # released after each context, the refused one included
+        assert again.layers
