@@ -13,8 +13,10 @@ and saved as safetensors in the cache (``$SHADOWMIA_CACHE``, else
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
+import gc
 import hashlib
 import importlib.util
 import json
@@ -86,6 +88,32 @@ class LoadedModel:
             "device": self.device,
             "tokenizer_hash": self.tokenizer_hash,
         }
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the freed heap back to the operating system.
+
+    glibc keeps freed blocks below its mmap threshold in the process heap, and raises that
+    threshold (up to 32 MiB on 64-bit) each time a larger mmapped block is freed, so after a
+    model is loaded and dropped most of its memory stays resident. A process that loads
+    models one after another (a shadow fine-tuned, then loaded again to score the pool) then
+    holds the last one's leftovers while it loads the next. ``malloc_trim(0)`` returns every
+    free page of the heap; where the C library has no ``malloc_trim`` (not glibc), only the
+    garbage is collected.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return None
 
 
 def cache_dir() -> Path:

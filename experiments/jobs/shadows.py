@@ -239,15 +239,19 @@ def run_shadow(task: ShadowTask, context: FeatureContext) -> ShadowResult:
     work of both backends; module level so that Ray ships it by reference): fine-tune it (unless
     ``task.adapter`` is given), then score every pool text with it and compute its features.
     Writes nothing outside its temporary directory except the score cache."""
+    from llm_features.models import release_memory
+
     with tempfile.TemporaryDirectory(prefix=f"shadowmia-{task.name}-") as work:
         if task.adapter is None:
             directory = train_adapter(task.job, Path(work), context.train)
             adapter = read_adapter_files(directory)
             _maybe_killed_for_test(task.job.k)
+            release_memory()  # the training model's heap, before the shadow is loaded again to score
         else:
             directory = write_adapter_files(Path(work) / task.name, task.adapter)
             adapter = None
         table, token_logprobs = featurize_shadow(directory, context)
+        release_memory()  # the scoring model's heap, before the next task trains
     return ShadowResult(k=task.job.k, adapter=adapter, table=table, token_logprobs=token_logprobs)
 
 
