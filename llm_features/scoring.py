@@ -297,6 +297,7 @@ class RealTokenLinears:
         self.positions = 0
 
     def _find_modules(self) -> None:
+        """The decoder's MLP blocks, the linear layers outside them and those inside them."""
         import torch
 
         decoder = self.decoder
