@@ -171,7 +171,7 @@ def run_shadows(plan: ShadowPlan, pool: TextSet, *, base: str, settings: Feature
                 force: bool = False, progress: bool = True) -> pd.DataFrame:
     """Train and featurize the shadows of ``plan`` that are not done, commit each, and write the
     table of all shadows. A complete shadow without its tables is featurized only."""
-    from llm_features.models import load_model
+    from llm_features.models import load_model, release_memory
 
     features_dir = plan.out / FEATURES_DIR
     base_model = load_model(base, dtype=dtype, device=device)
@@ -187,6 +187,7 @@ def run_shadows(plan: ShadowPlan, pool: TextSet, *, base: str, settings: Feature
     context = _feature_context(features_dir, pool, base_model, train=train, settings=settings, requests=requests,
                                dtype=dtype, device=device, needed=bool(tasks))
     del base_model
+    release_memory()  # the base model's heap, before the first task loads its own
     if tasks:
         logger.info("%d shadow(s) to train and featurize, %d to featurize (%s backend)",
                     sum(t.adapter is None for t in tasks), sum(t.adapter is not None for t in tasks), backend)
