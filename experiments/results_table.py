@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,19 +60,26 @@ def paired_table(report: dict[str, Any], *, top: int = 5) -> str:
     return "\n".join(lines)
 
 
+def render(paths: Sequence[str | Path], *, top: int | None = None) -> str:
+    """The tables of each ``report.json`` of ``paths``, under its path and wall time."""
+    parts = []
+    for path in paths:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        wall = report.get("setting", {}).get("wall_time_s", {})
+        parts += [f"\n{path} (wall time: {wall})\n", markdown_table(report, top=top)]
+        paired = paired_table(report)
+        if paired:
+            parts.append("\n" + paired)
+    return "\n".join(parts) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Write the tables to standard output: they are this command's result, to paste into a README."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", help="report.json files")
     parser.add_argument("--top", type=int, help="only the TOP attacks by ROC AUC (and the shadow classifier)")
     args = parser.parse_args(argv)
-    for path in args.reports:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-        wall = report.get("setting", {}).get("wall_time_s", {})
-        print(f"\n{path} (wall time: {wall})\n")
-        print(markdown_table(report, top=args.top))
-        paired = paired_table(report)
-        if paired:
-            print("\n" + paired)
+    sys.stdout.write(render(args.reports, top=args.top))
     return 0
 
 

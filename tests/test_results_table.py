@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from experiments.results_table import main, markdown_table
+from experiments.results_table import main, markdown_table, render
 
 
 def _metrics(auc: float, tpr1: float) -> dict[str, float]:
@@ -22,7 +22,8 @@ def test_table_sorts_by_auc_and_marks_the_best(tmp_path, capsys):
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
     assert main([str(path)]) == 0
-    assert "**0.950**" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "**0.950**" in out and out == render([path])
 
 
 def test_paired_table_lists_the_strongest_competitors_first():
