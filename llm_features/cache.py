@@ -261,9 +261,8 @@ def score_texts_cached(model: "LoadedModel | ModelSpec", texts: Sequence[str], *
     one-call job."""
     loaded = model if not isinstance(model, ModelSpec) else None
     if cache is None:
-        loaded = loaded or model.load()
-        return score_texts(loaded.model, loaded.tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens,
-                           progress=progress, description=description, compile_statistics=compile_statistics)
+        return _score(model, texts, batch_size=batch_size, max_tokens=max_tokens, progress=progress,
+                      description=description, compile_statistics=compile_statistics)
     tokenizer = loaded.tokenizer if loaded is not None else _tokenizer(model.spec)
     token_ids, truncated = tokenize(tokenizer, texts, max_tokens=max_tokens)  # once, for the key and the scorer
     lengths = [len(ids) for ids in token_ids]
@@ -275,12 +274,28 @@ def score_texts_cached(model: "LoadedModel | ModelSpec", texts: Sequence[str], *
     logger.info("%s: %d of %d texts from the score cache %s", description, len(texts) - len(missing), len(texts),
                 cache.directory)
     if missing:
-        loaded = loaded or model.load()
-        computed = score_texts(loaded.model, loaded.tokenizer, [texts[i] for i in missing], batch_size=batch_size,
-                               max_tokens=max_tokens, progress=progress, description=description,
-                               compile_statistics="always" if compiled else "never",
-                               tokenized=([token_ids[i] for i in missing], [truncated[i] for i in missing]))
+        computed = _score(model, [texts[i] for i in missing], batch_size=batch_size, max_tokens=max_tokens,
+                          progress=progress, description=description,
+                          compile_statistics="always" if compiled else "never",
+                          tokenized=([token_ids[i] for i in missing], [truncated[i] for i in missing]))
         for i, scores in zip(missing, computed):
             cache.put(key, texts[i], scores)
             results[i] = scores
     return results  # type: ignore[return-value]
+
+
+def _score(model: "LoadedModel | ModelSpec", texts: Sequence[str], **options: Any) -> list[TokenScores]:
+    """:func:`~llm_features.scoring.score_texts` with ``model``. A :class:`ModelSpec` is loaded
+    for this call only; once it is dropped its heap goes back to the operating system
+    (:func:`~llm_features.models.release_memory`), so the next model a job loads (the K
+    shadows of ``score``, one after another) does not come on top of its leftovers."""
+    if not isinstance(model, ModelSpec):
+        return score_texts(model.model, model.tokenizer, texts, **options)
+    from llm_features.models import release_memory
+
+    loaded = model.load()
+    try:
+        return score_texts(loaded.model, loaded.tokenizer, texts, **options)
+    finally:
+        del loaded
+        release_memory()

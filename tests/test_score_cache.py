@@ -204,3 +204,35 @@ def test_a_changed_adapter_file_misses(tmp_path, tiny_model_dir, corpus):
     spec = ModelSpec(str(tiny_model_dir), adapter=str(adapter), dtype="float32", device="cpu")
     assert scoring_key(spec, max_tokens=16, batch_size=4, compiled=False) != scoring_key(
         ModelSpec(str(tiny_model_dir), dtype="float32", device="cpu"), max_tokens=16, batch_size=4, compiled=False)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_model_loaded_from_its_spec_is_dropped_before_its_memory_is_released(tmp_path, tiny_model_dir, corpus,
+                                                                                monkeypatch, use_cache):
+    """``score`` loads the K shadows one after another from their specs: each must be gone, and
+    its heap handed back, before the next loads (a model passed in loaded is the caller's)."""
+    import weakref
+
+    import llm_features.models as models_module
+    from llm_features.cache import ModelSpec
+
+    spec = ModelSpec(str(tiny_model_dir), dtype="float32", device="cpu")
+    loaded_models, alive_at_release = [], []
+    load = ModelSpec.load
+
+    def load_and_watch(self):
+        loaded = load(self)
+        loaded_models.append(weakref.ref(loaded.model))
+        return loaded
+
+    monkeypatch.setattr(ModelSpec, "load", load_and_watch)
+    monkeypatch.setattr(models_module, "release_memory",
+                        lambda: alive_at_release.append([ref() is not None for ref in loaded_models]))
+    cache = ScoreCache(tmp_path) if use_cache else None
+    scores = score_texts_cached(spec, corpus[:5], cache=cache, batch_size=4, max_tokens=16, progress=False)
+    assert len(scores) == 5 and len(loaded_models) == 1
+    assert alive_at_release == [[False]]
+
+    given = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    score_texts_cached(given, corpus[5:8], cache=cache, batch_size=4, max_tokens=16, progress=False)
+    assert alive_at_release == [[False]]  # the caller's model: not released
