@@ -58,6 +58,33 @@ def test_select_statistic_takes_the_largest_ties_to_the_earlier_never_nan():
         select_statistic({"loss": math.nan})
 
 
+def test_features_tied_at_the_grid_ceiling_go_to_the_larger_calibration_auc():
+    tied = {"suffix_ratio": 1.1448, "reference": 1.1448, "loss": 0.906, "error_zone": 1.1448}
+    assert select_statistic(tied) == "suffix_ratio"  # no AUC: the order of audit.features
+    auc = {"suffix_ratio": 0.930, "reference": 0.941, "loss": 0.99, "error_zone": 0.957}
+    assert select_statistic(tied, auc) == "error_zone"  # loss has the best AUC but not the best mu_LB
+    assert select_statistic(tied, {**auc, "error_zone": math.nan}) == "reference"
+    assert select_statistic(tied, {**auc, "reference": 0.957}) == "reference"  # equal AUCs: the earlier
+    assert select_statistic({"loss": 1.0, "reference": 1.0 - 1e-9}, {"reference": 0.9, "loss": 0.8}) == "reference"
+    assert select_statistic({"loss": 1.0, "reference": 0.99}, {"reference": 0.9, "loss": 0.8}) == "loss"
+
+
+def test_choose_statistic_breaks_a_tie_of_perfect_guesses_by_the_auc():
+    """Two features whose 100 highest and 100 lowest scores are all right reach the same grid
+    ceiling; the one that also orders the middle better is chosen, whatever their order."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat([1, 0, 1, 0], 100)  # the first 100 members and the second 100 non-members at the ends
+    ends = np.concatenate([10 + rng.random(100), -10 - rng.random(100)])
+    middle_labels = labels[200:]
+    sharp = np.concatenate([ends, middle_labels + rng.normal(scale=0.5, size=200)])
+    blurred = np.concatenate([ends, rng.normal(size=200)])  # the middle in random order
+    table = pd.DataFrame({"blurred": blurred, "sharp": sharp})
+    choice = choose_statistic(labels, table, ["blurred", "sharp"], confidence=0.95, seed=0)
+    assert choice["values"]["blurred"] == choice["values"]["sharp"] > 0  # tied on mu_LB
+    assert choice["auc"]["sharp"] > choice["auc"]["blurred"]
+    assert choice["statistic"] == "sharp" and choice["tie_break"] == "auc"
+
+
 def synthetic_scores(seed: int = 0, m: int = 400) -> tuple[np.ndarray, pd.DataFrame]:
     """Fair-coin labels and three features: one that separates them well, one weakly, one not at all."""
     rng = np.random.default_rng(seed)

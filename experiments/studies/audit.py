@@ -19,8 +19,8 @@ Run"), one training run per epsilon:
    ``SeedSequence(canary_seed)``, with its own coin flips) and the same fillers. Every
    feature of ``audit.features`` scores the calibration canaries; the one whose guesses
    reject the largest mu of Gaussian DP (mu_LB of the f-DP one-run bound) is the statistic,
-   ties to the earlier feature. The audited canaries and their coins are never read for
-   the choice, so the bounds stay valid. (The shadow classifier is not a candidate: it
+   ties to the larger calibration AUC, then to the earlier feature. The audited canaries
+   and their coins are never read for the choice, so the bounds stay valid. (The shadow classifier is not a candidate: it
    needs shadow fine-tunes, each as costly as a target, which the audit does not train.)
    The calibration target is trained once and reused on a rerun (``targets/calibration``).
    The features that compare the target with a reference model (``reference``,
@@ -164,14 +164,34 @@ def statistic_criteria(labels: np.ndarray, scores: dict[str, np.ndarray], *, con
     return criteria
 
 
-def select_statistic(criteria: dict[str, float]) -> str:
-    """The feature with the largest criterion (:func:`statistic_criteria`); ties go to the
-    earlier one in ``criteria``'s order (``audit.features``), NaN is never chosen."""
-    finite = [(value, -i, column) for i, (column, value) in enumerate(criteria.items()) if not math.isnan(value)]
+def select_statistic(criteria: dict[str, float], auc: dict[str, float] | None = None) -> str:
+    """The feature with the largest criterion (:func:`statistic_criteria`); NaN is never chosen.
+
+    Features whose criteria lie within :data:`TIE_TOLERANCE` of the largest are tied, and the
+    tie goes to the larger ``auc`` (the calibration AUC; a feature missing from it counts as
+    NaN, below any AUC), then to the earlier feature in ``criteria``'s order
+    (``audit.features``). Ties are common, not a corner case: mu_LB is the bound of the best
+    (k+, k-) of a fixed grid, so every feature whose guesses are all right at the same grid
+    pair gets the same mu_LB, the ceiling of that pair (on a non-private calibration target
+    several features often reach it). The AUC then ranks them by all their scores.
+    """
+    finite = [(value, column) for column, value in criteria.items() if not math.isnan(value)]
     if not finite:
         raise InputDataError(f"no feature of {', '.join(criteria)} scores every calibration canary; "
                              "name audit.statistic instead of \"auto\"")
-    return max(finite)[2]
+    best = max(value for value, _ in finite)
+    tied = [column for value, column in finite if value >= best - TIE_TOLERANCE]
+
+    def area(column: str) -> float:
+        value = (auc or {}).get(column)
+        return -math.inf if value is None or math.isnan(value) else value
+
+    top = max(area(column) for column in tied)
+    return next(column for column in tied if area(column) == top)
+
+
+TIE_TOLERANCE = 1e-6
+"""Criteria (mu_LB) closer than this to the largest are a tie for :func:`select_statistic`."""
 
 
 def filler_texts(config: AuditExperimentConfig, exclude: set[str]) -> list[str]:
@@ -364,8 +384,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                 "epsilon_target": epsilon, "epsilon_theory": theory, "canary_seed": seed,
                 "canaries": len(cal_canaries), "included": int(cal_included.sum()), "fillers": len(cal_fillers),
                 "shared_with_audited_canaries": len(set(cal_canaries) & set(canaries)),
-                "auc": {r.column: summarize(cal_included.astype(int), table[r.column].to_numpy(),
-                                            seed=config.seed)["auc"] for r in requests},
+                "auc": choice.pop("auc"),
                 "wall_time_s": round(time.perf_counter() - stage, 1)}
         else:
             choice = {"mode": "fixed", "statistic": parse_features(audit.statistic)[0].column}
@@ -423,6 +442,9 @@ REFERENCE = "reference"
 CRITERION = "mu_lb"
 """What ``"auto"`` maximises over the features on the calibration canaries (:func:`statistic_criteria`)."""
 
+TIE_BREAK = "auc"
+"""What decides between features tied on :data:`CRITERION` (:func:`select_statistic`)."""
+
 
 def canaries_jsonl(canaries: list[str], included: np.ndarray) -> str:
     """One JSON line per canary: its text and whether it is included (``label``)."""
@@ -437,22 +459,27 @@ def choose_statistic(labels: np.ndarray, table: pd.DataFrame, columns: list[str]
     calibration target (one column per feature of ``columns``, ``audit.features``); the
     audited canaries, their coins and the audited targets are never read. Returns the
     report's record: ``statistic`` (:func:`select_statistic` of the ``values``,
-    :func:`statistic_criteria`), the criterion, where the choice was made, and the
+    :func:`statistic_criteria`, ties to the larger calibration AUC), the criterion, the
+    ``tie_break`` and each feature's ``auc``, where the choice was made, and the
     ``candidates`` in the order of ``columns`` (``audit.json`` sorts the keys of ``values``;
     the order decides ties).
 
     The shadow classifier of the issue is not a candidate: it needs shadow fine-tunes (K
     more trainings, each as costly as a target), which the audit does not train.
     """
-    criteria = statistic_criteria(labels, {c: table[c].to_numpy(dtype=np.float64) for c in columns},
-                                  confidence=confidence, seed=seed)
-    statistic = select_statistic(criteria)
+    from attack_models.metrics import roc_auc
+
+    scores = {c: table[c].to_numpy(dtype=np.float64) for c in columns}
+    criteria = statistic_criteria(labels, scores, confidence=confidence, seed=seed)
+    auc = {c: (roc_auc(labels, v) if np.isfinite(v).all() else math.nan) for c, v in scores.items()}
+    statistic = select_statistic(criteria, auc)
     if criteria[statistic] == 0.0:
         logger.warning("calibration: no feature rejects any mu-GDP on the calibration canaries; the statistic "
                        "falls to the first of audit.features, %s", statistic)
     logger.info("calibration: statistic %s (mu_LB %s)", statistic,
                 ", ".join(f"{c} {v:.3f}" for c, v in criteria.items()))
-    return {"mode": "auto", "statistic": statistic, "criterion": CRITERION, "candidates": list(columns),
+    return {"mode": "auto", "statistic": statistic, "criterion": CRITERION, "tie_break": TIE_BREAK,
+            "auc": {c: (None if math.isnan(v) else v) for c, v in auc.items()}, "candidates": list(columns),
             "made_on": "calibration target: its own canaries and coin flips, never the audited ones",
             "values": {c: (None if math.isnan(v) else v) for c, v in criteria.items()}}
 
@@ -548,7 +575,8 @@ def choice_markdown(choice: dict[str, Any] | None) -> list[str]:
              f"{calibration['canaries']} other canaries of the same design (seed {calibration['canary_seed']}, "
              f"their own fair coins: {calibration['included']} included) and {calibration['fillers']} fillers. "
              "Of `audit.features`, the one whose guesses on those canaries reject the largest mu of Gaussian DP "
-             "(mu_LB of the f-DP one-run bound) was chosen; ties go to the earlier feature.", "",
+             "(mu_LB of the f-DP one-run bound) was chosen; ties go to the larger AUC, then to the earlier "
+             "feature.", "",
              "| feature | mu_LB (calibration) | AUC (calibration) |", "|---|---|---|"]
     for column in choice.get("candidates", choice["values"]):
         value = choice["values"][column]

@@ -440,7 +440,7 @@ class AuditConfig:
             (:func:`experiments.studies.audit.select_statistic`).
         features: the features reported beside it (their AUCs), and the candidates of
             ``"auto"``, e.g. ``"loss,min_k_plus_plus"``; ties under ``"auto"`` go to the
-            earlier one.
+            larger calibration AUC, then to the earlier one.
         reference: the reference model of the features that compare the target with one
             (``reference``, ``suffix_ratio``, ``error_zone``, ...): ``"base"`` (the base
             model; the default) or ``"other-canaries"``: for each epsilon, a fine-tune with
