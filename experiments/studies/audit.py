@@ -474,10 +474,10 @@ def choose_statistic(labels: np.ndarray, table: pd.DataFrame, columns: list[str]
     auc = {c: (roc_auc(labels, v) if np.isfinite(v).all() else math.nan) for c, v in scores.items()}
     statistic = select_statistic(criteria, auc)
     if criteria[statistic] == 0.0:
-        logger.warning("calibration: no feature rejects any mu-GDP on the calibration canaries; the statistic "
-                       "falls to the first of audit.features, %s", statistic)
-    logger.info("calibration: statistic %s (mu_LB %s)", statistic,
-                ", ".join(f"{c} {v:.3f}" for c, v in criteria.items()))
+        logger.warning("calibration: no feature rejects any mu-GDP on the calibration canaries; the one with "
+                       "the largest calibration AUC is the statistic, %s", statistic)
+    logger.info("calibration: statistic %s (mu_LB / AUC: %s; ties on mu_LB go to the larger AUC)", statistic,
+                ", ".join(f"{c} {criteria[c]:.3f} / {auc[c]:.3f}" for c in columns))
     return {"mode": "auto", "statistic": statistic, "criterion": CRITERION, "tie_break": TIE_BREAK,
             "auc": {c: (None if math.isnan(v) else v) for c, v in auc.items()}, "candidates": list(columns),
             "made_on": "calibration target: its own canaries and coin flips, never the audited ones",
