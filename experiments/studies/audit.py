@@ -20,8 +20,9 @@ Run"), one training run per epsilon:
    feature of ``audit.features`` scores the calibration canaries; the one whose guesses
    reject the largest mu of Gaussian DP (mu_LB of the f-DP one-run bound) is the statistic,
    ties to the larger calibration AUC, then to the earlier feature. The audited canaries
-   and their coins are never read for the choice, so the bounds stay valid. (The shadow classifier is not a candidate: it
-   needs shadow fine-tunes, each as costly as a target, which the audit does not train.)
+   and their coins are never read for the choice, so the bounds stay valid. (The shadow
+   classifier is not a candidate: it needs shadow fine-tunes, each as costly as a target,
+   which the audit does not train.)
    The calibration target is trained once and reused on a rerun (``targets/calibration``).
    The features that compare the target with a reference model (``reference``,
    ``suffix_ratio``, ``error_zone``) use the base model, or with ``audit.reference =
@@ -462,7 +463,7 @@ def choose_statistic(labels: np.ndarray, table: pd.DataFrame, columns: list[str]
     :func:`statistic_criteria`, ties to the larger calibration AUC), the criterion, the
     ``tie_break`` and each feature's ``auc``, where the choice was made, and the
     ``candidates`` in the order of ``columns`` (``audit.json`` sorts the keys of ``values``;
-    the order decides ties).
+    the order decides ties of both mu_LB and AUC).
 
     The shadow classifier of the issue is not a candidate: it needs shadow fine-tunes (K
     more trainings, each as costly as a target), which the audit does not train.
