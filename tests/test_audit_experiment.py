@@ -130,3 +130,15 @@ def test_audit_table_reads_reports_with_and_without_the_f_dp_bound():
     old = {"setting": old_setting, "targets": [old_row]}
     assert "epsilon_LB f-DP" not in audit_table(old).columns
     assert "(synthetic patient records)" in audit_markdown(old)
+
+
+def test_dp_batch_size_sets_the_batch_of_the_private_targets_only(config_file):
+    from experiments.studies.audit import target_training
+    config = load_config(config_file, overrides=["audit.dp_batch_size=16"])
+    private = target_training(config, 2.0)
+    assert private.batch_size == 16 and private.dp_epsilon == 2.0 and private.dp_delta == 1e-5
+    assert target_training(config, math.inf) is config.target and config.target.batch_size == 8
+    default = load_config(config_file)
+    assert default.audit.dp_batch_size is None and target_training(default, 2.0).batch_size == 8
+    with pytest.raises(ConfigError, match="dp_batch_size=0"):
+        load_config(config_file, overrides=["audit.dp_batch_size=0"])

@@ -222,10 +222,12 @@ def training_texts(canaries: list[str], included: np.ndarray, fillers: list[str]
 
 
 def target_training(config: AuditExperimentConfig, epsilon: float) -> Any:
-    """``[target]`` with DP at ``epsilon`` (and the audit's delta); ``inf`` leaves it non-private."""
+    """``[target]`` with DP at ``epsilon`` (the audit's delta, and ``audit.dp_batch_size`` when
+    set); ``inf`` leaves it non-private."""
     if math.isinf(epsilon):
         return config.target
-    return dataclasses.replace(config.target, dp_epsilon=epsilon, dp_delta=config.audit.delta)
+    batch_size = config.audit.dp_batch_size or config.target.batch_size
+    return dataclasses.replace(config.target, dp_epsilon=epsilon, dp_delta=config.audit.delta, batch_size=batch_size)
 
 
 def epsilon_label(epsilon: float) -> str:
@@ -423,8 +425,9 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                         "included": int(included.sum()),
                         "canary_repeats": audit.canary_repeats, "fillers": len(fillers),
                         "training_texts": len(training), "delta": audit.delta, "confidence": audit.confidence,
-                        "target_training": config.target.to_dict(), "seeds": {"fillers": config.seed,
-                                                                              "canaries": audit.canary_seed},
+                        "target_training": config.target.to_dict(),
+                        "dp_batch_size": audit.dp_batch_size or config.target.batch_size,
+                        "seeds": {"fillers": config.seed, "canaries": audit.canary_seed},
                         "wall_time_s": round(time.perf_counter() - started, 1)},
             "targets": rows,
         }

@@ -430,6 +430,16 @@ class AuditConfig:
         canary_repeats: how many copies of an included canary the training set holds (>= 1).
         canary_seed: seed of the canary texts and of which of them are included.
         fillers: the other training texts, drawn from ``[data]`` (>= 0).
+        dp_batch_size: the expected batch size of the DP targets and their references
+            (Poisson sampling rate ``dp_batch_size / n``); ``None`` (the default) keeps
+            ``target.batch_size``. The non-private targets always use ``target.batch_size``.
+            At a fixed epsilon a larger sampling rate q lets the accountant take fewer,
+            less noisy steps: a canary seen ``q * T`` times under noise
+            ``sigma * sqrt(T)`` leaves a trace ``q * sqrt(T) / sigma`` times the noise in the
+            final model, the most a last-iterate black-box audit can see (e.g. 0.35 at
+            batch 8, 0.72 at batch 64 for epsilon 8 over 616 texts and 3 epochs). DP
+            fine-tunes are trained so in practice (Li et al. 2022, "Large language models
+            can be strong differentially private learners", arXiv 2110.05679).
         epsilons: the targets' epsilons; ``inf`` trains without DP.
         delta: the delta of the DP guarantee and of the bounds, in (0, 1).
         confidence: the bounds' confidence, in (0, 1).
@@ -457,6 +467,7 @@ class AuditConfig:
     canary_repeats: int = 1
     canary_seed: int = 0
     fillers: int = 100
+    dp_batch_size: int | None = None
     epsilons: tuple[float, ...] = (1.0, 8.0, math.inf)
     delta: float = 1e-5
     confidence: float = 0.95
@@ -480,6 +491,8 @@ class AuditConfig:
                               "e.g. reference = \"other-canaries\"")
         _check_int("canary_seed", self.canary_seed, 0, _MAX_SEED)
         _check_int("fillers", self.fillers, 0, 100_000_000)
+        if self.dp_batch_size is not None:
+            _check_int("dp_batch_size", self.dp_batch_size, 1, 100_000_000)
         numbers = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in self.epsilons)
         epsilons = tuple(float(e) for e in self.epsilons) if numbers else ()
         if not epsilons or any(not e > 0 for e in epsilons) or len(set(epsilons)) != len(epsilons):
