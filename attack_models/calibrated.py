@@ -170,6 +170,7 @@ def lira_statistics(
     min_std: float = DEFAULT_MIN_STD,
     need_in: bool = True,
     where: str = "lira",
+    fixed_std: float | None = None,
 ) -> LiraStatistics:
     """Fit, for every text, a Gaussian to its scores over the IN shadows and the OUT shadows.
 
@@ -199,6 +200,11 @@ def lira_statistics(
       offline attack) IN parameters are not required and texts without IN shadows are fine;
     * every standard deviation is floored at ``min_std`` (absolute: scores should be on an
       O(1) scale such as :func:`logit_scale` output or a per-token log-likelihood).
+
+    ``fixed_std`` (a standard deviation measured beforehand, e.g. :func:`pooled_out_std` of
+    the attacker's pool) is every text's IN and OUT standard deviation (floored at
+    ``min_std``): no variance is estimated, so none of the standard-deviation fallbacks
+    applies or is logged.
     """
     S = _matrix(shadow_scores, "shadow_scores")
     K, N = S.shape
@@ -252,8 +258,11 @@ def lira_statistics(
                            where, int(floored.sum()), N, group, min_std)
         return np.maximum(sd, min_std)
 
-    sd_in = scale(var_in, pooled_in, pooled_out, n_in, "IN")
-    sd_out = scale(var_out, pooled_out, pooled_in, n_out, "OUT")
+    if fixed_std is not None:
+        sd_in = sd_out = np.full(N, max(float(fixed_std), min_std))
+    else:
+        sd_in = scale(var_in, pooled_in, pooled_out, n_in, "IN")
+        sd_out = scale(var_out, pooled_out, pooled_in, n_out, "OUT")
     return LiraStatistics(mu_in=mu_in, sd_in=sd_in, mu_out=mu_out, sd_out=sd_out, n_in=n_in, n_out=n_out)
 
 
@@ -304,9 +313,8 @@ def lira_offline(
     S = _matrix(shadow_scores, "shadow_scores")
     x = _vector(target_scores, "target_scores", S.shape[1])
     st = lira_statistics(S, keep, fixed_variance=fixed_variance, min_std=min_std, need_in=False,
-                         where="lira_offline")
-    sd = st.sd_out if fixed_std is None else max(float(fixed_std), min_std)
-    return -norm.logsf(x, st.mu_out, sd)
+                         where="lira_offline", fixed_std=fixed_std)
+    return -norm.logsf(x, st.mu_out, st.sd_out)
 
 
 def pooled_out_std(shadow_scores: ArrayLike, keep: ArrayLike, *, min_std: float = Z_MIN_STD) -> float:
@@ -351,15 +359,9 @@ def offline_z(
     """
     S = _matrix(shadow_scores, "shadow_scores")
     x = _vector(target_scores, "target_scores", S.shape[1])
-    out = ~np.asarray(keep, dtype=bool)
-    if fixed_std is not None and out.shape == S.shape and out.any(axis=0).all():
-        # every text has an OUT shadow and the scale is given: only the OUT mean is needed
-        # (no per-text variance to compute, nor to warn about when a text has one OUT shadow)
-        mu_out = np.where(out, S, 0.0).sum(axis=0) / out.sum(axis=0)
-        return (x - mu_out) / max(float(fixed_std), min_std)
-    st = lira_statistics(S, keep, fixed_variance=fixed_variance, min_std=min_std, need_in=False, where="offline_z")
-    sd = st.sd_out if fixed_std is None else max(float(fixed_std), min_std)
-    return (x - st.mu_out) / sd
+    st = lira_statistics(S, keep, fixed_variance=fixed_variance, min_std=min_std, need_in=False, where="offline_z",
+                         fixed_std=fixed_std)
+    return (x - st.mu_out) / st.sd_out
 
 
 # --------------------------------------------------------------------------- RMIA

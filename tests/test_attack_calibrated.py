@@ -16,6 +16,7 @@ from attack_models.calibrated import (
     lira_online,
     lira_statistics,
     logit_scale,
+    offline_z,
     rmia,
     tune_rmia_a,
 )
@@ -79,6 +80,27 @@ def test_lira_hand_computed_two_shadows(caplog):
     np.testing.assert_allclose(lira_online(x, scores, keep, fixed_variance=True), [0.5, -0.5])
     expected_offline = -np.log(norm.sf(x / math.sqrt(2)))
     np.testing.assert_allclose(lira_offline(x, scores, keep), expected_offline)
+
+
+def test_a_fixed_std_is_used_as_given_without_std_fallback_warnings(caplog):
+    # every text has one OUT shadow (and one IN): no variance can be estimated, so without a
+    # fixed std lira_offline falls back to min_std and says so; with the pool's std (what
+    # `score` passes) nothing falls back and nothing is logged (`make demo` logged the
+    # fallback ~30 times although the given std replaced it)
+    scores = np.array([[1.0, 0.0, 4.0], [3.0, 2.0, 5.0]])
+    keep = np.array([[True, False, True], [False, True, False]])
+    x = np.array([2.5, 0.5, 4.0])
+    with caplog.at_level(logging.WARNING, logger="attack_models.calibrated"):
+        fixed = lira_offline(x, scores, keep, fixed_variance=True, fixed_std=0.5)
+        z = offline_z(x, scores, keep, fixed_variance=True, fixed_std=0.5)
+    assert caplog.text == ""
+    mu_out = np.array([3.0, 0.0, 5.0])
+    np.testing.assert_allclose(fixed, -norm.logsf(x, mu_out, 0.5))
+    np.testing.assert_allclose(z, (x - mu_out) / 0.5)
+    assert lira_statistics(scores, keep, fixed_std=1e-9, min_std=1e-3).sd_out.tolist() == [1e-3] * 3
+    with caplog.at_level(logging.WARNING, logger="attack_models.calibrated"):
+        lira_offline(x, scores, keep, fixed_variance=True)
+    assert "falls back to the min_std value" in caplog.text
 
 
 def test_lira_per_text_gaussians_match_numpy():
