@@ -130,6 +130,10 @@ def test_audit_table_reads_reports_with_and_without_the_f_dp_bound():
     old = {"setting": old_setting, "targets": [old_row]}
     assert "epsilon_LB f-DP" not in audit_table(old).columns
     assert "(synthetic patient records)" in audit_markdown(old)
+    assert "expected batch" not in markdown
+    batched = {**setting, "target_training": {"batch_size": 8}, "dp_batch_size": 64}
+    assert "per epsilon (expected batch 64 with DP, 8 without)" in audit_markdown({"setting": batched,
+                                                                                   "targets": [row]})
 
 
 def test_dp_batch_size_sets_the_batch_of_the_private_targets_only(config_file):

@@ -522,10 +522,14 @@ def audit_markdown(report: dict[str, Any]) -> str:
         design += f": keys of {setting['canary_prefix_tokens']} tokens, secrets of {setting['canary_tokens']}"
     elif setting.get("canary_tokens"):
         design += f" of {setting['canary_tokens']} tokens"
+    batch = setting.get("target_training", {}).get("batch_size")
+    dp_batch = setting.get("dp_batch_size")
+    batches = (f" (expected batch {dp_batch} with DP, {batch} without)" if batch and dp_batch and dp_batch != batch
+               else "")
     lines = [f"# Privacy audit: {setting['name']}", "",
              f"{setting['canaries']} canaries ({design}), {setting['included']} of them included "
              f"(a fair coin each) x {setting['canary_repeats']}, among {setting['fillers']} fillers; "
-             f"one LoRA fine-tune of {setting['base_model']} per epsilon; the canaries scored by "
+             f"one LoRA fine-tune of {setting['base_model']} per epsilon{batches}; the canaries scored by "
              f"`{setting['statistic']}`; delta = {setting['delta']:g}, confidence {setting['confidence']:g}.", "",
              "epsilon_theory is the accountant's epsilon of the training; epsilon_LB the lower bound that the "
              "attack proves: the one-run bound (Steinke et al. 2023, valid for one run with many canaries); "
