@@ -221,13 +221,19 @@ def training_texts(canaries: list[str], included: np.ndarray, fillers: list[str]
     return fillers + [text for text, keep in zip(canaries, included) if keep for _ in range(repeats)]
 
 
+def dp_batch_size(config: AuditExperimentConfig) -> int:
+    """The expected batch of the DP targets and their references: ``audit.dp_batch_size``, else
+    ``target.batch_size``."""
+    return config.audit.dp_batch_size or config.target.batch_size
+
+
 def target_training(config: AuditExperimentConfig, epsilon: float) -> Any:
-    """``[target]`` with DP at ``epsilon`` (the audit's delta, and ``audit.dp_batch_size`` when
-    set); ``inf`` leaves it non-private."""
+    """``[target]`` with DP at ``epsilon`` (the audit's delta and :func:`dp_batch_size`); ``inf``
+    leaves it non-private."""
     if math.isinf(epsilon):
         return config.target
-    batch_size = config.audit.dp_batch_size or config.target.batch_size
-    return dataclasses.replace(config.target, dp_epsilon=epsilon, dp_delta=config.audit.delta, batch_size=batch_size)
+    return dataclasses.replace(config.target, dp_epsilon=epsilon, dp_delta=config.audit.delta,
+                               batch_size=dp_batch_size(config))
 
 
 def epsilon_label(epsilon: float) -> str:
@@ -426,7 +432,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                         "canary_repeats": audit.canary_repeats, "fillers": len(fillers),
                         "training_texts": len(training), "delta": audit.delta, "confidence": audit.confidence,
                         "target_training": config.target.to_dict(),
-                        "dp_batch_size": audit.dp_batch_size or config.target.batch_size,
+                        "dp_batch_size": dp_batch_size(config),
                         "seeds": {"fillers": config.seed, "canaries": audit.canary_seed},
                         "wall_time_s": round(time.perf_counter() - started, 1)},
             "targets": rows,
