@@ -20,14 +20,19 @@ row k.
 
 Degenerate cases (a text with no IN or no OUT reference shadow, one shadow in a group,
 zero variance) are handled by documented fallbacks, each logged at WARNING with a count;
-see :func:`lira_statistics`.
+see :func:`lira_statistics`. Within :func:`fallbacks_summarised` (the leave-one-shadow-out
+functions here, the calibrated views of :mod:`attack_models.fusion`) the fallbacks of many
+calibrations are counted and logged as one line instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -42,6 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CALIBRATED_METHODS",
     "LiraStatistics",
+    "fallbacks_summarised",
     "leave_one_shadow_out_calibrated",
     "lira_offline",
     "lira_online",
@@ -105,6 +111,60 @@ def _check_min_std(min_std: float) -> float:
     if not isinstance(min_std, (int, float)) or not min_std > 0:
         raise ConfigError(f"min_std must be a positive number; got {min_std!r}.")
     return float(min_std)
+
+
+# --------------------------------------------------------------------------- fallback log
+
+
+@dataclass
+class _FallbackTally:
+    """Fallbacks of :func:`lira_statistics` counted while :func:`fallbacks_summarised` is active."""
+
+    calibrations: int = 0
+    # what fell back -> [calibrations in which it did, most texts in one calibration, texts]
+    kinds: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, kind: str, count: int, n: int) -> None:
+        calls, most, _ = self.kinds.get(kind, [0, 0, n])
+        self.kinds[kind] = [calls + 1, max(most, count), n]
+
+
+_TALLY: contextvars.ContextVar[_FallbackTally | None] = contextvars.ContextVar("calibration_fallbacks", default=None)
+
+
+def _fallback(message: str, *args: object, kind: str, count: int, n: int) -> None:
+    """Log one fallback of :func:`lira_statistics`, or count it under ``kind`` inside
+    :func:`fallbacks_summarised`."""
+    tally = _TALLY.get()
+    if tally is None:
+        logger.warning(message, *args)
+    else:
+        tally.add(kind, count, n)
+
+
+@contextlib.contextmanager
+def fallbacks_summarised(where: str) -> Iterator[None]:
+    """Count the fallbacks of every :func:`lira_statistics` call in the block and log them as
+    one WARNING line at its end (nothing when none fell back).
+
+    Leave-one-shadow-out calibrates each of K rows against K - 1 (or, nested, K - 2)
+    shadows, so with few shadows some texts have no OUT reference in some rows by design;
+    one line per row and feature buried the log (216 lines in ``make demo``). Nested blocks
+    report in the outermost one. Thread- and task-local (a :mod:`contextvars` variable).
+    """
+    if _TALLY.get() is not None:
+        yield
+        return
+    tally = _FallbackTally()
+    token = _TALLY.set(tally)
+    try:
+        yield
+    finally:
+        _TALLY.reset(token)
+    if tally.kinds:
+        logger.warning("%s: fallbacks in %d calibrations (see lira_statistics): %s", where, tally.calibrations,
+                       "; ".join(f"{kind}: {calls} calibration(s), at most {most} of {n} texts"
+                                 for kind, (calls, most, n) in tally.kinds.items()))
 
 
 # --------------------------------------------------------------------------- LiRA
@@ -210,6 +270,9 @@ def lira_statistics(
     K, N = S.shape
     M = _keep(keep, (K, N))
     min_std = _check_min_std(min_std)
+    tally = _TALLY.get()
+    if tally is not None:
+        tally.calibrations += 1
 
     n_in, mu_in, var_in, pooled_in = _group_moments(S, M)
     n_out, mu_out, var_out, pooled_out = _group_moments(S, ~M)
@@ -225,12 +288,16 @@ def lira_statistics(
             )
         delta = float(np.mean(mu_in[both] - mu_out[both]))
         if need_in and no_in.any():
-            logger.warning("%s: %d of %d texts have no IN reference shadow; using mu_out + %.4g "
-                           "(the mean IN-OUT shift) and the pooled IN variance.", where, int(no_in.sum()), N, delta)
+            _fallback("%s: %d of %d texts have no IN reference shadow; using mu_out + %.4g "
+                      "(the mean IN-OUT shift) and the pooled IN variance.", where, int(no_in.sum()), N, delta,
+                      kind=f"{where}, no IN reference shadow (mu_out + the mean IN-OUT shift)",
+                      count=int(no_in.sum()), n=N)
             mu_in = np.where(no_in, mu_out + delta, mu_in)
         if no_out.any():
-            logger.warning("%s: %d of %d texts have no OUT reference shadow; using mu_in - %.4g "
-                           "(the mean IN-OUT shift) and the pooled OUT variance.", where, int(no_out.sum()), N, delta)
+            _fallback("%s: %d of %d texts have no OUT reference shadow; using mu_in - %.4g "
+                      "(the mean IN-OUT shift) and the pooled OUT variance.", where, int(no_out.sum()), N, delta,
+                      kind=f"{where}, no OUT reference shadow (mu_in - the mean IN-OUT shift)",
+                      count=int(no_out.sum()), n=N)
             mu_out = np.where(no_out, mu_in - delta, mu_out)
 
     def scale(var: np.ndarray, pooled: float | None, other: float | None, n: np.ndarray, group: str) -> np.ndarray:
@@ -241,21 +308,24 @@ def lira_statistics(
             fallback_sd, source = math.sqrt(fallback), "pooled" if pooled is not None else "other group's pooled"
         if fixed_variance:
             if pooled is None and (need_in or group == "OUT"):
-                logger.warning("%s: no text has 2+ %s shadows; fixed %s std falls back to the %s value %.4g.",
-                               where, group, group, source, fallback_sd)
+                _fallback("%s: no text has 2+ %s shadows; fixed %s std falls back to the %s value %.4g.",
+                          where, group, group, source, fallback_sd,
+                          kind=f"{where}, no text with 2+ {group} shadows (the {source} std)", count=N, n=N)
             sd = np.full(N, fallback_sd)
         else:
             few = n < 2
             if need_in or group == "OUT":
                 n_few = int(few.sum())
                 if n_few:
-                    logger.warning("%s: %d of %d texts have fewer than 2 %s shadows; using the %s std %.4g.",
-                                   where, n_few, N, group, source, fallback_sd)
+                    _fallback("%s: %d of %d texts have fewer than 2 %s shadows; using the %s std %.4g.",
+                              where, n_few, N, group, source, fallback_sd,
+                              kind=f"{where}, fewer than 2 {group} shadows (the {source} std)", count=n_few, n=N)
             sd = np.where(few, fallback_sd, np.sqrt(np.where(few, 0.0, var)))
         floored = sd < min_std
         if floored.any() and (need_in or group == "OUT"):
-            logger.warning("%s: %d of %d %s standard deviations are below min_std=%.3g and were floored.",
-                           where, int(floored.sum()), N, group, min_std)
+            _fallback("%s: %d of %d %s standard deviations are below min_std=%.3g and were floored.",
+                      where, int(floored.sum()), N, group, min_std,
+                      kind=f"{where}, {group} std below min_std={min_std:.3g} (floored)", count=int(floored.sum()), n=N)
         return np.maximum(sd, min_std)
 
     if fixed_std is not None:
@@ -538,18 +608,19 @@ def leave_one_shadow_out_calibrated(
         raise ConfigError(f"population_scores is only used by RMIA, not by {method!r}.")
 
     out = np.empty((K, N))
-    for k in range(K):
-        others = np.arange(K) != k
-        if method == "lira_online":
-            out[k] = lira_online(S[k], S[others], Mk[others], fixed_variance=fixed_variance, min_std=min_std)
-        elif method == "lira_offline":
-            out[k] = lira_offline(S[k], S[others], Mk[others], fixed_variance=fixed_variance, min_std=min_std)
-        elif method == "offline_z":
-            out[k] = offline_z(S[k], S[others], Mk[others], fixed_variance=fixed_variance, min_std=min_std)
-        else:
-            out[k] = rmia(S[k], S[others], Mk[others], population_target_scores=P[k],
-                          population_shadow_scores=P[others], gamma=gamma, a=a,
-                          online=method == "rmia_online")
+    with fallbacks_summarised(f"{method}, leave-one-shadow-out over {K} shadows"):
+        for k in range(K):
+            others = np.arange(K) != k
+            if method == "lira_online":
+                out[k] = lira_online(S[k], S[others], Mk[others], fixed_variance=fixed_variance, min_std=min_std)
+            elif method == "lira_offline":
+                out[k] = lira_offline(S[k], S[others], Mk[others], fixed_variance=fixed_variance, min_std=min_std)
+            elif method == "offline_z":
+                out[k] = offline_z(S[k], S[others], Mk[others], fixed_variance=fixed_variance, min_std=min_std)
+            else:
+                out[k] = rmia(S[k], S[others], Mk[others], population_target_scores=P[k],
+                              population_shadow_scores=P[others], gamma=gamma, a=a,
+                              online=method == "rmia_online")
     return out
 
 
@@ -579,10 +650,11 @@ def shadows_excluded_calibrated(
         raise InputDataError(f"nested leave-one-shadow-out needs at least 3 shadows; got {K}.")
     rest = np.arange(K) != held_out
     out = np.empty((K, N))
-    out[rest] = leave_one_shadow_out_calibrated(S[rest], Mk[rest], method, fixed_variance=fixed_variance,
-                                                min_std=min_std)
-    out[held_out] = leave_one_shadow_out_calibrated(S, Mk, method, fixed_variance=fixed_variance,
-                                                    min_std=min_std)[held_out]
+    with fallbacks_summarised(f"{method}, nested leave-one-shadow-out over {K} shadows without shadow {held_out}"):
+        out[rest] = leave_one_shadow_out_calibrated(S[rest], Mk[rest], method, fixed_variance=fixed_variance,
+                                                    min_std=min_std)
+        out[held_out] = leave_one_shadow_out_calibrated(S, Mk, method, fixed_variance=fixed_variance,
+                                                        min_std=min_std)[held_out]
     return out
 
 

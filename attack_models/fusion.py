@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from attack_models.calibrated import (
+    fallbacks_summarised,
     leave_one_shadow_out_calibrated,
     offline_z,
     pooled_out_std,
@@ -95,14 +96,16 @@ def calibrate_shadow_table(table: pd.DataFrame, columns: list[str], *, held_out:
     The rows keep the order of ``table``.
     """
     out = table.copy()
-    for column in columns:
-        scores, keep, ids, shadows = shadow_matrix(table, column)
-        if held_out is None:
-            values = leave_one_shadow_out_calibrated(scores, keep, "offline_z", fixed_variance=True)
-        else:
-            values = shadows_excluded_calibrated(scores, keep, "offline_z", held_out=shadows.index(held_out),
-                                                 fixed_variance=True)
-        out[calibrated_column(column)] = table_column(table, values, ids, shadows)
+    fold = "" if held_out is None else f" (fold without shadow {held_out})"
+    with fallbacks_summarised(f"calibrated views of {len(columns)} features{fold}"):
+        for column in columns:
+            scores, keep, ids, shadows = shadow_matrix(table, column)
+            if held_out is None:
+                values = leave_one_shadow_out_calibrated(scores, keep, "offline_z", fixed_variance=True)
+            else:
+                values = shadows_excluded_calibrated(scores, keep, "offline_z", held_out=shadows.index(held_out),
+                                                     fixed_variance=True)
+            out[calibrated_column(column)] = table_column(table, values, ids, shadows)
     return out
 
 

@@ -140,3 +140,36 @@ def test_distinct_views_drop_a_feature_that_differs_from_another_by_a_per_text_c
     np.testing.assert_allclose(table["cal_reference"], table["cal_loss"])
     assert distinct_views(table, ["loss", "reference", "other"]) == ["loss", "other"]
     assert distinct_views(pd.DataFrame({"cal_a": [1.0, np.nan], "cal_b": [1.0, 2.0]}), ["a", "b"]) == ["a", "b"]
+
+
+def test_the_fallbacks_of_a_nested_calibrated_table_are_one_warning_line(caplog):
+    """With 4 shadows, nested leave-one-shadow-out leaves some texts without an OUT reference in
+    some rows by design; ``make demo`` logged one line per row and feature (216). Now one line per
+    table, with the counts, and the values are those of the calibrations made one by one."""
+    import logging
+
+    from attack_models.fusion import calibrate_shadow_table, calibrated_column
+
+    K, N = 4, 60
+    shadows, keep, _, _ = synthetic(K=K, N=N, seed=3)
+    table = pd.DataFrame({"shadow": np.repeat(np.arange(K), N), "id": np.tile([f"t{i:03d}" for i in range(N)], K),
+                          "label": keep.reshape(-1).astype(int), "loss": shadows.reshape(-1),
+                          "zlib_ratio": 2.0 * shadows.reshape(-1) + 1.0})
+    with caplog.at_level(logging.WARNING, logger="attack_models.calibrated"):
+        out = calibrate_shadow_table(table, ["loss", "zlib_ratio"], held_out=1)
+    lines = [r for r in caplog.records if r.name == "attack_models.calibrated"]
+    assert len(lines) == 1
+    message = lines[0].getMessage()
+    assert message.startswith("calibrated views of 2 features (fold without shadow 1): fallbacks in")
+    assert "no OUT reference shadow" in message and f"of {N} texts" in message
+    expected = shadows_excluded_calibrated(shadows, keep, "offline_z", held_out=1, fixed_variance=True)
+    assert np.array_equal(out[calibrated_column("loss")].to_numpy().reshape(K, N), expected)
+
+
+def test_a_lone_calibration_still_warns_for_itself(caplog):
+    import logging
+
+    shadows, keep, _, _ = synthetic(K=4, N=40, seed=1)  # two references: both IN for some texts
+    with caplog.at_level(logging.WARNING, logger="attack_models.calibrated"):
+        offline_z(shadows[0], shadows[2:], keep[2:], fixed_variance=True)
+    assert "offline_z:" in caplog.text and "texts have no OUT reference shadow; using mu_in -" in caplog.text
