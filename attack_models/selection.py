@@ -39,7 +39,7 @@ from llm_features.validation import check_labels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["leave_one_shadow_out", "leave_one_shadow_out_folds", "select_best"]
+__all__ = ["leave_one_shadow_out", "leave_one_shadow_out_folds", "lexicographic_choice", "select_best"]
 
 _TPR_FPR = 0.01
 #: Default selection criteria of :func:`select_best`, in order, and the tie tolerance.
@@ -215,6 +215,29 @@ def leave_one_shadow_out(
     return out
 
 
+def lexicographic_choice(names: Sequence[str], criteria: Sequence[Sequence[float]],
+                         tolerances: Sequence[float]) -> tuple[str, list[str]]:
+    """The first of ``names`` that stays when each criterion in turn keeps only the candidates
+    within its tolerance of the best remaining value (larger is better); also the names left.
+
+    ``criteria[j][i]`` is candidate ``i``'s value of criterion ``j``. A NaN is never within
+    tolerance of a finite best; a criterion that is NaN for every remaining candidate is
+    skipped. The order of ``names`` breaks the last tie: the simpler classifier
+    (:func:`select_best`), the earlier feature of ``audit.features``
+    (:func:`experiments.studies.audit.select_statistic`).
+    """
+    if len(criteria) != len(tolerances):
+        raise ConfigError(f"{len(criteria)} criteria but {len(tolerances)} tolerances; give one tolerance each.")
+    remaining = np.arange(len(names))
+    for values, tolerance in zip(criteria, tolerances):
+        values = np.asarray(values, dtype=np.float64)[remaining]
+        if np.isnan(values).all():
+            continue
+        remaining = remaining[values >= np.nanmax(values) - tolerance]
+    left = [names[i] for i in remaining]
+    return left[0], left
+
+
 def select_best(results: pd.DataFrame, *, tolerance: float = SELECTION_TOLERANCE,
                 criteria: Sequence[str] = SELECTION_CRITERIA) -> str:
     """Name of the best classifier in ``results``, by ``criteria`` in order, ties to the simpler.
@@ -236,15 +259,12 @@ def select_best(results: pd.DataFrame, *, tolerance: float = SELECTION_TOLERANCE
         raise ConfigError(f"tolerance must be >= 0; got {tolerance}.")
     if np.isnan(results["mean_auc"].to_numpy(dtype=np.float64)).all():
         raise InputDataError("every mean_auc is NaN.")
-    remaining = results
-    for criterion in (c for c in criteria if c in results.columns):
-        values = remaining[criterion].to_numpy(dtype=np.float64)
-        if np.isnan(values).all():
-            continue
-        remaining = remaining.loc[values >= np.nanmax(values) - tolerance]
-    tied = remaining["classifier"].tolist()
     order = {name: i for i, name in enumerate(CLASSIFIERS)}
-    choice = min(tied, key=lambda name: order.get(name, len(order)))
+    simplest_first = results.iloc[np.argsort([order.get(n, len(order)) for n in results["classifier"]], kind="stable")]
+    used = [c for c in criteria if c in results.columns]
+    choice, tied = lexicographic_choice(simplest_first["classifier"].tolist(),
+                                        [simplest_first[c].to_numpy(dtype=np.float64) for c in used],
+                                        [tolerance] * len(used))
     row = results.loc[results["classifier"] == choice].iloc[0]
     logger.info("select_best: %s (%s; tied within %.3g: %s)", choice,
                 ", ".join(f"{c} {row[c]:.4f}" for c in criteria if c in results.columns), tolerance, tied)

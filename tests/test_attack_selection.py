@@ -152,3 +152,19 @@ def test_fold_table_recomputes_features_without_the_held_out_shadow():
     with pytest.raises(InputDataError, match="order"):
         leave_one_shadow_out(table, feature_columns=["signal"], classifier_names=["logistic"], progress=False,
                              fold_table=lambda k: table.iloc[::-1])
+
+
+def test_lexicographic_choice_narrows_by_each_criterion_then_takes_the_first_name():
+    import math
+
+    from attack_models.selection import lexicographic_choice
+
+    names = ["a", "b", "c", "d"]
+    first = [0.9000, 0.9005, 0.8, math.nan]
+    second = [0.70, 0.71, 0.99, 0.99]
+    assert lexicographic_choice(names, [first, second], [1e-3, 0.0]) == ("b", ["b"])
+    assert lexicographic_choice(names, [first, second], [1e-3, 0.1]) == ("a", ["a", "b"])
+    assert lexicographic_choice(names, [first], [0.0]) == ("b", ["b"])
+    # a criterion NaN for every remaining candidate is skipped; NaN never ties with a finite best
+    assert lexicographic_choice(names, [[math.nan] * 4, second], [0.0, 0.0]) == ("c", ["c", "d"])
+    assert lexicographic_choice(names, [first, [math.nan] * 4], [1e-3, 0.0]) == ("a", ["a", "b"])

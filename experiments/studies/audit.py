@@ -176,19 +176,16 @@ def select_statistic(criteria: dict[str, float], auc: dict[str, float] | None = 
     pair gets the same mu_LB, the ceiling of that pair (on a non-private calibration target
     several features often reach it). The AUC then ranks them by all their scores.
     """
-    finite = [(value, column) for column, value in criteria.items() if not math.isnan(value)]
+    from attack_models.selection import lexicographic_choice
+
+    finite = [column for column, value in criteria.items() if not math.isnan(value)]
     if not finite:
         raise InputDataError(f"no feature of {', '.join(criteria)} scores every calibration canary; "
                              "name audit.statistic instead of \"auto\"")
-    best = max(value for value, _ in finite)
-    tied = [column for value, column in finite if value >= best - TIE_TOLERANCE]
-
-    def area(column: str) -> float:
-        value = (auc or {}).get(column)
-        return -math.inf if value is None or math.isnan(value) else value
-
-    top = max(area(column) for column in tied)
-    return next(column for column in tied if area(column) == top)
+    areas = [(auc or {}).get(column) for column in finite]
+    choice, _ = lexicographic_choice(finite, [[criteria[c] for c in finite],
+                                              [math.nan if a is None else a for a in areas]], [TIE_TOLERANCE, 0.0])
+    return choice
 
 
 TIE_TOLERANCE = 1e-6
