@@ -134,6 +134,8 @@ def test_audit_table_reads_reports_with_and_without_the_f_dp_bound():
     batched = {**setting, "target_training": {"batch_size": 8}, "dp_batch_size": 64}
     assert "per epsilon (expected batch 64 with DP, 8 without)" in audit_markdown({"setting": batched,
                                                                                    "targets": [row]})
+    faster = {**setting, "target_training": {"batch_size": 8, "lr": 0.002}, "dp_batch_size": 8, "dp_lr": 0.006}
+    assert "per epsilon (lr 0.006 with DP, 0.002 without)" in audit_markdown({"setting": faster, "targets": [row]})
 
 
 def test_dp_batch_size_sets_the_batch_of_the_private_targets_only(config_file):
@@ -146,3 +148,16 @@ def test_dp_batch_size_sets_the_batch_of_the_private_targets_only(config_file):
     assert default.audit.dp_batch_size is None and target_training(default, 2.0).batch_size == 8
     with pytest.raises(ConfigError, match="dp_batch_size=0"):
         load_config(config_file, overrides=["audit.dp_batch_size=0"])
+
+
+def test_dp_lr_sets_the_learning_rate_of_the_private_targets_only(config_file):
+    from experiments.studies.audit import target_training
+    config = load_config(config_file, overrides=["audit.dp_lr=6e-3"])
+    private = target_training(config, 2.0)
+    assert private.lr == 6e-3 and private.dp_epsilon == 2.0 and private.batch_size == config.target.batch_size
+    assert target_training(config, math.inf) is config.target and config.target.lr != 6e-3
+    default = load_config(config_file)
+    assert default.audit.dp_lr is None and target_training(default, 2.0).lr == default.target.lr
+    for bad in ("0", "2.0", "nan", '"fast"'):
+        with pytest.raises(ConfigError, match="dp_lr"):
+            load_config(config_file, overrides=[f"audit.dp_lr={bad}"])

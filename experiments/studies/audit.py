@@ -218,19 +218,20 @@ def training_texts(canaries: list[str], included: np.ndarray, fillers: list[str]
     return fillers + [text for text, keep in zip(canaries, included) if keep for _ in range(repeats)]
 
 
-def dp_batch_size(config: AuditExperimentConfig) -> int:
-    """The expected batch of the DP targets and their references: ``audit.dp_batch_size``, else
-    ``target.batch_size``."""
-    return config.audit.dp_batch_size or config.target.batch_size
+def dp_recipe(config: AuditExperimentConfig) -> dict[str, Any]:
+    """What the DP targets and their references train with apart from ``[target]``: the
+    expected batch (``audit.dp_batch_size``, else ``target.batch_size``) and the learning rate
+    (``audit.dp_lr``, else ``target.lr``), as ``{"batch_size": ..., "lr": ...}``."""
+    return {"batch_size": config.audit.dp_batch_size or config.target.batch_size,
+            "lr": config.audit.dp_lr or config.target.lr}
 
 
 def target_training(config: AuditExperimentConfig, epsilon: float) -> Any:
-    """``[target]`` with DP at ``epsilon`` (the audit's delta and :func:`dp_batch_size`); ``inf``
+    """``[target]`` with DP at ``epsilon`` (the audit's delta and :func:`dp_recipe`); ``inf``
     leaves it non-private."""
     if math.isinf(epsilon):
         return config.target
-    return dataclasses.replace(config.target, dp_epsilon=epsilon, dp_delta=config.audit.delta,
-                               batch_size=dp_batch_size(config))
+    return dataclasses.replace(config.target, dp_epsilon=epsilon, dp_delta=config.audit.delta, **dp_recipe(config))
 
 
 def epsilon_label(epsilon: float) -> str:
@@ -429,7 +430,8 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                         "canary_repeats": audit.canary_repeats, "fillers": len(fillers),
                         "training_texts": len(training), "delta": audit.delta, "confidence": audit.confidence,
                         "target_training": config.target.to_dict(),
-                        "dp_batch_size": dp_batch_size(config),
+                        "dp_batch_size": dp_recipe(config)["batch_size"],
+                        "dp_lr": dp_recipe(config)["lr"],
                         "seeds": {"fillers": config.seed, "canaries": audit.canary_seed},
                         "wall_time_s": round(time.perf_counter() - started, 1)},
             "targets": rows,
@@ -525,10 +527,11 @@ def audit_markdown(report: dict[str, Any]) -> str:
         design += f": keys of {setting['canary_prefix_tokens']} tokens, secrets of {setting['canary_tokens']}"
     elif setting.get("canary_tokens"):
         design += f" of {setting['canary_tokens']} tokens"
-    batch = setting.get("target_training", {}).get("batch_size")
-    dp_batch = setting.get("dp_batch_size")
-    batches = (f" (expected batch {dp_batch} with DP, {batch} without)" if batch and dp_batch and dp_batch != batch
-               else "")
+    training = setting.get("target_training", {})
+    differ = [f"{what} {setting[key]:g} with DP, {training[name]:g} without"
+              for what, key, name in (("expected batch", "dp_batch_size", "batch_size"), ("lr", "dp_lr", "lr"))
+              if setting.get(key) and training.get(name) and setting[key] != training[name]]
+    batches = f" ({'; '.join(differ)})" if differ else ""
     lines = [f"# Privacy audit: {setting['name']}", "",
              f"{setting['canaries']} canaries ({design}), {setting['included']} of them included "
              f"(a fair coin each) x {setting['canary_repeats']}, among {setting['fillers']} fillers; "
