@@ -421,5 +421,8 @@ def test_length_groups_change_nothing_but_rounding(tiny_model_dir, corpus, tmp_p
     a = load_file(tmp_path / "plain" / "adapter_model.safetensors")
     b = load_file(tmp_path / "grouped" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
+    # atol 1e-5 (1e-3 of lr): AdamW divides by sqrt(v), so where a gradient is near zero the float32
+    # rounding of the two passes (which differs between CPU kernels) moves a weight by up to ~2e-6
+    # (seen on an AVX2-only EPYC; 1e-6 held on AVX-512 machines); a wrong grouping moves it by ~lr.
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
