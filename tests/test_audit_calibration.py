@@ -141,6 +141,9 @@ def test_auto_audit_chooses_on_the_calibration_target_whatever_the_audited_label
     assert main(["run", str(config_file), "--out", str(out)]) == 0
     report = json.loads((out / "report" / "audit.json").read_text())
     setting = report["setting"]
+    # no [audit] dp_batch_size / dp_lr: the DP targets' recipe is the target's, and the report says so
+    assert (setting["dp_batch_size"], setting["dp_lr"]) == (8, 1e-2) == (
+        setting["target_training"]["batch_size"], setting["target_training"]["lr"])
     choice = setting["statistic_choice"]
     assert choice["mode"] == "auto" and choice["criterion"] == "mu_lb" and "calibration target" in choice["made_on"]
     assert choice["candidates"] == ["reference", "suffix_ratio", "loss"] and set(choice["values"]) == {

@@ -418,6 +418,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
             logger.info("%s: epsilon_theory %.3g, one-run epsilon_LB %.3f, f-DP %.3f (mu_LB %.3f), classic %.3f",
                         epsilon_label(epsilon), rows[-1]["epsilon_theory"], bounds["one-run"]["epsilon_lb"],
                         bounds["f-dp"]["epsilon_lb"], bounds["f-dp"]["mu_lb"], bounds["classic"]["epsilon_lb"])
+        recipe = dp_recipe(config)
         report = {
             "setting": {"name": config.name, "base_model": config.base_model, "statistic": statistic,
                         "statistic_choice": choice, "reference": reference,
@@ -430,7 +431,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                         "canary_repeats": audit.canary_repeats, "fillers": len(fillers),
                         "training_texts": len(training), "delta": audit.delta, "confidence": audit.confidence,
                         "target_training": config.target.to_dict(),
-                        **{f"dp_{name}": value for name, value in dp_recipe(config).items()},
+                        "dp_batch_size": recipe["batch_size"], "dp_lr": recipe["lr"],
                         "seeds": {"fillers": config.seed, "canaries": audit.canary_seed},
                         "wall_time_s": round(time.perf_counter() - started, 1)},
             "targets": rows,
