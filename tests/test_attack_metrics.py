@@ -10,6 +10,8 @@ import pytest
 from sklearn import metrics as skm
 
 from attack_models.metrics import (
+    _resampled_auc_and_tprs,
+    _stratified_indices,
     balanced_accuracy,
     bootstrap_ci,
     roc_auc,
@@ -190,6 +192,23 @@ def test_summarize_keys_and_values():
     assert out["n"] == 2000 and out["n_members"] + out["n_nonmembers"] == 2000
     assert summarize(y, s, n_resamples=200, seed=1) == out
     assert tpr_key(0.001) == "tpr_at_0.1%fpr" and tpr_key(0.1) == "tpr_at_10%fpr"
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_resampled_metrics_equal_one_roc_per_resample_to_the_last_bit(ties):
+    # the bootstrap of summarize / paired_difference sorts once and weights the texts by how often
+    # a resample drew them; it must give exactly what scoring each resample on its own gives
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 301)
+    s = rng.normal(size=301) + y
+    if ties:
+        s = np.round(s, 1)
+    idx = _stratified_indices(y, 150, rng)
+    fprs = (0.001, 0.01, 0.1, 0.5)
+    one_by_one = np.array([[roc_auc(y[row], s[row])] + [tpr_at_fpr(y[row], s[row], fpr=f) for f in fprs]
+                           for row in idx])
+    for max_cells in (1, 1000, 1 << 22):  # one resample at a time, a few, all at once
+        assert np.array_equal(_resampled_auc_and_tprs(y, s, idx, fprs, max_cells=max_cells), one_by_one)
 
 
 def test_summarize_best_balanced_accuracy_hand():
