@@ -201,6 +201,35 @@ def _epsilon_spent(accountant: Any, *, delta: float, noise_multiplier: float) ->
     return epsilon
 
 
+def accountant_epsilons(record: dict[str, Any]) -> dict[str, float | None]:
+    """The epsilon of a finished DP-SGD training by each of opacus' accountants, at its delta.
+
+    ``record`` is the manifest's ``"dp"`` entry (``noise_multiplier``, ``sample_rate``, ``steps``,
+    ``delta``). Both accountants bound the same mechanism, Poisson-subsampled Gaussian steps:
+    ``"rdp"`` by Renyi DP composed and converted to (epsilon, delta) (Mironov 2017; Mironov,
+    Talwar & Zhang 2019), ``"prv"`` by numerically composing the privacy-loss distribution
+    (Gopi, Lee & Wutschitz 2021), tighter, with opacus' default error bound added (so still an
+    upper bound). Both are upper bounds on the true epsilon, so the smaller one is what an
+    audit's lower bound must stay under. ``None`` where an accountant cannot evaluate the
+    setting (logged).
+    """
+    from opacus.accountants import create_accountant
+
+    sigma, rate, steps, delta = (float(record["noise_multiplier"]), float(record["sample_rate"]),
+                                 int(record["steps"]), float(record["delta"]))
+    epsilons: dict[str, float | None] = {}
+    for mechanism in ("rdp", "prv"):
+        accountant = create_accountant(mechanism=mechanism)
+        accountant.history = [(sigma, rate, steps)] if steps else []
+        try:
+            epsilons[mechanism] = _epsilon_spent(accountant, delta=delta, noise_multiplier=sigma)
+        except (ValueError, RuntimeError) as error:  # e.g. PRV's domain for extreme settings
+            logger.info("%s accountant cannot evaluate sigma %g, q %g, %d steps: %s", mechanism, sigma, rate,
+                        steps, error)
+            epsilons[mechanism] = None
+    return epsilons
+
+
 def train_dp(loop: TrainingLoop, plan: DPPlan, *, bar: Any, train_start: float,
              example_losses: Callable[..., Any]) -> dict[str, Any]:
     """DP-SGD (Abadi et al. 2016) on the LoRA parameters with opacus; returns the privacy record.

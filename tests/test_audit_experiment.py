@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from experiments.cli import main
 from experiments.studies.audit import canary_records, training_texts
 from experiments.studies.config import load_config
 from llm_features.errors import ConfigError
+from shadow.dp import accountant_epsilons
 from tests.tiny import audit_config
 
 CONFIG = """
@@ -77,6 +79,15 @@ def test_audit_run_bounds_epsilon_below_the_accountant(config_file, tmp_path, ca
     assert public["bounds"]["one-run"]["epsilon_lb"] > 0.0
     dp_manifest = json.loads((out / "targets" / "eps_2" / "manifest.json").read_text())
     assert dp_manifest["dp"]["target_epsilon"] == 2.0
+    # the PRV accountant's epsilon of the same steps sits beside the RDP one the training ran with
+    assert accountant_epsilons(dp_manifest["dp"])["rdp"] == pytest.approx(private["epsilon_theory"], rel=1e-12)
+    assert 0 < private["epsilon_theory_prv"] < private["epsilon_theory"]
+    assert private["epsilon_theory_prv_canary"] == pytest.approx(2 * private["epsilon_theory_prv"])
+    assert public["epsilon_theory_prv"] == "inf"
+    assert private["bounds_above_accountant"] == [] == public["bounds_above_accountant"]
+    expected_precision = "bfloat16 autocast" if dp_manifest["autocast_bf16"] else dp_manifest["base_model"]["dtype"]
+    assert private["precision"] == expected_precision
+    assert f"eps_2 {expected_precision}" in (out / "report" / "audit.md").read_text()
     assert "epsilon_LB one-run" in capsys.readouterr().out
     assert "inf (no DP)" in (out / "report" / "audit.md").read_text()
 
@@ -104,6 +115,32 @@ def test_group_privacy_of_a_repeated_canary():
     assert group_privacy(2.0, 1e-5, 3) == pytest.approx((6.0, 3 * math.exp(4.0) * 1e-5))
     assert group_privacy(math.inf, 1e-5, 3) == (math.inf, 1e-5)
     assert group_privacy(8.0, 1e-2, 4)[1] == 1.0  # capped
+
+
+def test_a_bound_above_the_smaller_accountant_epsilon_is_flagged(caplog):
+    from experiments.studies.audit import audit_markdown, bounds_above_accountant
+
+    def row(one_run, f_dp, classic, prv=0.8):
+        return {"epsilon_target": 1.0, "epsilon_theory": 1.0, "epsilon_theory_canary": 1.0,
+                "epsilon_theory_prv_canary": prv, "delta_canary": 1e-5,
+                "bounds": {"one-run": {"epsilon_lb": one_run}, "f-dp": {"epsilon_lb": f_dp, "mu_lb": 0.3},
+                           "classic": {"epsilon_lb": classic}}}
+
+    assert bounds_above_accountant(row(0.5, 0.7, 0.0)) == []
+    # above PRV's 0.8 though below RDP's 1.0: both are upper bounds, so the smaller one counts
+    with caplog.at_level(logging.ERROR):
+        assert bounds_above_accountant(row(0.9, 0.7, 0.0)) == ["one-run"]
+    assert "one-run lower bound 0.9000 exceeds the accountant's epsilon 0.8000" in caplog.text
+    assert bounds_above_accountant(row(0.5, 0.7, 1.2, prv=None)) == ["classic"]  # PRV unavailable: RDP
+    # the f-DP epsilon is a Gaussian curve's, not checked against DP-SGD's own
+    assert bounds_above_accountant(row(0.0, 0.95, 0.0)) == []
+    flagged = {**row(0.9, 0.7, 0.0), "auc": {"loss": 0.6}, "bounds_above_accountant": ["one-run"]}
+    for bound in flagged["bounds"].values():
+        bound["note"] = None
+    setting = {"name": "t", "statistic": "loss", "canaries": 10, "included": 5, "canary_repeats": 1, "fillers": 3,
+               "base_model": "b", "delta": 1e-5, "confidence": 0.95}
+    assert "A lower bound exceeds the accountant's epsilon (eps_1 one-run)" in audit_markdown(
+        {"setting": setting, "targets": [flagged]})
 
 
 def test_audit_table_reads_reports_with_and_without_the_f_dp_bound():

@@ -37,8 +37,10 @@ Run"), one training run per epsilon:
    DP-SGD's nearly is); and the classic bound, which treats the canaries as independent
    trials (a heuristic here; see that module);
 5. ``report/``: ``audit.json``, ``audit.md`` (a table of epsilon_theory, the accountant's
-   epsilon, against the three lower bounds and each feature's AUC; with ``"auto"``, the
-   calibration target's mu_LB and AUC per feature and the statistic chosen) and ``epsilon.png``.
+   epsilon, and the PRV accountant's for the same steps, against the three lower bounds and each
+   feature's AUC; the precision each target was trained in; any (epsilon, delta) bound above the
+   smaller accountant epsilon, flagged as a bug; with ``"auto"``, the calibration target's mu_LB
+   and AUC per feature and the statistic chosen) and ``epsilon.png``.
 
 Every target is resumable (skipped when it verifies with the same settings). The true
 epsilon of each training lies in [epsilon_LB, epsilon_theory] with the stated confidence.
@@ -247,6 +249,43 @@ def epsilon_theory(manifest: dict[str, Any]) -> float:
     return float(record["epsilon"])
 
 
+def prv_epsilon(manifest: dict[str, Any]) -> float | None:
+    """The PRV accountant's epsilon of a trained adapter, beside the one its training used
+    (:func:`shadow.dp.accountant_epsilons`; ``inf`` for a non-private one, ``None`` where the
+    PRV accountant cannot evaluate the setting)."""
+    from shadow.dp import accountant_epsilons
+
+    record = manifest.get("dp")
+    if not record:
+        return math.inf
+    return accountant_epsilons(record)["prv"]
+
+
+def training_precision(manifest: dict[str, Any]) -> str:
+    """What a target was trained in, as its manifest says: ``"bfloat16 autocast"`` or the weights' dtype
+    (``precision = "auto"`` resolves per machine, so the report says which it was)."""
+    return "bfloat16 autocast" if manifest.get("autocast_bf16") else str(manifest.get("base_model", {}).get("dtype"))
+
+
+def bounds_above_accountant(row: dict[str, Any]) -> list[str]:
+    """The (epsilon, delta) lower bounds of an audit row that exceed an accountant's epsilon of a canary.
+
+    The one-run bound (Steinke et al. 2023) and the classic one bound epsilon at the canary's delta
+    directly, so either above the smaller of the RDP and PRV epsilons (both upper bounds) means a bug
+    in the audit or the DP training; each is logged as an error. The f-DP epsilon is not checked: it is
+    the epsilon of the Gaussian curve mu_LB-GDP, and DP-SGD's own curve can certify a smaller epsilon
+    at the same delta than the Gaussian curve that it nearly is (README, audit section).
+    """
+    uppers = [e for e in (row["epsilon_theory_canary"], row.get("epsilon_theory_prv_canary")) if e is not None]
+    upper = min(uppers)
+    above = [method for method in ("one-run", "classic") if row["bounds"][method]["epsilon_lb"] > upper * (1 + 1e-9)]
+    for method in above:
+        logger.error("%s: the %s lower bound %.4f exceeds the accountant's epsilon %.4f: a bug in the audit or in "
+                     "the DP training; do not publish this audit", epsilon_label(row["epsilon_target"]), method,
+                     row["bounds"][method]["epsilon_lb"], upper)
+    return above
+
+
 def group_privacy(epsilon: float, delta: float, group: int) -> tuple[float, float]:
     """(epsilon, delta) of a group of ``group`` records under (epsilon, delta)-DP per record.
 
@@ -296,9 +335,10 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
         return canaries, included, fillers, training_texts(canaries, included, fillers, config.audit.canary_repeats)
 
     def train_and_score(name: str, epsilon: float, training: list[str], canaries: list[str], included: np.ndarray,
-                        reference_scores: list[Any]) -> tuple[pd.DataFrame, float]:
+                        reference_scores: list[Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
         """Train (or reuse) the target ``targets/NAME`` at ``epsilon``, score ``canaries`` with every feature
-        (``reference_scores``: the canaries' scores under the reference model)."""
+        (``reference_scores``: the canaries' scores under the reference model); return the table and
+        the target's manifest."""
         directory = out / "targets" / name
         train_target(config.base_model, training, directory, target_training(config, epsilon))
         target = load_model(config.base_model, adapter=directory)
@@ -307,7 +347,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
         del target
         with atomic_path(directory.parent / f"{name}_scores.csv") as tmp:
             table.to_csv(tmp, index=False)
-        return table, epsilon_theory(read_manifest(directory))
+        return table, read_manifest(directory)
 
     out = Path(out)
     audit = config.audit
@@ -383,12 +423,12 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
             epsilon = calibration_epsilon(audit.epsilons)
             logger.info("calibration target (epsilon %s): %d canaries of seed %d, %d included, %d fillers",
                         epsilon, len(cal_canaries), seed, int(cal_included.sum()), len(cal_fillers))
-            table, theory = train_and_score(CALIBRATION, epsilon, cal_training, cal_canaries, cal_included,
+            table, manifest = train_and_score(CALIBRATION, epsilon, cal_training, cal_canaries, cal_included,
                                            reference_scores(epsilon, "calibration"))
             choice = choose_statistic(cal_included.astype(int), table, [r.column for r in requests],
                                       confidence=audit.confidence, seed=config.seed)
             choice["calibration"] = {
-                "epsilon_target": epsilon, "epsilon_theory": theory, "canary_seed": seed,
+                "epsilon_target": epsilon, "epsilon_theory": epsilon_theory(manifest), "canary_seed": seed,
                 "canaries": len(cal_canaries), "included": int(cal_included.sum()), "fillers": len(cal_fillers),
                 "shared_with_audited_canaries": len(set(cal_canaries) & set(canaries)),
                 "auc": choice.pop("auc"),
@@ -399,15 +439,21 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
         rows: list[dict[str, Any]] = []
         for epsilon in audit.epsilons:
             stage = time.perf_counter()
-            table, per_record = train_and_score(epsilon_label(epsilon), epsilon, training, canaries, included,
-                                                 reference_scores(epsilon, "audited"))
+            table, manifest = train_and_score(epsilon_label(epsilon), epsilon, training, canaries, included,
+                                              reference_scores(epsilon, "audited"))
             scores = table[statistic].to_numpy(dtype=np.float64)
+            per_record = epsilon_theory(manifest)
             per_canary, canary_delta = group_privacy(per_record, audit.delta, audit.canary_repeats)
+            prv = prv_epsilon(manifest)
             rows.append({
                 "epsilon_target": epsilon,
                 "epsilon_theory": per_record,
                 "epsilon_theory_canary": per_canary,
+                "epsilon_theory_prv": prv,
+                "epsilon_theory_prv_canary": (None if prv is None else
+                                              group_privacy(prv, audit.delta, audit.canary_repeats)[0]),
                 "delta_canary": canary_delta,
+                "precision": training_precision(manifest),
                 "bounds": audit_bounds(included.astype(int), scores, delta=canary_delta,
                                        confidence=audit.confidence, seed=config.seed),
                 "auc": {r.column: summarize(included.astype(int), table[r.column].to_numpy(),
@@ -415,6 +461,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                 "wall_time_s": round(time.perf_counter() - stage, 1),
             })
             bounds = rows[-1]["bounds"]
+            rows[-1]["bounds_above_accountant"] = bounds_above_accountant(rows[-1])
             logger.info("%s: epsilon_theory %.3g, one-run epsilon_LB %.3f, f-DP %.3f (mu_LB %.3f), classic %.3f",
                         epsilon_label(epsilon), rows[-1]["epsilon_theory"], bounds["one-run"]["epsilon_lb"],
                         bounds["f-dp"]["epsilon_lb"], bounds["f-dp"]["mu_lb"], bounds["classic"]["epsilon_lb"])
@@ -504,6 +551,11 @@ def audit_table(report: dict[str, Any]) -> pd.DataFrame:
             "epsilon (target)": row["epsilon_target"],
             "epsilon_theory": row["epsilon_theory"],
             "epsilon_theory (canary)": row["epsilon_theory_canary"],
+        }
+        if "epsilon_theory_prv_canary" in row:
+            prv = row["epsilon_theory_prv_canary"]
+            entry["epsilon_theory PRV (canary)"] = math.nan if prv is None else prv
+        entry |= {
             "delta (canary)": row["delta_canary"],
             "epsilon_LB one-run": bounds["one-run"]["epsilon_lb"],
         }
@@ -537,7 +589,9 @@ def audit_markdown(report: dict[str, Any]) -> str:
              f"(a fair coin each) x {setting['canary_repeats']}, among {setting['fillers']} fillers; "
              f"one LoRA fine-tune of {setting['base_model']} per epsilon{batches}; the canaries scored by "
              f"`{setting['statistic']}`; delta = {setting['delta']:g}, confidence {setting['confidence']:g}.", "",
-             "epsilon_theory is the accountant's epsilon of the training; epsilon_LB the lower bound that the "
+             "epsilon_theory is the accountant's epsilon of the training (the one it was run with, RDP by "
+             "default), epsilon_theory PRV that of the PRV accountant (Gopi, Lee & Wutschitz 2021) for the same "
+             "steps, usually tighter; both are upper bounds. epsilon_LB is the lower bound that the "
              "attack proves: the one-run bound (Steinke et al. 2023, valid for one run with many canaries); "
              "the f-DP one-run bound (Mahloujifar, Melis & Chaudhuri 2025) on the same guesses: mu_LB, the "
              "largest mu of Gaussian DP that they reject, and the epsilon at the canary's delta that mu_LB-GDP "
@@ -552,6 +606,13 @@ def audit_markdown(report: dict[str, Any]) -> str:
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) and not math.isinf(v) else
                                         ("inf (no DP)" if isinstance(v, float) else str(v)) for v in row) + " |")
+    precision = [f"{label(row)} {row['precision']}" for row in report["targets"] if row.get("precision")]
+    if precision:
+        lines += ["", f"Trained in (precision = \"auto\" resolves per machine): {', '.join(precision)}."]
+    above = [f"{label(row)} {method}" for row in report["targets"] for method in row.get("bounds_above_accountant", [])]
+    if above:
+        lines += ["", f"**A lower bound exceeds the accountant's epsilon ({', '.join(above)}): a bug in the audit or "
+                      "the DP training. Do not publish this audit.**"]
     lines += reference_markdown(setting.get("reference"))
     lines += choice_markdown(setting.get("statistic_choice"))
     notes = [f"- {label(row)}: {method} note: {bound['note']}" for row in report["targets"]
