@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -45,3 +46,15 @@ def overfit_model_dir(tmp_path_factory, tiny_tokenizer, corpus):
     model = build_tiny_llama(tiny_tokenizer, seed=0)
     overfit(model, tiny_tokenizer, corpus[:32])
     return save_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_overfit"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _freeze_what_lives_on():
+    """Before each test module: collect the garbage, then freeze what survives (the imported
+    torch, transformers, scikit-learn, ...: millions of objects, and the session's fixtures) into
+    the garbage collector's permanent generation, so the full collections of ``release_memory``
+    (one per model load) stop scanning them. Frozen objects are still freed by reference counting;
+    only a reference cycle among them would outlive its module."""
+    gc.collect()
+    gc.freeze()
+    yield
