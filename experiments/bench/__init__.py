@@ -1,5 +1,5 @@
 """Speed and memory benchmarks (``python -m experiments.bench.scoring``, ``.training``, ``.memory``,
-``.ray_cluster``): each measures a candidate against its baseline in the same run and reports the ratio."""
+``.ray_cluster``, ``.bootstrap``): each measures a candidate against its baseline in the same run and reports the ratio."""
 
 from __future__ import annotations
 
