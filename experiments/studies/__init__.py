@@ -4,4 +4,9 @@
     transfer.py     shadowmia transfer  the same attack against targets trained unlike the shadows
     pretraining.py  shadowmia pretraining   pretraining-data detection (WikiMIA) beside a blind baseline
     audit.py        shadowmia run (audit config)   the privacy audit of DP fine-tuning with canaries
+
+and studies run as modules, without a config:
+
+    token_evidence.py   python -m experiments.studies.token_evidence RUN   token-level evidence beyond token_lira
+    guess_pairs.py      python -m experiments.studies.guess_pairs   which one-run guesses audit best (synthetic scores)
 """
