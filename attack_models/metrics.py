@@ -334,7 +334,7 @@ def _resampled_auc_and_tprs(
     order = np.argsort(-s, kind="mergesort")
     y_sorted = y[order].astype(np.int64)
     s_sorted = s[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1] if s.size > 1 else np.zeros(1, np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]  # first index of each run of equal scores
     position = np.empty(s.size, np.int64)
     position[order] = np.arange(s.size)
     chunk = max(1, max_cells // s.size)
