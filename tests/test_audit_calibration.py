@@ -252,3 +252,30 @@ def test_other_canaries_reference_compares_each_target_with_a_fine_tune_on_a_thi
         against_base = [mean_nll(r) - mean_nll(t) for t, r in
                         zip(under[target], score_texts(base.model, base.tokenizer, texts, max_tokens=max_tokens))]
         assert np.abs(np.asarray(against_base) - scores["reference"]).max() > 0.1
+
+
+def test_a_rerun_audit_reads_every_forward_pass_from_the_score_cache(config_file, tmp_path, monkeypatch):
+    """The targets', the references' and the calibration target's passes over the canaries are cached: a
+    resumed or rerun audit scores nothing again and reports the same bounds."""
+    import llm_features.cache as cache_module
+
+    monkeypatch.setenv(cache_module.CACHE_ENV, str(tmp_path / "cache"))
+    out = tmp_path / "audit"
+    command = ["run", str(config_file), "--out", str(out), "--set", 'audit.reference="other-canaries"']
+    assert main(command) == 0
+    first = json.loads((out / "report" / "audit.json").read_text())
+    tables = {name: pd.read_csv(out / "targets" / f"{name}_scores.csv") for name in ("calibration", "eps_inf")}
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a forward pass that the score cache holds was computed again")
+
+    monkeypatch.setattr(cache_module, "score_texts", no_scoring)
+    assert main(command) == 0
+    again = json.loads((out / "report" / "audit.json").read_text())
+    def without_times(rows):
+        return [{k: v for k, v in row.items() if k != "wall_time_s"} for row in rows]
+
+    assert without_times(again["targets"]) == without_times(first["targets"])
+    assert again["setting"]["statistic_choice"]["values"] == first["setting"]["statistic_choice"]["values"]
+    for name, table in tables.items():
+        pd.testing.assert_frame_equal(pd.read_csv(out / "targets" / f"{name}_scores.csv"), table)

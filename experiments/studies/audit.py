@@ -42,7 +42,9 @@ Run"), one training run per epsilon:
    smaller accountant epsilon, flagged as a bug; with ``"auto"``, the calibration target's mu_LB
    and AUC per feature and the statistic chosen) and ``epsilon.png``.
 
-Every target is resumable (skipped when it verifies with the same settings). The true
+Every target is resumable (skipped when it verifies with the same settings), and every
+forward pass (each target's, each reference's, the base model's) goes through the score cache
+(:mod:`llm_features.cache`), so a rerun or a resumed audit scores nothing twice. The true
 epsilon of each training lies in [epsilon_LB, epsilon_theory] with the stated confidence.
 """
 
@@ -321,10 +323,10 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     from attack_models import summarize
     from experiments.data.canaries import DESIGN_NEEDS
     from experiments.studies.run import claim_run_directory, log_to_file, train_target
+    from llm_features.cache import ModelSpec, default_score_cache, score_texts_cached
     from llm_features.extract import extract_features
     from llm_features.models import load_model
     from llm_features.registry import parse_features
-    from llm_features.scoring import score_texts
     from llm_features.texts import texts_from_list
     from shadow.adapter import read_manifest
 
@@ -341,10 +343,9 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
         the target's manifest."""
         directory = out / "targets" / name
         train_target(config.base_model, training, directory, target_training(config, epsilon))
-        target = load_model(config.base_model, adapter=directory)
-        table = extract_features(target, texts_from_list(canaries, label=[int(k) for k in included]), requests,
-                                 reference_scores=reference_scores, max_tokens=config.target.max_tokens)
-        del target
+        table = extract_features(ModelSpec(config.base_model, adapter=str(directory)),
+                                 texts_from_list(canaries, label=[int(k) for k in included]), requests,
+                                 reference_scores=reference_scores, max_tokens=config.target.max_tokens, cache=cache)
         with atomic_path(directory.parent / f"{name}_scores.csv") as tmp:
             table.to_csv(tmp, index=False)
         return table, read_manifest(directory)
@@ -359,6 +360,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     out.mkdir(parents=True, exist_ok=True)
     claim_run_directory(out, config, force=force)
     requests = parse_features(audit.features)
+    cache = default_score_cache()  # a rerun or a resumed audit pays no forward pass twice
     started = time.perf_counter()
     with log_to_file(out / "run.log"):
         base = load_model(config.base_model)
@@ -384,12 +386,12 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                          "shared_with_audited_canaries": len(set(ref_canaries) & set(canaries)), "epsilon_theory": {}}
         else:
             reference = {"model": "base"}
-            base_scores = {"audited": score_texts(base.model, base.tokenizer, canaries, max_tokens=max_tokens,
-                                                  description="canaries, base model")}
+            base_scores = {"audited": score_texts_cached(base, canaries, cache=cache, max_tokens=max_tokens,
+                                                         description="canaries, base model")}
             if auto:
-                base_scores["calibration"] = score_texts(base.model, base.tokenizer, cal_canaries,
-                                                         max_tokens=max_tokens,
-                                                         description="calibration canaries, base model")
+                base_scores["calibration"] = score_texts_cached(base, cal_canaries, cache=cache,
+                                                                max_tokens=max_tokens,
+                                                                description="calibration canaries, base model")
         del base
 
         reference_passes: dict[float, dict[str, list[Any]]] = {}
@@ -407,15 +409,14 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                             len(ref_canaries), ref_seed, int(ref_included.sum()))
                 train_target(config.base_model, ref_training, directory, target_training(config, epsilon))
                 reference["epsilon_theory"][epsilon_label(epsilon)] = epsilon_theory(read_manifest(directory))
-                model = load_model(config.base_model, adapter=directory)
+                model = ModelSpec(config.base_model, adapter=str(directory))  # loaded only for uncached texts
                 sets = {"audited": canaries}
                 if auto and epsilon == calibration_epsilon(audit.epsilons):
                     sets["calibration"] = cal_canaries
                 reference_passes[epsilon] = {
-                    name: score_texts(model.model, model.tokenizer, texts, max_tokens=max_tokens,
-                                      description=f"{name} canaries, {directory.name}")
+                    name: score_texts_cached(model, texts, cache=cache, max_tokens=max_tokens,
+                                             description=f"{name} canaries, {directory.name}")
                     for name, texts in sets.items()}
-                del model
             return reference_passes[epsilon][which]
 
         if auto:
