@@ -12,6 +12,7 @@ import pytest
 from experiments.cli import main
 from experiments.studies import audit as audit_module
 from experiments.studies.audit import (
+    calibrated_guesses,
     calibration_epsilon,
     calibration_seed,
     canary_records,
@@ -254,17 +255,68 @@ def test_other_canaries_reference_compares_each_target_with_a_fine_tune_on_a_thi
         assert np.abs(np.asarray(against_base) - scores["reference"]).max() > 0.1
 
 
-def test_a_rerun_audit_reads_every_forward_pass_from_the_score_cache(config_file, tmp_path, monkeypatch):
-    """The targets', the references' and the calibration target's passes over the canaries are cached: a
-    resumed or rerun audit scores nothing again and reports the same bounds."""
+def test_calibrated_guesses_are_the_best_grid_pair_on_the_calibration_canaries():
+    from attack_models.privacy_bounds import default_guess_grid, fdp_epsilon_bound, gdp_mu_from_counts
+
+    rng = np.random.default_rng(5)
+    m = 1000
+    labels = (rng.random(m) < 0.5).astype(int)
+    scores = 0.8 * labels + rng.normal(size=m)  # every member shifted a little, as under DP-SGD
+    pair = calibrated_guesses(labels, scores, confidence=0.95, seed=0)
+    grid = default_guess_grid(m)
+    level = 1 - 0.05 / len(grid)
+    order = np.argsort(-scores, kind="stable")
+    mus = [gdp_mu_from_counts(m, a + b, int(labels[order[:a]].sum() + (1 - labels[order[m - b:]]).sum()),
+                              confidence=level) for a, b in grid]
+    assert pair == [list(grid[int(np.argmax(mus))])] and max(mus) > 0
+    # tested alone, the pair pays no Bonferroni correction: a larger mu_LB from the same guesses
+    alone = fdp_epsilon_bound(labels, scores, confidence=0.95, seed=0, guesses=[tuple(pair[0])])
+    assert alone.n_hypotheses == 1 and alone.mu_lb > max(mus)
+    # guesses at chance reject nothing: the audited target keeps the whole grid
+    assert calibrated_guesses(labels, rng.normal(size=m), confidence=0.95, seed=0) is None
+
+
+def test_calibrate_each_chooses_the_statistic_and_the_guesses_at_every_epsilon(config_file, tmp_path, monkeypatch):
+    """A calibration target per epsilon chooses that target's statistic and (k+, k-) pair; every forward pass
+    goes through the score cache, so the rerun scores nothing and reports the same bounds."""
     import llm_features.cache as cache_module
+    from attack_models.privacy_bounds import fdp_epsilon_bound, one_run_epsilon_bound
 
     monkeypatch.setenv(cache_module.CACHE_ENV, str(tmp_path / "cache"))
-    out = tmp_path / "audit"
-    command = ["run", str(config_file), "--out", str(out), "--set", 'audit.reference="other-canaries"']
+    out = tmp_path / "each"
+    command = ["run", str(config_file), "--out", str(out), "--set", "audit.epsilons=[4.0, inf]",
+               "--set", 'audit.calibrate="each"']
     assert main(command) == 0
-    first = json.loads((out / "report" / "audit.json").read_text())
-    tables = {name: pd.read_csv(out / "targets" / f"{name}_scores.csv") for name in ("calibration", "eps_inf")}
+    report = json.loads((out / "report" / "audit.json").read_text())
+    setting = report["setting"]
+    assert setting["calibrate"] == "each" and setting["statistic_choice"]["mode"] == "each"
+    per_target = setting["statistic_choice"]["per_target"]
+    assert list(per_target) == ["eps_4", "eps_inf"]
+    audited = [json.loads(line) for line in (out / "data" / "canaries.jsonl").read_text().splitlines()]
+    labels = np.array([r["label"] for r in audited])
+    for row, (name, chosen) in zip(report["targets"], per_target.items()):
+        calibration = chosen["calibration"]
+        assert calibration["target"] == f"calibration_{name}" and calibration["shared_with_audited_canaries"] == 0
+        assert (out / "targets" / f"calibration_{name}" / "manifest.json").is_file()
+        assert row["statistic"] == chosen["statistic"] and row["guesses"] == chosen["guesses"]
+        # the bounds of the audited target are those of its calibrated pair alone (or of the grid)
+        scores = pd.read_csv(out / "targets" / f"{name}_scores.csv")[row["statistic"]].to_numpy()
+        pairs = None if row["guesses"] is None else [tuple(p) for p in row["guesses"]]
+        delta = row["delta_canary"]
+        assert row["bounds"]["f-dp"]["mu_lb"] == fdp_epsilon_bound(labels, scores, delta=delta, seed=0,
+                                                                   guesses=pairs).mu_lb
+        assert row["bounds"]["one-run"]["epsilon_lb"] == one_run_epsilon_bound(labels, scores, delta=delta, seed=0,
+                                                                               guesses=pairs).epsilon_lb
+    dp_calibration = json.loads((out / "targets" / "calibration_eps_4" / "manifest.json").read_text())
+    assert dp_calibration["dp"]["target_epsilon"] == 4.0
+    # the non-private calibration target memorised its canaries: one pair, chosen there
+    assert per_target["eps_inf"]["guesses"] is not None and report["targets"][1]["bounds"]["f-dp"]["n_hypotheses"] == 1
+    markdown = (out / "report" / "audit.md").read_text()
+    assert "chosen before the audit at each epsilon" in markdown and "calibrated" in markdown
+    assert not (out / "targets" / "calibration").exists()
+
+    tables = {name: pd.read_csv(out / "targets" / f"{name}_scores.csv")
+              for name in ("calibration_eps_4", "eps_4", "calibration_eps_inf", "eps_inf")}
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("a forward pass that the score cache holds was computed again")
@@ -272,10 +324,41 @@ def test_a_rerun_audit_reads_every_forward_pass_from_the_score_cache(config_file
     monkeypatch.setattr(cache_module, "score_texts", no_scoring)
     assert main(command) == 0
     again = json.loads((out / "report" / "audit.json").read_text())
-    def without_times(rows):
-        return [{k: v for k, v in row.items() if k != "wall_time_s"} for row in rows]
 
-    assert without_times(again["targets"]) == without_times(first["targets"])
-    assert again["setting"]["statistic_choice"]["values"] == first["setting"]["statistic_choice"]["values"]
+    def without_times(value):
+        if isinstance(value, dict):
+            return {k: without_times(v) for k, v in value.items() if k != "wall_time_s"}
+        return [without_times(v) for v in value] if isinstance(value, list) else value
+
+    assert without_times(again["targets"]) == without_times(report["targets"])
+    assert without_times(again["setting"]["statistic_choice"]) == without_times(setting["statistic_choice"])
     for name, table in tables.items():
         pd.testing.assert_frame_equal(pd.read_csv(out / "targets" / f"{name}_scores.csv"), table)
+
+    tables = {name: pd.read_csv(out / "targets" / f"{name}_scores.csv")
+              for name in ("calibration_eps_4", "eps_4", "calibration_eps_inf", "eps_inf")}
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a forward pass that the score cache holds was computed again")
+
+    monkeypatch.setattr(cache_module, "score_texts", no_scoring)
+    assert main(command) == 0
+    again = json.loads((out / "report" / "audit.json").read_text())
+
+    def without_times(value):
+        if isinstance(value, dict):
+            return {k: without_times(v) for k, v in value.items() if k != "wall_time_s"}
+        return [without_times(v) for v in value] if isinstance(value, list) else value
+
+    assert without_times(again["targets"]) == without_times(report["targets"])
+    assert without_times(again["setting"]["statistic_choice"]) == without_times(setting["statistic_choice"])
+    for name, table in tables.items():
+        pd.testing.assert_frame_equal(pd.read_csv(out / "targets" / f"{name}_scores.csv"), table)
+
+
+def test_an_unknown_calibrate_is_a_config_error(config_file, tmp_path):
+    text = config_file.read_text().replace("[audit]\n", "[audit]\ncalibrate = \"every\"\n")
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="calibrate='every' must be one of 'largest', 'each'"):
+        load_config(path)

@@ -24,6 +24,11 @@ Run"), one training run per epsilon:
    classifier is not a candidate: it needs shadow fine-tunes, each as costly as a target,
    which the audit does not train.)
    The calibration target is trained once and reused on a rerun (``targets/calibration``).
+   With ``audit.calibrate = "each"`` there is one per epsilon (``targets/calibration_eps_8``,
+   ...; the same calibration draw, each trained at its target's epsilon), and each chooses
+   its target's statistic and the one (k+, k-) pair of guesses that target is tested at
+   (:func:`calibrated_guesses`), since a DP target's scores have another shape than a
+   non-private one's.
    The features that compare the target with a reference model (``reference``,
    ``suffix_ratio``, ``error_zone``) use the base model, or with ``audit.reference =
    "other-canaries"`` a fine-tune per epsilon with the target's recipe on a third canary
@@ -302,13 +307,16 @@ def group_privacy(epsilon: float, delta: float, group: int) -> tuple[float, floa
 
 
 def audit_bounds(labels: np.ndarray, scores: np.ndarray, *, delta: float, confidence: float,
-                 seed: int) -> dict[str, Any]:
-    """The three lower bounds of one target's canary scores (one-run, f-DP, classic), as JSON-ready dicts."""
+                 seed: int, guesses: list[list[int]] | None = None) -> dict[str, Any]:
+    """The three lower bounds of one target's canary scores (one-run, f-DP, classic), as JSON-ready dicts;
+    ``guesses``: the (k+, k-) pairs of the one-run and f-DP bounds (None: the default grid)."""
     from attack_models.privacy_bounds import classic_epsilon_bound, fdp_epsilon_bound, one_run_epsilon_bound
 
+    pairs = None if guesses is None else [tuple(pair) for pair in guesses]
     return {"one-run": one_run_epsilon_bound(labels, scores, delta=delta, confidence=confidence,
-                                             seed=seed).to_dict(),
-            "f-dp": fdp_epsilon_bound(labels, scores, delta=delta, confidence=confidence, seed=seed).to_dict(),
+                                             seed=seed, guesses=pairs).to_dict(),
+            "f-dp": fdp_epsilon_bound(labels, scores, delta=delta, confidence=confidence, seed=seed,
+                                      guesses=pairs).to_dict(),
             "classic": classic_epsilon_bound(labels, scores, delta=delta, confidence=confidence,
                                              seed=seed).to_dict()}
 
@@ -353,13 +361,16 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
     out = Path(out)
     audit = config.audit
     auto = audit.statistic == "auto"
+    each = audit.calibrate == "each"
+    calibrated = auto or each  # a calibration draw and target(s)
+    candidates = [r.column for r in requests_of(audit)] if auto else [parse_features(audit.statistic)[0].column]
     other_canaries = audit.reference == "other-canaries"
     needs_base = DESIGN_NEEDS[audit.canary_design] is not None
     if not needs_base:  # settings errors (too few fillers) before the run directory is claimed
         canaries, included, fillers, training = canaries_and_training(None)
     out.mkdir(parents=True, exist_ok=True)
     claim_run_directory(out, config, force=force)
-    requests = parse_features(audit.features)
+    requests = requests_of(audit)
     cache = default_score_cache()  # a rerun or a resumed audit pays no forward pass twice
     started = time.perf_counter()
     with log_to_file(out / "run.log"):
@@ -371,7 +382,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                     list(audit.epsilons))
         write_text_atomic(out / "data" / "canaries.jsonl", canaries_jsonl(canaries, included))
         max_tokens = config.target.max_tokens
-        if auto:  # the calibration draw never sees the audited coins; its texts avoid the audited canaries
+        if calibrated:  # the calibration draw never sees the audited coins; its texts avoid the audited canaries
             seed = calibration_seed(audit.canary_seed)
             cal_canaries, cal_included, cal_fillers, cal_training = canaries_and_training(
                 base, seed=seed, exclude=frozenset(canaries))
@@ -379,7 +390,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
         if other_canaries:  # the reference models' draw avoids the audited and the calibration canaries
             ref_seed = reference_seed(audit.canary_seed)
             ref_canaries, ref_included, _, ref_training = canaries_and_training(
-                base, seed=ref_seed, exclude=frozenset(canaries) | frozenset(cal_canaries if auto else ()))
+                base, seed=ref_seed, exclude=frozenset(canaries) | frozenset(cal_canaries if calibrated else ()))
             write_text_atomic(out / "data" / "reference_canaries.jsonl", canaries_jsonl(ref_canaries, ref_included))
             reference = {"model": "other-canaries", "canary_seed": ref_seed, "canaries": len(ref_canaries),
                          "included": int(ref_included.sum()),
@@ -388,57 +399,66 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
             reference = {"model": "base"}
             base_scores = {"audited": score_texts_cached(base, canaries, cache=cache, max_tokens=max_tokens,
                                                          description="canaries, base model")}
-            if auto:
+            if calibrated:
                 base_scores["calibration"] = score_texts_cached(base, cal_canaries, cache=cache,
                                                                 max_tokens=max_tokens,
                                                                 description="calibration canaries, base model")
         del base
 
-        reference_passes: dict[float, dict[str, list[Any]]] = {}
-
         def reference_scores(epsilon: float, which: str) -> list[Any]:
             """The scores of the ``which`` canaries (``"audited"`` or ``"calibration"``) under the reference
-            model of the target at ``epsilon``: the base model, or the reference fine-tune at that epsilon
-            (``targets/reference_eps_*``, trained on the reference draw, or reused when it verifies), loaded
-            once per epsilon for every canary set it scores (the calibration set only at its epsilon)."""
+            model of the targets at ``epsilon``: the base model, or the reference fine-tune at that epsilon
+            (``targets/reference_eps_*``, trained on the reference draw, or reused when it verifies; loaded
+            only for the texts that the score cache does not hold)."""
             if not other_canaries:
                 return base_scores[which]
-            if epsilon not in reference_passes:
-                directory = out / "targets" / f"{REFERENCE}_{epsilon_label(epsilon)}"
+            directory = out / "targets" / f"{REFERENCE}_{epsilon_label(epsilon)}"
+            if epsilon_label(epsilon) not in reference["epsilon_theory"]:
                 logger.info("reference model (epsilon %s): %d canaries of seed %d, %d included", epsilon,
                             len(ref_canaries), ref_seed, int(ref_included.sum()))
                 train_target(config.base_model, ref_training, directory, target_training(config, epsilon))
                 reference["epsilon_theory"][epsilon_label(epsilon)] = epsilon_theory(read_manifest(directory))
-                model = ModelSpec(config.base_model, adapter=str(directory))  # loaded only for uncached texts
-                sets = {"audited": canaries}
-                if auto and epsilon == calibration_epsilon(audit.epsilons):
-                    sets["calibration"] = cal_canaries
-                reference_passes[epsilon] = {
-                    name: score_texts_cached(model, texts, cache=cache, max_tokens=max_tokens,
-                                             description=f"{name} canaries, {directory.name}")
-                    for name, texts in sets.items()}
-            return reference_passes[epsilon][which]
+            return score_texts_cached(ModelSpec(config.base_model, adapter=str(directory)),
+                                      canaries if which == "audited" else cal_canaries, cache=cache,
+                                      max_tokens=max_tokens, description=f"{which} canaries, {directory.name}")
 
-        if auto:
+        def calibrate(epsilon: float) -> dict[str, Any]:
+            """Train (or reuse) the calibration target at ``epsilon`` on the calibration draw and choose on
+            it the statistic (:func:`choose_statistic`) and, with ``audit.calibrate = "each"``, the guesses
+            (:func:`calibrated_guesses`); the audited canaries and coins are never read."""
             stage = time.perf_counter()
-            epsilon = calibration_epsilon(audit.epsilons)
-            logger.info("calibration target (epsilon %s): %d canaries of seed %d, %d included, %d fillers",
-                        epsilon, len(cal_canaries), seed, int(cal_included.sum()), len(cal_fillers))
-            table, manifest = train_and_score(CALIBRATION, epsilon, cal_training, cal_canaries, cal_included,
-                                           reference_scores(epsilon, "calibration"))
-            choice = choose_statistic(cal_included.astype(int), table, [r.column for r in requests],
-                                      confidence=audit.confidence, seed=config.seed)
+            name = calibration_name(epsilon, each=each)
+            logger.info("calibration target %s (epsilon %s): %d canaries of seed %d, %d included, %d fillers",
+                        name, epsilon, len(cal_canaries), seed, int(cal_included.sum()), len(cal_fillers))
+            table, manifest = train_and_score(name, epsilon, cal_training, cal_canaries, cal_included,
+                                              reference_scores(epsilon, "calibration"))
+            labels = cal_included.astype(int)
+            choice = choose_statistic(labels, table, candidates, confidence=audit.confidence, seed=config.seed)
+            if not auto:
+                choice["mode"] = "fixed"
+            if each:
+                choice["guesses"] = calibrated_guesses(labels, table[choice["statistic"]].to_numpy(np.float64),
+                                                       confidence=audit.confidence, seed=config.seed)
             choice["calibration"] = {
                 "epsilon_target": epsilon, "epsilon_theory": epsilon_theory(manifest), "canary_seed": seed,
                 "canaries": len(cal_canaries), "included": int(cal_included.sum()), "fillers": len(cal_fillers),
-                "shared_with_audited_canaries": len(set(cal_canaries) & set(canaries)),
+                "shared_with_audited_canaries": len(set(cal_canaries) & set(canaries)), "target": name,
                 "auc": choice.pop("auc"),
                 "wall_time_s": round(time.perf_counter() - stage, 1)}
+            return choice
+
+        if each:
+            choice = {"mode": "each", "per_target": {}}
+        elif auto:
+            choice = calibrate(calibration_epsilon(audit.epsilons))
         else:
-            choice = {"mode": "fixed", "statistic": parse_features(audit.statistic)[0].column}
-        statistic = choice["statistic"]
+            choice = {"mode": "fixed", "statistic": candidates[0]}
         rows: list[dict[str, Any]] = []
         for epsilon in audit.epsilons:
+            if each:  # the calibration at this epsilon, before its audited target
+                choice["per_target"][epsilon_label(epsilon)] = calibrate(epsilon)
+            chosen = choice["per_target"][epsilon_label(epsilon)] if each else choice
+            statistic, guesses = chosen["statistic"], chosen.get("guesses")
             stage = time.perf_counter()
             table, manifest = train_and_score(epsilon_label(epsilon), epsilon, training, canaries, included,
                                               reference_scores(epsilon, "audited"))
@@ -448,6 +468,8 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
             prv = prv_epsilon(manifest)
             rows.append({
                 "epsilon_target": epsilon,
+                "statistic": statistic,
+                "guesses": guesses,
                 "epsilon_theory": per_record,
                 "epsilon_theory_canary": per_canary,
                 "epsilon_theory_prv": prv,
@@ -456,7 +478,7 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                 "delta_canary": canary_delta,
                 "precision": training_precision(manifest),
                 "bounds": audit_bounds(included.astype(int), scores, delta=canary_delta,
-                                       confidence=audit.confidence, seed=config.seed),
+                                       confidence=audit.confidence, seed=config.seed, guesses=guesses),
                 "auc": {r.column: summarize(included.astype(int), table[r.column].to_numpy(),
                                             seed=config.seed)["auc"] for r in requests},
                 "wall_time_s": round(time.perf_counter() - stage, 1),
@@ -468,7 +490,8 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
                         bounds["f-dp"]["epsilon_lb"], bounds["f-dp"]["mu_lb"], bounds["classic"]["epsilon_lb"])
         recipe = dp_recipe(config)
         report = {
-            "setting": {"name": config.name, "base_model": config.base_model, "statistic": statistic,
+            "setting": {"name": config.name, "base_model": config.base_model,
+                        "statistic": report_statistic(rows), "calibrate": audit.calibrate,
                         "statistic_choice": choice, "reference": reference,
                         "canaries": len(canaries), "canary_design": audit.canary_design,
                         "canary_tokens": (audit.canary_tokens if audit.canary_design in ("random-tokens", "secret-suffix")
@@ -491,7 +514,58 @@ def run_audit_experiment(config: AuditExperimentConfig, *, out: str | Path, forc
 
 
 CALIBRATION = "calibration"
-"""The calibration target's name: ``targets/calibration`` and ``targets/calibration_scores.csv``."""
+"""The calibration target's name: ``targets/calibration`` and ``targets/calibration_scores.csv``
+(``audit.calibrate = "each"``: ``targets/calibration_eps_8``, ...)."""
+
+
+def calibration_name(epsilon: float, *, each: bool) -> str:
+    """The calibration target's directory under ``targets/``: ``calibration`` (one, at the largest epsilon),
+    or with ``audit.calibrate = "each"`` one per epsilon, ``calibration_eps_8``, ``calibration_eps_inf``, ..."""
+    return f"{CALIBRATION}_{epsilon_label(epsilon)}" if each else CALIBRATION
+
+
+def requests_of(audit: Any) -> list[Any]:
+    """``audit.features`` parsed (:func:`llm_features.registry.parse_features`)."""
+    from llm_features.registry import parse_features
+
+    return parse_features(audit.features)
+
+
+def report_statistic(rows: list[dict[str, Any]]) -> str:
+    """``setting.statistic`` of ``audit.json``: the statistic of every target, or ``"per target"`` when the
+    calibration at each epsilon (``audit.calibrate = "each"``) chose different ones."""
+    statistics = {row["statistic"] for row in rows}
+    return statistics.pop() if len(statistics) == 1 else "per target"
+
+
+def calibrated_guesses(labels: np.ndarray, scores: np.ndarray, *, confidence: float,
+                       seed: int) -> list[list[int]] | None:
+    """``audit.calibrate = "each"``: the one (k+, k-) pair the audited target at the same epsilon is tested at.
+
+    The pair of the default grid (:func:`attack_models.privacy_bounds.default_guess_grid`) whose guesses on
+    the calibration canaries reject the largest mu of Gaussian DP (the f-DP one-run bound's best pair,
+    Bonferroni over the grid as there; ties to the earlier pair). Fixed before the audited scores are seen,
+    it is then the only pair tested, at the full confidence: no correction is owed for a choice made on
+    other data. ``None`` (test the whole grid) when no pair rejects any mu on the calibration canaries.
+
+    Why: the grid pays for its 18 pairs (for 1,000 canaries) with a Bonferroni correction, worth it when the
+    best pair is unknown; the best pair depends on the shape of the scores (a DP target shifts every
+    member a little, a non-private one memorises some), which a calibration target at the same epsilon
+    shows. On synthetic audits of 1,000 canaries (:mod:`experiments.studies.guess_pairs`, 20 draws each) a
+    pair chosen this way on an independent draw raised the mean mu_LB over the grid's in every setting
+    tried: by 15-27% where every member shifts (AUC 0.6 to 0.95) and by 21-45% where 5-40% of the members
+    are memorised, where a fixed pair such as (100, 100) alone loses half or more.
+    """
+    from attack_models.privacy_bounds import fdp_epsilon_bound
+
+    best = fdp_epsilon_bound(labels, scores, confidence=confidence, seed=seed)
+    if best.mu_lb <= 0.0:
+        logger.warning("calibration: no (k+, k-) pair rejects any mu-GDP on the calibration canaries; the audited "
+                       "target is tested over the whole grid")
+        return None
+    logger.info("calibration: the audited target will be tested at (k+, k-) = (%d, %d) alone (mu_LB %.3f here)",
+                best.k_plus, best.k_minus, best.mu_lb)
+    return [[best.k_plus, best.k_minus]]
 
 REFERENCE = "reference"
 """The reference models' name prefix (``audit.reference = "other-canaries"``): ``targets/reference_eps_inf``, ..."""
@@ -545,6 +619,8 @@ def audit_table(report: dict[str, Any]) -> pd.DataFrame:
     """One row per target: epsilon_theory, the lower bounds (one-run, f-DP with its mu_LB, classic), the
     statistic's AUC. A report written before the f-DP bound existed has no f-DP columns."""
     statistic = report["setting"]["statistic"]
+    per_target = statistic == "per target"
+    calibrated = any(row.get("guesses") for row in report["targets"])
     rows = []
     for row in report["targets"]:
         bounds = row["bounds"]
@@ -564,7 +640,14 @@ def audit_table(report: dict[str, Any]) -> pd.DataFrame:
             entry["epsilon_LB f-DP"] = bounds["f-dp"]["epsilon_lb"]
             entry["mu_LB f-DP"] = bounds["f-dp"]["mu_lb"]
         entry["epsilon_LB classic"] = bounds["classic"]["epsilon_lb"]
-        entry[f"AUC ({statistic})"] = row["auc"][statistic]
+        if calibrated:
+            entry["guesses (k+, k-)"] = (f"({row['guesses'][0][0]}, {row['guesses'][0][1]}), calibrated"
+                                         if row.get("guesses") else f"grid of {bounds['one-run']['n_hypotheses']}")
+        if per_target:
+            entry["statistic"] = row["statistic"]
+            entry["AUC"] = row["auc"][row["statistic"]]
+        else:
+            entry[f"AUC ({statistic})"] = row["auc"][statistic]
         rows.append(entry)
     return pd.DataFrame(rows)
 
@@ -585,11 +668,13 @@ def audit_markdown(report: dict[str, Any]) -> str:
               for what, key, name in (("expected batch", "dp_batch_size", "batch_size"), ("lr", "dp_lr", "lr"))
               if setting.get(key) and training.get(name) and setting[key] != training[name]]
     batches = f" ({'; '.join(differ)})" if differ else ""
+    scored_by = ("each target's own statistic (column statistic)" if setting["statistic"] == "per target"
+                 else f"`{setting['statistic']}`")
     lines = [f"# Privacy audit: {setting['name']}", "",
              f"{setting['canaries']} canaries ({design}), {setting['included']} of them included "
              f"(a fair coin each) x {setting['canary_repeats']}, among {setting['fillers']} fillers; "
              f"one LoRA fine-tune of {setting['base_model']} per epsilon{batches}; the canaries scored by "
-             f"`{setting['statistic']}`; delta = {setting['delta']:g}, confidence {setting['confidence']:g}.", "",
+             f"{scored_by}; delta = {setting['delta']:g}, confidence {setting['confidence']:g}.", "",
              "epsilon_theory is the accountant's epsilon of the training (the one it was run with, RDP by "
              "default), epsilon_theory PRV that of the PRV accountant (Gopi, Lee & Wutschitz 2021) for the same "
              "steps, usually tighter; both are upper bounds. epsilon_LB is the lower bound that the "
@@ -639,7 +724,19 @@ def reference_markdown(reference: dict[str, Any] | None) -> list[str]:
 
 def choice_markdown(choice: dict[str, Any] | None) -> list[str]:
     """How the statistic was chosen, as Markdown lines: nothing for a fixed one (or a report
-    written before ``"auto"`` existed), else the calibration target's mu_LB and AUC per feature."""
+    written before ``"auto"`` existed), else the calibration target's mu_LB and AUC per feature
+    (with ``audit.calibrate = "each"``, one section per epsilon with the guesses chosen there)."""
+    if choice and choice.get("mode") == "each":
+        lines = ["", "## The statistic and the guesses, chosen before the audit at each epsilon", "",
+                 "Each target's statistic and (k+, k-) guesses were chosen on a calibration target at its own "
+                 "epsilon (`audit.calibrate = \"each\"`): the grid pair with the largest mu_LB on the calibration "
+                 "canaries is the only pair tested on the audited ones, without a Bonferroni correction."]
+        for name, chosen in choice["per_target"].items():
+            pair = chosen.get("guesses")
+            lines += ["", f"### {name}: `{chosen['statistic']}`, guesses "
+                          f"{'the whole grid' if not pair else f'({pair[0][0]}, {pair[0][1]})'}"]
+            lines += choice_markdown(chosen)[3:] if chosen.get("mode") == "auto" else []
+        return lines
     if not choice or choice.get("mode") != "auto":
         return []
     calibration = choice["calibration"]
