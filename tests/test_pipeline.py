@@ -422,6 +422,7 @@ def test_token_evidence_study_adds_calibrated_views(experiment):
     np.testing.assert_allclose(views["cal_loss"][:n], nested.loc[0].loc[ids].to_numpy())
     assert not np.allclose(views["cal_loss"][:n], loso.loc[0].loc[ids].to_numpy())
     result = study(shadows, ["loss"])
-    assert {"cal_loss", "logistic on clipped_mean_3 + views", "xgboost on all summaries + views"} <= set(result["summary"])
+    assert {"cal_loss", "logistic on clipped_mean_3 + views", "xgboost on all summaries + views",
+            "xgboost on weighted_token_lira + all summaries + views"} <= set(result["summary"])
     with pytest.raises(InputDataError, match="--features nope: not a column of"):
         study(shadows, ["nope"])

@@ -11,6 +11,13 @@ log-probabilities of 8 shadows hold no evidence that ``token_lira`` leaves unuse
 
     python -m experiments.studies.token_evidence runs/arxiv-hard
     python -m experiments.studies.token_evidence runs/agnews-hard --features neighbour_gap,error_zone
+    python -m experiments.studies.token_evidence runs/k16 --shadows 0:8     # the first 8 of 16 shadows
+
+With ``--shadows START:STOP``, only those shadows of the run take part (they play the target
+and the attacker in turn, the others are ignored): the same pool and trainings at fewer
+shadows, to see whether a classifier gains on ``weighted_token_lira`` as the shadows grow.
+A subset of a balanced design is not balanced per text (a text may be IN for more or fewer
+than half of it), which the calibrations handle as they handle any OUT count.
 
 With ``--features``, the calibrated views ``cal_<feature>`` of those columns of the shadow
 table (:mod:`attack_models.fusion`, nested the same way) are evaluated alone and added to
@@ -22,7 +29,8 @@ the 10/50/90% quantiles; the share of tokens with z > 2 and z < -2; the clipped 
 five bins of the OUT shadows' mean log-prob (how predictable the token is); and
 ``weighted_token_lira``, whose token weights are learned on the other shadows' rows
 (:func:`attack_models.token_calibration.weighted_token_lira_rows`). Reported: ROC AUC and
-TPR at 1% FPR, the mean over the folds.
+TPR at 1% FPR, the mean over the folds; and against ``weighted_token_lira`` fold by fold, the
+mean difference of TPR@1%FPR and the number of folds where it is above.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +89,8 @@ def padded_logprobs(shadows_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def z_scores(X: np.ndarray, keep: np.ndarray, row: int, excluded: set[int], pooled: float) -> tuple[np.ndarray, ...]:
     """Shadow ``row``'s per-token z against the shadows OUT of each text, less ``excluded``
-    (the formula of :func:`attack_models.token_calibration.token_lira`), and the OUT mean."""
+    (the formula of :func:`attack_models.token_calibration.token_lira`), and the OUT mean;
+    NaN for a text without an OUT shadow among them (as ``token_lira`` leaves it unscored)."""
     weights = (~keep).astype(float)
     weights[[row, *excluded]] = 0.0
     w = weights[:, :, None]
@@ -88,7 +98,7 @@ def z_scores(X: np.ndarray, keep: np.ndarray, row: int, excluded: set[int], pool
     mean = (w * X).sum(axis=0) / np.maximum(m, 1)
     sample = (w * (X - mean) ** 2).sum(axis=0) / np.maximum(m - 1, 1)
     variance = ((m - 1) * sample + PRIOR_WEIGHT * pooled) / (m - 1 + PRIOR_WEIGHT)
-    return (X[row] - mean) / np.sqrt(variance), mean
+    return np.where(m > 0, (X[row] - mean) / np.sqrt(variance), np.nan), mean
 
 
 def summaries(z: np.ndarray, out_mean: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
@@ -96,7 +106,9 @@ def summaries(z: np.ndarray, out_mean: np.ndarray, mask: np.ndarray) -> pd.DataF
     n = mask.sum(axis=1)
     columns = {f"clipped_mean_{c:g}": (np.clip(z, -c, c) * mask).sum(axis=1) / n for c in (1, 2, CLIP, 5)}
     masked = np.where(mask, z, np.nan)
-    columns.update({f"z_q{q}": np.nanpercentile(masked, q, axis=1) for q in (10, 50, 90)})
+    with warnings.catch_warnings():  # an unscored text (all NaN) has NaN quantiles, said by its NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        columns.update({f"z_q{q}": np.nanpercentile(masked, q, axis=1) for q in (10, 50, 90)})
     columns["share_z_above_2"] = ((z > 2) & mask).sum(axis=1) / n
     columns["share_z_below_-2"] = ((z < -2) & mask).sum(axis=1) / n
     clipped = np.clip(z, -CLIP, CLIP)
@@ -104,7 +116,8 @@ def summaries(z: np.ndarray, out_mean: np.ndarray, mask: np.ndarray) -> pd.DataF
         inside = mask & (out_mean > BIN_EDGES[b]) & (out_mean <= BIN_EDGES[b + 1])
         count = inside.sum(axis=1)
         columns[f"bin{b}_clipped_mean"] = np.where(count > 0, (clipped * inside).sum(axis=1) / np.maximum(count, 1), 0.)
-    return pd.DataFrame(columns)
+    unscored = np.isnan(z).all(axis=1)
+    return pd.DataFrame(columns).mask(pd.Series(unscored), axis=0)
 
 
 def shadow_table_columns(shadows_dir: Path, features: list[str]) -> pd.DataFrame:
@@ -131,9 +144,11 @@ def calibrated_views(table: pd.DataFrame, features: list[str], ids: list[str], h
     return pd.DataFrame({c: frame.to_numpy(dtype=np.float64).ravel() for c, frame in wide.items()})
 
 
-def study(shadows_dir: Path, features: list[str] | None = None) -> pd.DataFrame:
+def study(shadows_dir: Path, features: list[str] | None = None, shadows: slice | None = None) -> pd.DataFrame:
     """Mean leave-one-shadow-out AUC and TPR@1%FPR of every summary, of the calibrated views
-    of ``features`` and of classifiers on them."""
+    of ``features`` and of classifiers on them (with and without ``weighted_token_lira`` as an
+    input), among the ``shadows`` of the run (all by default); each against
+    ``weighted_token_lira`` fold by fold."""
     from attack_models.metrics import roc_auc, tpr_at_fpr
     from attack_models.token_calibration import pooled_token_variance, weighted_token_lira_rows
     from shadow.membership import load_membership
@@ -141,6 +156,14 @@ def study(shadows_dir: Path, features: list[str] | None = None) -> pd.DataFrame:
     features = list(features or [])
     table = shadow_table_columns(shadows_dir, features) if features else None  # a wrong name fails first
     X, mask, keep = padded_logprobs(shadows_dir)
+    chosen = np.arange(keep.shape[0])[shadows or slice(None)]
+    if len(chosen) < 4:
+        raise InputDataError(f"--shadows {shadows.start}:{shadows.stop}: {len(chosen)} of the run's {keep.shape[0]} "
+                             "shadows; the study needs at least 4 (one plays the target; a training row needs two more to calibrate and learn the token weights)")
+    X, keep = X[chosen], keep[chosen]
+    if table is not None:
+        table = table[table["shadow"].isin(chosen)].assign(
+            shadow=lambda t: t["shadow"].map({int(s): i for i, s in enumerate(chosen)}))
     K, N = keep.shape
     ids = load_membership(shadows_dir)[1]
     ragged = [[X[k, i, mask[i]] for i in range(mask.shape[0])] for k in range(K)]
@@ -162,6 +185,8 @@ def study(shadows_dir: Path, features: list[str] | None = None) -> pd.DataFrame:
         fold_pooled = pooled({held_out})
         train = pd.concat([summaries(*z_scores(X, keep, k, {held_out}, fold_pooled), mask).assign(label=keep[k])
                            for k in range(K) if k != held_out])
+        scored = test["clipped_mean_3"].notna().to_numpy()  # a text with an OUT reference shadow
+        trainable = train["clipped_mean_3"].notna().to_numpy()
         summary_columns = list(test.columns)
         if features:
             views = calibrated_views(table, features, ids, held_out)
@@ -170,21 +195,44 @@ def study(shadows_dir: Path, features: list[str] | None = None) -> pd.DataFrame:
             train = pd.concat([train.reset_index(drop=True),
                                views[shadow_of_row != held_out].reset_index(drop=True)], axis=1)
         predictions = {column: test[column].to_numpy() for column in test.columns}
-        predictions["weighted_token_lira"] = weighted_token_lira_rows(ragged, keep, pooled_variance=ragged_pooled,
-                                                                      held_out=held_out)[held_out]
-        inputs = {"all summaries": summary_columns}
+        weighted = weighted_token_lira_rows(ragged, keep, pooled_variance=ragged_pooled, held_out=held_out)
+        predictions["weighted_token_lira"] = weighted[held_out]
+        test["weighted_token_lira"] = weighted[held_out]
+        train["weighted_token_lira"] = np.concatenate([weighted[k] for k in range(K) if k != held_out])
+        inputs = {"all summaries": summary_columns,
+                  "weighted_token_lira + all summaries": ["weighted_token_lira", *summary_columns]}
         if features:
-            inputs["clipped_mean_3 + views"] = ["clipped_mean_3", *(c for c in test.columns if c not in summary_columns)]
-            inputs["all summaries + views"] = list(test.columns)
+            view_columns = [c for c in test.columns if c not in summary_columns and c != "weighted_token_lira"]
+            inputs["clipped_mean_3 + views"] = ["clipped_mean_3", *view_columns]
+            inputs["all summaries + views"] = [*summary_columns, *view_columns]
+            inputs["weighted_token_lira + all summaries + views"] = ["weighted_token_lira", *summary_columns,
+                                                                     *view_columns]
         for (what, columns), (name, make) in itertools.product(inputs.items(), CLASSIFIERS.items()):
-            model = make().fit(train[columns].to_numpy(), train["label"].to_numpy().astype(int))
-            predictions[f"{name} on {what}"] = model.predict_proba(test[columns].to_numpy())[:, 1]
+            # a text without an OUT shadow among a row's references has no weighted_token_lira: neutral 0
+            model = make().fit(np.nan_to_num(train[columns].to_numpy()[trainable]),
+                               train["label"].to_numpy()[trainable].astype(int))
+            predictions[f"{name} on {what}"] = model.predict_proba(np.nan_to_num(test[columns].to_numpy()))[:, 1]
         for name, values in predictions.items():
-            scores.setdefault(name, []).append((roc_auc(labels, values), tpr_at_fpr(labels, values, fpr=0.01)))
+            scores.setdefault(name, []).append((roc_auc(labels[scored], values[scored]),
+                                                tpr_at_fpr(labels[scored], values[scored], fpr=0.01)))
         logger.info("fold %d of %d", held_out + 1, K)
+    baseline = np.array([s[1] for s in scores["weighted_token_lira"]])
     rows = [{"summary": name, "auc": float(np.mean([s[0] for s in values])),
-             "tpr_at_1%fpr": float(np.mean([s[1] for s in values]))} for name, values in scores.items()]
+             "tpr_at_1%fpr": float(np.mean([s[1] for s in values])),
+             "minus_weighted": float(np.mean([s[1] for s in values] - baseline)),
+             "folds_above": int(np.sum([s[1] for s in values] > baseline))} for name, values in scores.items()]
     return pd.DataFrame(rows).sort_values("tpr_at_1%fpr", ascending=False, ignore_index=True)
+
+
+def parse_slice(text: str | None) -> slice | None:
+    """``"0:8"`` -> ``slice(0, 8)``; None stays None; anything else is a one-line error."""
+    if text is None:
+        return None
+    try:
+        start, stop = (int(part) if part else None for part in text.split(":"))
+    except ValueError:
+        raise InputDataError(f"--shadows {text!r}: expected START:STOP, two shadow indices such as 0:8") from None
+    return slice(start, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,11 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run directory (with shadows/) or a shadow directory")
     parser.add_argument("--features", default="",
                         help="comma-separated columns of the shadow table whose calibrated views are added")
+    parser.add_argument("--shadows", default=None, metavar="START:STOP",
+                        help="only these shadows of the run (a Python slice of their indices, e.g. 0:8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = Path(args.run)
     shadows_dir = root / "shadows" if (root / "shadows").is_dir() else root
-    table = study(shadows_dir, [f for f in args.features.split(",") if f])
+    table = study(shadows_dir, [f for f in args.features.split(",") if f], parse_slice(args.shadows))
     logger.info("what the shadows' token log-probs add, by summary (mean over folds):\n%s",
                 table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
