@@ -195,26 +195,42 @@ def new_figure(width: float, height: float):
     return fig
 
 
-def _roc_figure(y: np.ndarray, scores: Mapping[str, np.ndarray], summaries: Mapping[str, dict], order: list[str]):
+#: Attacks drawn in colour and named in the ROC legend (the highest AUCs, and the report's
+#: best attack); the others are drawn in light grey behind them, under one legend entry.
+ROC_LEGEND_ATTACKS = 8
+
+
+def _roc_figure(y: np.ndarray, scores: Mapping[str, np.ndarray], summaries: Mapping[str, dict], order: list[str],
+                best: str | None = None):
     """Log-log ROC of every attack, lower-envelope steps, chance diagonal, AUC in the legend.
 
     The axes start at ``min(1e-3, 1/n_nonmembers)``. Below ``1/n_nonmembers`` (shaded) no
     FPR can be measured; the curve is drawn there at its zero-false-positive TPR, which is
     exactly what :func:`attack_models.metrics.tpr_at_fpr` returns for such budgets.
+
+    Every attack is drawn; the first :data:`ROC_LEGEND_ATTACKS` of ``order`` and ``best`` in
+    colour with their AUC in the legend, the rest in light grey behind them. The legend sits
+    beside the axes, so no number of attacks shrinks the plot.
     """
     n_neg = int(np.sum(y == 0))
     n_pos = int(np.sum(y == 1))
     lo = min(1e-3, 1.0 / n_neg)
-    fig = new_figure(5.2, 5.0)
-    ax = fig.add_subplot()
-    for i, name in enumerate(order):
+    named = [n for n in order if n in order[:ROC_LEGEND_ATTACKS] or n == best]
+    others = [n for n in order if n not in named]
+    fig = new_figure(8.4, 5.0)
+    ax, legend_ax = fig.subplots(1, 2, width_ratios=[1.0, 0.62])
+
+    def draw(name: str, **style) -> None:
         fpr, tpr, _ = roc_curve(y, scores[name])
         x = np.clip(fpr, lo, 1.0)
         x[0] = lo  # the (0, tpr0) start: zero false positives, drawn at the left edge
-        ax.plot(
-            x, np.clip(tpr, lo, 1.0), drawstyle="steps-post", lw=1.6, color=f"C{i % 10}",
-            label=f"{name} (AUC {summaries[name]['auc']:.3f})",
-        )
+        ax.plot(x, np.clip(tpr, lo, 1.0), drawstyle="steps-post", **style)
+
+    for i, name in enumerate(others):
+        draw(name, lw=0.8, color="0.78", zorder=1,
+             label=f"{len(others)} other attack(s), lower AUC" if i == 0 else None)
+    for i, name in enumerate(named):
+        draw(name, lw=1.6, color=f"C{i % 10}", zorder=2, label=f"{name} (AUC {summaries[name]['auc']:.3f})")
     ax.plot([lo, 1.0], [lo, 1.0], ls="--", color="0.5", lw=1.0, label="chance")
     if 1.0 / n_neg > lo:
         ax.axvspan(lo, 1.0 / n_neg, color="0.9", zorder=0, lw=0)
@@ -226,13 +242,14 @@ def _roc_figure(y: np.ndarray, scores: Mapping[str, np.ndarray], summaries: Mapp
     ax.set_yscale("log")
     ax.set_xlim(lo, 1.0)
     ax.set_ylim(lo, 1.0)
-    ax.set_aspect("equal")
+    ax.set_box_aspect(1)  # square in log-log: the chance line at 45 degrees
     ax.set_xlabel("False positive rate")
     ax.set_ylabel("True positive rate")
     ax.set_title(f"ROC ({n_pos} members, {n_neg} non-members)", fontsize=10)
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    legend_ax.axis("off")
+    legend_ax.legend(*ax.get_legend_handles_labels(), loc="upper left", fontsize=8, framealpha=0.9)
     return fig
 
 
@@ -347,7 +364,7 @@ def write_report(
     # round-trip through JSON so the returned dict is exactly what report.json holds
     report = json.loads(json.dumps(content, default=str))
     markdown = _markdown(setting, summaries, order, best, report.get("paired"))
-    roc_fig = _roc_figure(y, scores, summaries, order)
+    roc_fig = _roc_figure(y, scores, summaries, order, best)
     hist_fig = _histogram_figure(y, scores[best], best, summaries[best])
 
     out = Path(out_dir)

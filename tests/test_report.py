@@ -162,3 +162,33 @@ def test_paired_comparison_of_one_attack_with_every_other(tmp_path):
     assert section.index("| lira |") < section.index("| loss |")  # strongest competitor first
     with pytest.raises(ConfigError, match="paired_with"):
         write_report(tmp_path / "x", labels=y, attacks=attacks, setting={}, paired_with="nope")
+
+
+def test_the_roc_plot_stays_readable_with_many_attacks(tmp_path):
+    """43 attacks (the demo's count) are all drawn, the legend names the highest AUCs and the
+    best one, and the axes keep their size (the legend on the axes collapsed them: the demo's
+    roc.png was a legend with a stamp-sized plot, and matplotlib warned while saving it)."""
+    import warnings
+
+    from attack_models.metrics import summarize
+    from experiments.report import ROC_LEGEND_ATTACKS, _roc_figure, save_png
+
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.ones(64, int), np.zeros(64, int)]
+    attacks = {f"attack_{i:02d}_with_a_long_name:q=0.25": rng.normal(size=128) + (i / 20) * labels for i in range(43)}
+    summaries = {n: summarize(labels, s, n_resamples=20) for n, s in attacks.items()}
+    order = sorted(summaries, key=lambda n: -summaries[n]["auc"])
+    best = order[-1]  # a best attack below the top 8 is still named
+    fig = _roc_figure(labels, attacks, summaries, order, best)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+        save_png(fig, tmp_path / "roc.png")
+    fig = _roc_figure(labels, attacks, summaries, order, best)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box = ax.get_position()
+    assert box.width > 0.35 and box.height > 0.6, box
+    assert len(ax.lines) == 43 + 1  # every attack and the chance line
+    names = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert names[-1] == "chance" and names[0] == f"{43 - ROC_LEGEND_ATTACKS - 1} other attack(s), lower AUC"
+    assert [n.split(" (AUC")[0] for n in names[1:-1]] == [*order[:ROC_LEGEND_ATTACKS], best]
