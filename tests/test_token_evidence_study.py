@@ -64,3 +64,13 @@ def test_a_bad_subset_is_a_one_line_error(six_shadows):
         study(root, shadows=parse_slice("3:6"))
     with pytest.raises(InputDataError, match="--shadows '0-8': expected START:STOP"):
         parse_slice("0-8")
+
+
+def test_a_run_with_too_few_shadows_is_a_one_line_error_without_a_subset(tmp_path):
+    """Without --shadows the message must not read a slice that is None (it raised AttributeError)."""
+    keep, ids = membership_matrix(10, 2, seed=0), [f"t{i}" for i in range(10)]
+    save_membership(tmp_path, keep, ids=ids)
+    for k in range(2):
+        write_token_logprobs(token_path(tmp_path / FEATURES_DIR, k), ids, [np.full(4, -2.0 - k) for _ in ids])
+    with pytest.raises(InputDataError, match="^2 of the run's 2 shadows; the study needs at least 4"):
+        study(tmp_path)

@@ -158,7 +158,8 @@ def study(shadows_dir: Path, features: list[str] | None = None, shadows: slice |
     X, mask, keep = padded_logprobs(shadows_dir)
     chosen = np.arange(keep.shape[0])[shadows or slice(None)]
     if len(chosen) < 4:
-        raise InputDataError(f"--shadows {shadows.start}:{shadows.stop}: {len(chosen)} of the run's {keep.shape[0]} "
+        subset = f"--shadows {shadows.start}:{shadows.stop}: " if shadows else ""
+        raise InputDataError(f"{subset}{len(chosen)} of the run's {keep.shape[0]} "
                              "shadows; the study needs at least 4 (one plays the target; a training row needs two more to calibrate and learn the token weights)")
     X, keep = X[chosen], keep[chosen]
     if table is not None:
@@ -208,7 +209,8 @@ def study(shadows_dir: Path, features: list[str] | None = None, shadows: slice |
             inputs["weighted_token_lira + all summaries + views"] = ["weighted_token_lira", *summary_columns,
                                                                      *view_columns]
         for (what, columns), (name, make) in itertools.product(inputs.items(), CLASSIFIERS.items()):
-            # a text without an OUT shadow among a row's references has no weighted_token_lira: neutral 0
+            # rows without an OUT reference are left out of training; an unscored test text (NaN
+            # summaries, not evaluated) and a NaN in a calibrated view are fed as 0
             model = make().fit(np.nan_to_num(train[columns].to_numpy()[trainable]),
                                train["label"].to_numpy()[trainable].astype(int))
             predictions[f"{name} on {what}"] = model.predict_proba(np.nan_to_num(test[columns].to_numpy()))[:, 1]
