@@ -40,27 +40,41 @@ from llm_features.io import library_versions, write_json_atomic
 logger = logging.getLogger("shadowmia.bench")
 
 
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); a no-op on CPU."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
 def matmul_seconds(rows: int, inner: int, columns: int, *, dtype_name: str, repeats: int = 10,
-                   budget_s: float = 5.0) -> float:
+                   budget_s: float = 5.0, device: str = "cpu") -> float:
     """Best-of-``repeats`` seconds of one (rows x inner) @ (inner x columns) matmul in the
-    given dtype, after two warm-up products; the repeats stop once they have taken
-    ``budget_s`` (at least one), and a first warm-up over ``budget_s`` is the only one: on a
-    CPU without bf16 kernels (AVX2) a bf16 2048^3 product takes about a minute, and twelve
-    of them took most of the bench's 18 minutes."""
+    given dtype on ``device``, after two warm-up products; the repeats stop once they have
+    taken ``budget_s`` (at least one), and a first warm-up over ``budget_s`` is the only one:
+    on a CPU without bf16 kernels (AVX2) a bf16 2048^3 product takes about a minute, and
+    twelve of them took most of the bench's 18 minutes."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(rows, inner, generator=generator).to(dtype)
-    b = torch.randn(inner, columns, generator=generator).to(dtype)
-    started = time.perf_counter()
-    a @ b
-    if time.perf_counter() - started < budget_s:
+    a = torch.randn(rows, inner, generator=generator).to(device=device, dtype=dtype)
+    b = torch.randn(inner, columns, generator=generator).to(device=device, dtype=dtype)
+
+    def product() -> None:
         a @ b
+        synchronize(device)
+
+    synchronize(device)
+    started = time.perf_counter()
+    product()
+    if time.perf_counter() - started < budget_s:
+        product()
     best, spent = float("inf"), 0.0
     for _ in range(repeats):
         started = time.perf_counter()
-        a @ b
+        product()
         seconds = time.perf_counter() - started
         best, spent = min(best, seconds), spent + seconds
         if spent >= budget_s:
@@ -68,14 +82,15 @@ def matmul_seconds(rows: int, inner: int, columns: int, *, dtype_name: str, repe
     return best
 
 
-def matmul_gflops(dtype_name: str, *, n: int = 2048, repeats: int = 10) -> float:
-    """Best-of-``repeats`` GFLOP/s of an n x n x n matmul in the given dtype."""
-    return 2 * n**3 / matmul_seconds(n, n, n, dtype_name=dtype_name, repeats=repeats) / 1e9
+def matmul_gflops(dtype_name: str, *, n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
+    """Best-of-``repeats`` GFLOP/s of an n x n x n matmul in the given dtype on ``device``."""
+    return 2 * n**3 / matmul_seconds(n, n, n, dtype_name=dtype_name, repeats=repeats, device=device) / 1e9
 
 
-def own_shape_gflops(model, *, rows: int, dtype_name: str, repeats: int = 10) -> float:
+def own_shape_gflops(model, *, rows: int, dtype_name: str, repeats: int = 10, device: str = "cpu") -> float:
     """GFLOP/s of the model's own linear layers, each as one (rows x in) @ (in x out) matmul
-    in ``dtype_name``, best of ``repeats`` per shape, FLOP and seconds summed over the layers."""
+    in ``dtype_name`` on ``device``, best of ``repeats`` per shape, FLOP and seconds summed
+    over the layers."""
     import torch
 
     shapes: dict[tuple[int, int], int] = {}
@@ -86,7 +101,7 @@ def own_shape_gflops(model, *, rows: int, dtype_name: str, repeats: int = 10) ->
     flop = seconds = 0.0
     for (n_in, n_out), count in sorted(shapes.items()):
         flop += count * 2 * rows * n_in * n_out
-        seconds += count * matmul_seconds(rows, n_in, n_out, dtype_name=dtype_name, repeats=repeats)
+        seconds += count * matmul_seconds(rows, n_in, n_out, dtype_name=dtype_name, repeats=repeats, device=device)
     return flop / seconds / 1e9
 
 
