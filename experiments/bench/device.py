@@ -32,7 +32,6 @@ This is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import platform
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from llm_features.errors import ConfigError, ShadowMIAError
-from llm_features.io import library_versions, write_json_atomic
+from llm_features.io import library_versions, sha256_file, write_json_atomic
 
 logger = logging.getLogger("shadowmia.bench")
 
@@ -81,10 +80,6 @@ def largest_score_difference(together: list, alone: list) -> float:
             if x.size:
                 largest = max(largest, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))))
     return largest
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def bench_scoring(args: argparse.Namespace, texts: list[str], peak: dict[str, float]) -> dict[str, Any]:
@@ -133,9 +128,8 @@ def bench_training(args: argparse.Namespace, texts: list[str], peak: dict[str, f
         config = FinetuneConfig(lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank, epochs=1, lr=1e-3,
                                 batch_size=args.train_batch_size, max_tokens=args.max_tokens, seed=args.seed,
                                 dp_noise_multiplier=noise)
-        manifest = finetune(args.model, texts[: args.train_texts], workdir / name, config, device=args.device,
-                            progress=not args.no_progress, description=name)
-        return manifest
+        return finetune(args.model, texts[: args.train_texts], workdir / name, config, device=args.device,
+                        progress=not args.no_progress, description=name)
 
     flops = linear_flops_per_token_of(args.model)
     first, second = run("finetune", None), run("finetune-again", None)
@@ -149,8 +143,8 @@ def bench_training(args: argparse.Namespace, texts: list[str], peak: dict[str, f
         "tokens_per_s": round(plain, 1), "tokens_per_s_again": round(second["tokens_per_s"], 1),
         "flop_per_token": flops,
         "fraction_of_peak": round(max(plain, second["tokens_per_s"]) * flops / 1e9 / peak[dtype], 3),
-        "same_seed_adapters_identical": file_digest(workdir / "finetune" / weights)
-        == file_digest(workdir / "finetune-again" / weights),
+        "same_seed_adapters_identical": sha256_file(workdir / "finetune" / weights)
+        == sha256_file(workdir / "finetune-again" / weights),
         "dp_noise_multiplier": args.dp_noise_multiplier, "dp_tokens_per_s": round(dp["tokens_per_s"], 1),
         "dp_over_plain": round(dp["tokens_per_s"] / plain, 3),
     }
