@@ -52,7 +52,7 @@ import numpy as np
 
 from llm_features.errors import InputDataError
 
-__all__ = ["CLIP", "PRIOR_WEIGHT", "TokenWeights", "fit_token_weights", "pooled_token_variance", "token_cells",
+__all__ = ["CLIP", "PRIOR_WEIGHT", "TokenWeights", "block_z", "fit_token_weights", "pooled_token_variance", "token_cells",
            "token_lira", "token_lira_of_z", "token_lira_rows", "token_z", "weighted_token_lira", "weighted_token_lira_rows"]
 
 #: Weight of the pooled variance in each token's variance, in pseudo-observations.
@@ -229,10 +229,12 @@ def _blocks(logprobs: Ragged, K: int, N: int):
         yield texts, X, mask
 
 
-def _block_z(X: np.ndarray, keep: np.ndarray, row: int, excluded: set[int],
-             pooled_variance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shadow ``row``'s z and cells ``[b, T]`` on a block against the shadows OUT of each text
-    less ``row`` and ``excluded`` (:func:`token_z`, vectorised), and which texts have a reference."""
+def block_z(X: np.ndarray, keep: np.ndarray, row: int, excluded: set[int],
+            pooled_variance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shadow ``row``'s z and cells ``[b, T]`` on a block of texts against the shadows OUT of
+    each text less ``row`` and ``excluded`` (:func:`token_z`, vectorised), and which texts have
+    a reference. ``X[K, b, T]``: every shadow's token log-probs, zero-padded past a text's end
+    (padding gives values to be masked out); ``keep[K, b]``: their membership."""
     w = (~keep).astype(np.float64)
     w[[row, *excluded]] = 0.0
     m = w.sum(axis=0)[:, None]
@@ -255,7 +257,7 @@ def fit_token_weights(logprobs: Ragged, keep: np.ndarray, *, pooled_variance: fl
     for texts, X, mask in _blocks(logprobs, K, N):
         block_keep = keep[:, texts]
         for k in (k for k in range(K) if k not in excluded):
-            z, cells, scored = _block_z(X, block_keep, k, set(excluded), pooled_variance)
+            z, cells, scored = block_z(X, block_keep, k, set(excluded), pooled_variance)
             for member in (0, 1):
                 chosen = mask & (scored & (block_keep[k] == member))[:, None]
                 moments[member] += _moments(z[chosen], cells[chosen])
@@ -281,7 +283,7 @@ def weighted_token_lira_rows(logprobs: Ragged, keep: np.ndarray, *, pooled_varia
         n = mask.sum(axis=1)
         for k in range(K):
             reference_excluded = set() if k == held_out or held_out is None else {held_out}
-            z, cells, scored = _block_z(X, block_keep, k, reference_excluded, pooled_variance)
+            z, cells, scored = block_z(X, block_keep, k, reference_excluded, pooled_variance)
             total = (weights[k][cells] * np.clip(z, -CLIP, CLIP) * mask).sum(axis=1)
             scores[k, texts] = np.where(scored & (n > 0), total / np.sqrt(np.maximum(n, 1)), np.nan)
     return scores

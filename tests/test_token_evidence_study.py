@@ -11,6 +11,7 @@ from experiments.jobs.shadows import FEATURES_DIR, token_path, write_token_logpr
 from experiments.studies.token_evidence import parse_slice, study
 from llm_features.errors import InputDataError
 from shadow.membership import membership_matrix, save_membership
+from tests.tiny import write_token_shadows
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +19,7 @@ def six_shadows(tmp_path_factory):
     """6 shadows of 40 texts: token log-probs with a per-text difficulty, raised by 0.5 nats
     in the shadows that trained on the text."""
     root = tmp_path_factory.mktemp("six")
-    rng = np.random.default_rng(0)
-    keep = membership_matrix(40, 6, seed=3)
-    ids = [f"t{i}" for i in range(40)]
-    base = [rng.normal(-3, 1.5, size=rng.integers(5, 20)) for _ in ids]
-    logprobs = [[b + rng.normal(0, 0.4, size=len(b)) + 0.5 * keep[k, i] for i, b in enumerate(base)]
-                for k in range(6)]
-    save_membership(root, keep, ids=ids)
-    for k in range(6):
-        write_token_logprobs(token_path(root / FEATURES_DIR, k), ids, logprobs[k])
+    keep, logprobs = write_token_shadows(root, n_texts=40, n_models=6, membership_seed=3)
     return root, keep, logprobs
 
 

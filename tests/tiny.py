@@ -117,3 +117,25 @@ def audit_config(root: Path, template: str) -> Path:
     path = root / "audit.toml"
     path.write_text(template.format(base=base_dir, fillers=fillers))
     return path
+
+
+def write_token_shadows(root: Path, *, n_texts: int, n_models: int, membership_seed: int, shift: float = 0.5,
+                        seed: int = 0) -> tuple[np.ndarray, list]:
+    """A shadow directory without models: ``membership.npy`` and every model's token log-probs
+    over ``n_texts`` texts. A text has a difficulty per token (shared by every model, the same
+    for every ``seed`` and ``n_texts``); each model adds its own noise (``seed``) and
+    ``shift`` nats where it trained on the text. Returns ``(keep, logprobs)``."""
+    from experiments.jobs.shadows import FEATURES_DIR, token_path, write_token_logprobs
+    from shadow.membership import membership_matrix, save_membership
+
+    texts = np.random.default_rng(1_000)
+    base = [texts.normal(-3, 1.5, size=texts.integers(5, 20)) for _ in range(n_texts)]
+    rng = np.random.default_rng(seed)
+    keep = membership_matrix(n_texts, n_models, seed=membership_seed)
+    ids = [f"t{i}" for i in range(n_texts)]
+    logprobs = [[b + rng.normal(0, 0.4, size=len(b)) + shift * keep[k, i] for i, b in enumerate(base)]
+                for k in range(n_models)]
+    save_membership(root, keep, ids=ids)
+    for k in range(n_models):
+        write_token_logprobs(token_path(root / FEATURES_DIR, k), ids, logprobs[k])
+    return keep, logprobs
