@@ -199,19 +199,21 @@ def study(shadows_dir: Path, shadows: slice | None = None, targets_dir: Path | N
         if targets_dir is None:
             others = [k for k in range(K) if k != fold]
             weights = fit_token_weights(ragged, keep, pooled_variance=pooled, excluded=[fold]).weights
-            z, cells, _ = block_z(X, keep, fold, set(), pooled)
+            z, cells, referenced = block_z(X, keep, fold, set(), pooled)
             online = _online_both(X[fold], X[others], keep[others], mask)
             train_rows, train_labels = _training_rows(X, ragged, keep, mask, pooled, held_out=fold)
             labels = keep[fold].astype(int)
         else:  # the target appended as row K, calibrated against all the run's shadows
             appended = np.concatenate([X, target_X[fold][None]])
-            z, cells, _ = block_z(appended, np.concatenate([keep, np.ones((1, N), bool)]), K, set(), pooled)
+            z, cells, referenced = block_z(appended, np.concatenate([keep, np.ones((1, N), bool)]), K, set(), pooled)
             online = _online_both(target_X[fold], X, keep, mask)
             labels = target_keep[fold].astype(int)
         for name, values in _fold_scores(z, cells, mask, weights, online, labels, train_rows, train_labels,
                                          rng).items():
             scores.setdefault(name, []).extend(values)
-        logger.info("fold %d of %d", fold + 1, len(folds))
+        clipped = np.clip(z, -CLIP, CLIP)
+        logger.info("fold %d of %d: the target's mean clipped z over its non-members' tokens %+.3f, its members' %+.3f",
+                    fold + 1, len(folds), *(clipped[((labels == side) & referenced)[:, None] & mask].mean() for side in (0, 1)))
     baseline = np.array([s[1] for s in scores["weighted_token_lira"]])
     rows = [{"variant": name, "auc": float(np.mean([s[0] for s in values])),
              "tpr_at_1%fpr": float(np.mean([s[1] for s in values])),
