@@ -24,7 +24,7 @@ from experiments.studies.calibration_sources import (
     study,
     weighted_sum,
 )
-from experiments.studies.token_evidence import padded_logprobs
+from experiments.studies.token_evidence import padded_logprobs, parse_slice
 from llm_features.errors import InputDataError
 from tests.tiny import write_token_shadows
 
@@ -152,3 +152,11 @@ def test_targets_scored_on_other_texts_are_a_one_line_error(shadows_and_targets,
     write_token_shadows(tmp_path, n_texts=50, n_models=4, membership_seed=7)
     with pytest.raises(InputDataError, match=f"--targets {tmp_path}: its models were not scored on the run's pool"):
         study(shadows_and_targets / "shadows", targets_dir=tmp_path)
+
+
+def test_a_subset_of_the_shadows_plays_the_target_and_the_attacker_alone(shadows_and_targets, on_the_shadows):
+    table = study(shadows_and_targets / "shadows", shadows=parse_slice("2:7")).set_index("variant")
+    assert (table["of"] == 10).all()  # 5 folds, 2 halves each
+    assert table.loc["weighted_token_lira", "auc"] != pytest.approx(on_the_shadows.loc["weighted_token_lira", "auc"])
+    with pytest.raises(InputDataError, match="--shadows 5:8: 3 of the run's 8 shadows; the study needs at least 4"):
+        study(shadows_and_targets / "shadows", shadows=parse_slice("5:8"))

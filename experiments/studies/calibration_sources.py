@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from attack_models.token_calibration import CLIP, N_CELLS
-from experiments.studies.token_evidence import CLASSIFIERS, padded_logprobs, parse_slice
+from experiments.studies.token_evidence import CLASSIFIERS, chosen_logprobs, padded_logprobs, parse_slice
 from llm_features.errors import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -172,13 +172,7 @@ def study(shadows_dir: Path, shadows: slice | None = None, targets_dir: Path | N
     from attack_models.token_calibration import block_z, fit_token_weights, pooled_token_variance
     from shadow.membership import load_membership
 
-    X, mask, keep = padded_logprobs(shadows_dir)
-    chosen = np.arange(keep.shape[0])[shadows or slice(None)]
-    if len(chosen) < 4:
-        subset = f"--shadows {shadows.start}:{shadows.stop}: " if shadows else ""
-        raise InputDataError(f"{subset}{len(chosen)} of the run's {keep.shape[0]} shadows; the study needs at least 4 "
-                             "(one plays the target; a training row needs an IN and an OUT reference)")
-    X, keep = X[chosen], keep[chosen]
+    X, mask, keep, _ = chosen_logprobs(shadows_dir, shadows)
     K, N = keep.shape
     ragged = [[X[k, i, mask[i]] for i in range(N)] for k in range(K)]
     pooled = pooled_token_variance(ragged, keep)

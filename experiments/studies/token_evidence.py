@@ -87,6 +87,20 @@ def padded_logprobs(shadows_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return X, mask, keep.astype(bool)
 
 
+def chosen_logprobs(shadows_dir: Path, shadows: slice | None) -> tuple[np.ndarray, ...]:
+    """:func:`padded_logprobs` of the ``shadows`` of the run (all by default) and their indices
+    in the run; fewer than 4 is a one-line error (one plays the target; a training row needs
+    two more to calibrate and learn the token weights)."""
+    X, mask, keep = padded_logprobs(shadows_dir)
+    chosen = np.arange(keep.shape[0])[shadows or slice(None)]
+    if len(chosen) < 4:
+        subset = f"--shadows {shadows.start}:{shadows.stop}: " if shadows else ""
+        raise InputDataError(f"{subset}{len(chosen)} of the run's {keep.shape[0]} shadows; the study needs at least 4 "
+                             "(one plays the target; a training row needs two more to calibrate and learn the token "
+                             "weights)")
+    return X[chosen], mask, keep[chosen], chosen
+
+
 def z_scores(X: np.ndarray, keep: np.ndarray, row: int, excluded: set[int], pooled: float) -> tuple[np.ndarray, ...]:
     """Shadow ``row``'s per-token z against the shadows OUT of each text, less ``excluded``
     (the formula of :func:`attack_models.token_calibration.token_lira`), and the OUT mean;
@@ -155,13 +169,7 @@ def study(shadows_dir: Path, features: list[str] | None = None, shadows: slice |
 
     features = list(features or [])
     table = shadow_table_columns(shadows_dir, features) if features else None  # a wrong name fails first
-    X, mask, keep = padded_logprobs(shadows_dir)
-    chosen = np.arange(keep.shape[0])[shadows or slice(None)]
-    if len(chosen) < 4:
-        subset = f"--shadows {shadows.start}:{shadows.stop}: " if shadows else ""
-        raise InputDataError(f"{subset}{len(chosen)} of the run's {keep.shape[0]} "
-                             "shadows; the study needs at least 4 (one plays the target; a training row needs two more to calibrate and learn the token weights)")
-    X, keep = X[chosen], keep[chosen]
+    X, mask, keep, chosen = chosen_logprobs(shadows_dir, shadows)
     if table is not None:
         table = table[table["shadow"].isin(chosen)].assign(
             shadow=lambda t: t["shadow"].map({int(s): i for i, s in enumerate(chosen)}))
