@@ -161,6 +161,7 @@ def _training_rows(X, ragged, keep, mask, pooled, held_out):
 
 
 def _online_both(target, references, references_keep, mask):
+    """``{CLIP: clipped, None: unclipped}`` :func:`online_token_lira` of every text."""
     return {clip: online_token_lira(target, references, references_keep, mask, clip=clip) for clip in (CLIP, None)}
 
 
