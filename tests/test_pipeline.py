@@ -426,3 +426,67 @@ def test_token_evidence_study_adds_calibrated_views(experiment):
             "xgboost on weighted_token_lira + all summaries + views"} <= set(result["summary"])
     with pytest.raises(InputDataError, match="--features nope: not a column of"):
         study(shadows, ["nope"])
+
+
+def test_lora_scale_scores_the_fine_tune_at_1_and_the_base_at_0(experiment):
+    """The adapter scaled by 1 is the shadow the run scored; scaled by 0 it is the base model."""
+    from experiments.jobs.shadows import read_token_logprobs
+    from experiments.studies.lora_scale import scaled_logprobs
+    from llm_features.models import load_model
+    from llm_features.scoring import score_texts
+    from llm_features.texts import load_texts
+
+    shadows = experiment["root"] / "shadows"
+    ids = load_membership(shadows)[1]
+    texts = load_texts(experiment["pool"]).subset(ids).texts
+    stored = read_token_logprobs(shadows / "features" / "tokens_001.npz", ids)
+    common = dict(max_tokens=SETTINGS.max_tokens, batch_size=SETTINGS.batch_size, dtype="float32")
+    at_one = scaled_logprobs(str(experiment["base"]), shadows / "shadow_001", texts, 1.0, **common)
+    np.testing.assert_allclose(np.concatenate(at_one), np.concatenate(stored), atol=1e-5)
+    base = load_model(str(experiment["base"]), dtype="float32")
+    expected = [s.token_logprobs for s in score_texts(base.model, base.tokenizer, texts, progress=False,
+                                                      max_tokens=SETTINGS.max_tokens, batch_size=SETTINGS.batch_size)]
+    at_zero = scaled_logprobs(str(experiment["base"]), shadows / "shadow_001", texts, 0.0, **common)
+    np.testing.assert_allclose(np.concatenate(at_zero), np.concatenate(expected), atol=1e-5)
+    at_two = np.concatenate(scaled_logprobs(str(experiment["base"]), shadows / "shadow_001", texts, 2.0, **common))
+    assert np.abs(at_two - np.concatenate(stored)).mean() > 1e-2
+
+
+def test_lora_scale_study_reuses_its_arrays_and_recomputes_stale_ones(experiment, tmp_path, monkeypatch):
+    """The study's table against weighted_token_lira; a second run computes no forward pass;
+    arrays written for other adapters are recomputed; bad factors and other texts are one-line errors."""
+    from experiments.jobs.shadows import read_token_logprobs
+    from experiments.studies import lora_scale
+
+    shadows = experiment["root"] / "shadows"
+    out = tmp_path / "scaled"
+    lora_scale.score_scaled(shadows, experiment["pool"], out, [2.0], dtype="float32")
+    table = lora_scale.study(shadows, out, [2.0])
+    assert {"weighted_token_lira", "log-probs at alpha 2", "change from alpha 1 to 2",
+            "logistic on weighted_token_lira + 2", "xgboost on weighted_token_lira + every factor"} <= set(table["variant"])
+    assert table["auc"].between(0, 1).all()
+    assert table.set_index("variant").loc["weighted_token_lira", "minus_weighted"] == 0.0
+    ids = load_membership(shadows)[1]
+    written = np.concatenate(read_token_logprobs(out / "alpha2" / "tokens_000.npz", ids))
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass for arrays already written")
+
+    monkeypatch.setattr(lora_scale, "scaled_logprobs", no_pass)
+    lora_scale.score_scaled(shadows, experiment["pool"], out, [2.0], dtype="float32")
+    inputs = json.loads((out / "inputs.json").read_text())
+    inputs["adapters"][0] = "0" * 64  # as if the shadows had been retrained since
+    (out / "inputs.json").write_text(json.dumps(inputs))
+    with pytest.raises(AssertionError, match="a forward pass"):
+        lora_scale.score_scaled(shadows, experiment["pool"], out, [2.0], dtype="float32")
+    monkeypatch.undo()
+    lora_scale.score_scaled(shadows, experiment["pool"], out, [2.0], dtype="float32")
+    np.testing.assert_array_equal(np.concatenate(read_token_logprobs(out / "alpha2" / "tokens_000.npz", ids)),
+                                  written)  # the same scores, recomputed
+    with pytest.raises(InputDataError, match="--alphas '0.5,1': give distinct factors other than 1"):
+        lora_scale.parse_alphas("0.5,1")
+    with pytest.raises(InputDataError, match="--alphas 'x': expected comma-separated numbers"):
+        lora_scale.parse_alphas("x")
+    other = write_jsonl(tmp_path / "other.jsonl", experiment["corpus"][100:132])
+    with pytest.raises(InputDataError, match=r"other\.jsonl: 32 of the run's 32 pool texts are not in it"):
+        lora_scale.score_scaled(shadows, other, tmp_path / "elsewhere", [2.0], dtype="float32")

@@ -8,5 +8,7 @@
 and studies run as modules, without a config:
 
     token_evidence.py   python -m experiments.studies.token_evidence RUN   token-level evidence beyond token_lira
+    calibration_sources.py  python -m experiments.studies.calibration_sources RUN   the IN shadows, the target's population
+    lora_scale.py       python -m experiments.studies.lora_scale RUN --data POOL --out DIR   the LoRA update scaled
     guess_pairs.py      python -m experiments.studies.guess_pairs   which one-run guesses audit best (synthetic scores)
 """

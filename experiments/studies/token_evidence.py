@@ -79,12 +79,34 @@ def padded_logprobs(shadows_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
     keep, ids = load_membership(shadows_dir)
     ragged = [read_token_logprobs(token_path(shadows_dir / FEATURES_DIR, k), ids) for k in range(keep.shape[0])]
+    X, mask = pad_ragged(ragged)
+    return X, mask, keep.astype(bool)
+
+
+def pad_ragged(ragged: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """``X[K, N, T]`` from K models' per-text token arrays (0 past a text's end) and ``mask[N, T]``;
+    every model must have the same token count per text."""
     lengths = np.array([len(x) for x in ragged[0]])
+    if any([len(x) for x in texts] != lengths.tolist() for texts in ragged[1:]):
+        raise InputDataError("the models' token arrays cover different tokens of the texts; score them with the "
+                             "same tokenizer and max_tokens")
     mask = np.arange(lengths.max())[None, :] < lengths[:, None]
-    X = np.zeros((keep.shape[0], *mask.shape))
+    X = np.zeros((len(ragged), *mask.shape))
     for k, texts in enumerate(ragged):
         X[k][mask] = np.concatenate(texts)
-    return X, mask, keep.astype(bool)
+    return X, mask
+
+
+def pooled_variance(X: np.ndarray, keep: np.ndarray, mask: np.ndarray, excluded: set[int]) -> float:
+    """The mean over tokens of the OUT shadows' sample variance of ``X`` (shadows in ``excluded``
+    left out; tokens with fewer than two OUT shadows not counted): the prior of :func:`z_scores`."""
+    weights = (~keep).astype(float)
+    weights[list(excluded)] = 0.0
+    w = weights[:, :, None]
+    m = w.sum(axis=0)
+    mean = (w * X).sum(axis=0) / np.maximum(m, 1)
+    variance = (w * (X - mean) ** 2).sum(axis=0) / np.maximum(m - 1, 1)
+    return float(variance[(m >= 2) & mask].mean())
 
 
 def chosen_logprobs(shadows_dir: Path, shadows: slice | None) -> tuple[np.ndarray, ...]:
@@ -178,20 +200,11 @@ def study(shadows_dir: Path, features: list[str] | None = None, shadows: slice |
     ragged = [[X[k, i, mask[i]] for i in range(mask.shape[0])] for k in range(K)]
     ragged_pooled = pooled_token_variance(ragged, keep)
 
-    def pooled(excluded: set[int]) -> float:
-        weights = (~keep).astype(float)
-        weights[list(excluded)] = 0.0
-        w = weights[:, :, None]
-        m = w.sum(axis=0)
-        mean = (w * X).sum(axis=0) / np.maximum(m, 1)
-        variance = (w * (X - mean) ** 2).sum(axis=0) / np.maximum(m - 1, 1)
-        return float(variance[(m >= 2) & mask].mean())
-
     scores: dict[str, list[tuple[float, float]]] = {}
     for held_out in range(K):
         labels = keep[held_out].astype(int)
-        test = summaries(*z_scores(X, keep, held_out, set(), pooled(set())), mask)
-        fold_pooled = pooled({held_out})
+        test = summaries(*z_scores(X, keep, held_out, set(), pooled_variance(X, keep, mask, set())), mask)
+        fold_pooled = pooled_variance(X, keep, mask, {held_out})
         train = pd.concat([summaries(*z_scores(X, keep, k, {held_out}, fold_pooled), mask).assign(label=keep[k])
                            for k in range(K) if k != held_out])
         scored = test["clipped_mean_3"].notna().to_numpy()  # a text with an OUT reference shadow
