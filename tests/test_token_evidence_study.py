@@ -44,8 +44,8 @@ def test_every_row_is_compared_with_weighted_token_lira_fold_by_fold(six_shadows
     root = six_shadows[0]
     table = study(root).set_index("summary")
     assert {"logistic on weighted_token_lira + all summaries", "xgboost on weighted_token_lira + all summaries"} <= set(table.index)
-    assert table.loc["weighted_token_lira", ["minus_weighted", "folds_above"]].tolist() == [0, 0]
-    assert table["folds_above"].between(0, 6).all()
+    assert table.loc["weighted_token_lira", ["minus_weighted", "above"]].tolist() == [0, 0]
+    assert table["above"].between(0, 6).all()
     # the mean difference is the difference of the means
     np.testing.assert_allclose(table["minus_weighted"],
                                table["tpr_at_1%fpr"] - table.loc["weighted_token_lira", "tpr_at_1%fpr"], atol=1e-12)

@@ -55,7 +55,13 @@ import numpy as np
 import pandas as pd
 
 from attack_models.token_calibration import CLIP, N_CELLS
-from experiments.studies.token_evidence import CLASSIFIERS, chosen_logprobs, padded_logprobs, parse_slice
+from experiments.studies.token_evidence import (
+    CLASSIFIERS,
+    against_weighted,
+    chosen_logprobs,
+    padded_logprobs,
+    parse_slice,
+)
 from llm_features.errors import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -209,13 +215,7 @@ def study(shadows_dir: Path, shadows: slice | None = None, targets_dir: Path | N
         clipped = np.clip(z, -CLIP, CLIP)
         logger.info("fold %d of %d: the target's mean clipped z over its non-members' tokens %+.3f, its members' %+.3f",
                     fold + 1, len(folds), *(clipped[((labels == side) & referenced)[:, None] & mask].mean() for side in (0, 1)))
-    baseline = np.array([s[1] for s in scores["weighted_token_lira"]])
-    rows = [{"variant": name, "auc": float(np.mean([s[0] for s in values])),
-             "tpr_at_1%fpr": float(np.mean([s[1] for s in values])),
-             "minus_weighted": float(np.mean(np.array([s[1] for s in values]) - baseline)),
-             "above": int(np.sum(np.array([s[1] for s in values]) > baseline)), "of": len(values)}
-            for name, values in scores.items()]
-    return pd.DataFrame(rows).sort_values("tpr_at_1%fpr", ascending=False, ignore_index=True)
+    return against_weighted(scores, "variant")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,14 @@ import numpy as np
 import pandas as pd
 
 from attack_models.token_calibration import CLIP
-from experiments.studies.token_evidence import CLASSIFIERS, pad_ragged, padded_logprobs, pooled_variance, z_scores
+from experiments.studies.token_evidence import (
+    CLASSIFIERS,
+    against_weighted,
+    pad_ragged,
+    padded_logprobs,
+    pooled_variance,
+    z_scores,
+)
 from llm_features.errors import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -191,13 +198,7 @@ def study(shadows_dir: Path, scaled_dir: Path, alphas: list[float]) -> pd.DataFr
             scores.setdefault(name, []).append((roc_auc(labels[scored], values[scored]),
                                                 tpr_at_fpr(labels[scored], values[scored], fpr=0.01)))
         logger.info("fold %d of %d", held_out + 1, K)
-    baseline = np.array([s[1] for s in scores["weighted_token_lira"]])
-    rows = [{"variant": name, "auc": float(np.mean([s[0] for s in values])),
-             "tpr_at_1%fpr": float(np.mean([s[1] for s in values])),
-             "minus_weighted": float(np.mean(np.array([s[1] for s in values]) - baseline)),
-             "above": int(np.sum(np.array([s[1] for s in values]) > baseline)), "of": K}
-            for name, values in scores.items()]
-    return pd.DataFrame(rows).sort_values("tpr_at_1%fpr", ascending=False, ignore_index=True)
+    return against_weighted(scores, "variant")
 
 
 def parse_alphas(text: str) -> list[float]:

@@ -30,7 +30,7 @@ five bins of the OUT shadows' mean log-prob (how predictable the token is); and
 ``weighted_token_lira``, whose token weights are learned on the other shadows' rows
 (:func:`attack_models.token_calibration.weighted_token_lira_rows`). Reported: ROC AUC and
 TPR at 1% FPR, the mean over the folds; and against ``weighted_token_lira`` fold by fold, the
-mean difference of TPR@1%FPR and the number of folds where it is above.
+mean difference of TPR@1%FPR and the number of folds where it is above (:func:`against_weighted`).
 """
 
 from __future__ import annotations
@@ -239,11 +239,21 @@ def study(shadows_dir: Path, features: list[str] | None = None, shadows: slice |
             scores.setdefault(name, []).append((roc_auc(labels[scored], values[scored]),
                                                 tpr_at_fpr(labels[scored], values[scored], fpr=0.01)))
         logger.info("fold %d of %d", held_out + 1, K)
+    return against_weighted(scores, "summary")
+
+
+def against_weighted(scores: dict[str, list[tuple[float, float]]], name_column: str) -> pd.DataFrame:
+    """The table of a study: per variant, ``(AUC, TPR@1%FPR)`` of each fold (or half) in
+    ``scores`` -> their means, the mean of TPR@1% minus ``weighted_token_lira``'s in the same
+    fold (``minus_weighted``), the folds where it is higher (``above``) and the folds (``of``);
+    best TPR@1% first."""
     baseline = np.array([s[1] for s in scores["weighted_token_lira"]])
-    rows = [{"summary": name, "auc": float(np.mean([s[0] for s in values])),
-             "tpr_at_1%fpr": float(np.mean([s[1] for s in values])),
-             "minus_weighted": float(np.mean([s[1] for s in values] - baseline)),
-             "folds_above": int(np.sum([s[1] for s in values] > baseline))} for name, values in scores.items()]
+    rows = []
+    for name, values in scores.items():
+        auc, tpr = np.array(values).T
+        rows.append({name_column: name, "auc": float(auc.mean()), "tpr_at_1%fpr": float(tpr.mean()),
+                     "minus_weighted": float((tpr - baseline).mean()), "above": int((tpr > baseline).sum()),
+                     "of": len(values)})
     return pd.DataFrame(rows).sort_values("tpr_at_1%fpr", ascending=False, ignore_index=True)
 
 
