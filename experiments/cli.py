@@ -602,19 +602,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llm_features.cache import CACHE_ENV
 
         os.environ[CACHE_ENV] = "off" if args.no_score_cache else args.score_cache
+    return run_reporting_errors(f"shadowmia {args.command}", lambda: args.handler(args))
+
+
+def run_reporting_errors(command: str, run: Callable[[], int]) -> int:
+    """``run()``, its errors said as the module docstring says, each one line prefixed by
+    ``command`` (also the entry point of the studies run as modules)."""
     try:
-        return args.handler(args)
+        return run()
     except ShadowMIAError as exc:
-        print(f"shadowmia {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, permission denied, a path that is not what it should be
         from llm_features.io import describe_os_error
 
         logger.debug("operating-system error", exc_info=True)
-        print(f"shadowmia {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"{command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"shadowmia {args.command}: interrupted; finished artifacts are kept", file=sys.stderr)
+        print(f"{command}: interrupted; finished artifacts are kept", file=sys.stderr)
         return 130
 
 

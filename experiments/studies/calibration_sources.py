@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 
 from attack_models.token_calibration import CLIP, N_CELLS
+from experiments.cli import run_reporting_errors
 from experiments.studies.token_evidence import (
     CLASSIFIERS,
     against_weighted,
@@ -228,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the halves of each target's non-members")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_reporting_errors("experiments.studies.calibration_sources", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     root = Path(args.run)
     shadows_dir = root / "shadows" if (root / "shadows").is_dir() else root
     table = study(shadows_dir, parse_slice(args.shadows), Path(args.targets) if args.targets else None, args.seed)

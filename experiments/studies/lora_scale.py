@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from attack_models.token_calibration import CLIP
+from experiments.cli import run_reporting_errors
 from experiments.studies.token_evidence import (
     CLASSIFIERS,
     against_weighted,
@@ -224,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_reporting_errors("experiments.studies.lora_scale", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     alphas = parse_alphas(args.alphas)
     root = Path(args.run)
     shadows_dir = root / "shadows" if (root / "shadows").is_dir() else root

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from attack_models.token_calibration import CLIP, PRIOR_WEIGHT
+from experiments.cli import run_reporting_errors
 from llm_features.errors import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -277,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only these shadows of the run (a Python slice of their indices, e.g. 0:8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_reporting_errors("experiments.studies.token_evidence", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     root = Path(args.run)
     shadows_dir = root / "shadows" if (root / "shadows").is_dir() else root
     table = study(shadows_dir, [f for f in args.features.split(",") if f], parse_slice(args.shadows))
