@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from experiments.cli import run_reporting_errors
+from llm_features.errors import InputDataError
+
 
 def attack_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The report's attacks, best ROC AUC first."""
@@ -64,7 +67,11 @@ def render(paths: Sequence[str | Path], *, top: int | None = None) -> str:
     """The tables of each ``report.json`` of ``paths``, under its path and wall time."""
     parts = []
     for path in paths:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            report = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputDataError(f"{path}: not a report.json ({exc}); pass the one a run wrote in its report/ "
+                                 "directory") from None
         wall = report.get("setting", {}).get("wall_time_s", {})
         parts += [f"\n{path} (wall time: {wall})\n", markdown_table(report, top=top)]
         paired = paired_table(report)
@@ -79,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("reports", nargs="+", help="report.json files")
     parser.add_argument("--top", type=int, help="only the TOP attacks by ROC AUC (and the shadow classifier)")
     args = parser.parse_args(argv)
+    return run_reporting_errors("experiments.results_table", lambda: _write(args))
+
+
+def _write(args: argparse.Namespace) -> int:
     sys.stdout.write(render(args.reports, top=args.top))
     return 0
 

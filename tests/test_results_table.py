@@ -37,3 +37,14 @@ def test_paired_table_lists_the_strongest_competitors_first():
     assert lines[2].startswith("| lira | +0.010 [-0.010, +0.030] | +5.0 [+1.0, +9.0]")
     assert lines[3].startswith("| loss |")
     assert paired_table({"attacks": {}}) == ""
+
+
+def test_a_missing_or_broken_report_is_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "absent.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"experiments.results_table: error: No such file or directory: {tmp_path / 'absent.json'}"]
+    broken = tmp_path / "report.json"
+    broken.write_text("{")
+    assert main([str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"experiments.results_table: error: {broken}: not a report.json (")
