@@ -166,3 +166,23 @@ def test_a_nested_call_on_the_same_model_is_refused(tiny_model_dir):
                 pass
     with RealTokenLinears(decoder) as again:  # released after each context, the refused one included
         assert again.layers
+
+
+def test_every_call_warms_the_model_up_before_its_first_batch(tiny_model_dir, corpus):
+    """A process's first forward pass sometimes computed other numbers (llm_features.scoring.warm_up):
+    every call runs one discarded pass of WARM_UP_TOKENS tokens before its real batches."""
+    from llm_features.scoring import WARM_UP_TOKENS, split_decoder_and_head
+
+    loaded = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    shapes = []  # of every pass through the decoder, the warm-up's (through the whole model) and the batches'
+    handle = split_decoder_and_head(loaded.model)[0].register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        first = score_texts(loaded.model, loaded.tokenizer, corpus[:6], batch_size=4, max_tokens=64, progress=False)
+        assert shapes[0] == (1, WARM_UP_TOKENS) and len(shapes) == 1 + len(bucket_batches(
+            [len(loaded.tokenizer(t)["input_ids"]) for t in corpus[:6]], batch_size=4))
+    finally:
+        handle.remove()
+    again = score_texts(loaded.model, loaded.tokenizer, corpus[:6], batch_size=4, max_tokens=64, progress=False)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.token_logprobs, b.token_logprobs)
