@@ -121,7 +121,10 @@ def score_scaled(shadows_dir: Path, data: Path, out: Path, alphas: list[float], 
         raise InputDataError(f"--data {data}: {len(missing)} of the run's {len(ids)} pool texts are not in it "
                              f"(e.g. id {missing[0]}); pass the file the shadows were trained on")
     settings = json.loads((shadows_dir / FEATURES_DIR / "config.json").read_text(encoding="utf-8"))
-    inputs = _inputs(shadows_dir, ids, settings, dtype)
+    from llm_features.models import resolve_device, resolve_dtype
+
+    # the dtype the passes run in ("auto" is bfloat16 on one CPU, float32 on another)
+    inputs = _inputs(shadows_dir, ids, settings, resolve_dtype(dtype, device=resolve_device(device)))
     recorded = out / "inputs.json"
     if recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")) != inputs:
         logger.warning("%s was written for other adapters, texts or settings; its arrays are recomputed", out)
